@@ -1,0 +1,307 @@
+//! Command line: `run` (default), `check`, `explain`, `demo`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, ConfigError, LoadError};
+use crate::http::normalize::{normalize_host, normalize_path};
+use crate::observe::access_log::Sink;
+use crate::router::{RequestInfo, Router};
+
+#[derive(Parser, Debug)]
+#[command(name = "switchyard", version, about = "An edge API gateway with a declarative route table")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve (the default command).
+    Run {
+        #[arg(long, short, default_value = "routes.toml")]
+        config: PathBuf,
+    },
+    /// Validate a route table; exit 1 with precise errors when it is not valid.
+    Check {
+        #[arg(default_value = "routes.toml")]
+        file: PathBuf,
+    },
+    /// Show which route and service would answer a request, and why.
+    Explain {
+        #[arg(long, short, default_value = "routes.toml")]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Request header, `-H 'name: value'`; may repeat.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        method: String,
+        /// `http://host/path?query` or `/path?query`.
+        url: String,
+    },
+    /// Run the shipped routes.toml with in-process demo backends for its services.
+    Demo {
+        #[arg(long, short, default_value = "routes.toml")]
+        config: PathBuf,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run {
+        config: PathBuf::from("routes.toml"),
+    }) {
+        Command::Run { config } => serve(config, false),
+        Command::Demo { config } => serve(config, true),
+        Command::Check { file } => check(&file),
+        Command::Explain {
+            config,
+            json,
+            headers,
+            method,
+            url,
+        } => explain(&config, json, &headers, &method, &url),
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_current_span(false)
+        .init();
+}
+
+fn serve(config: PathBuf, demo: bool) -> ExitCode {
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchyard: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (writer, _guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(64 * 1024)
+        .finish(std::io::stdout());
+    let result = runtime.block_on(async {
+        if demo {
+            crate::demo::start_backends(&config).await.map_err(|e| e.to_string())?;
+        }
+        crate::run::run(crate::run::Options {
+            config,
+            access_log: Some(Sink::new(writer)),
+            shutdown: CancellationToken::new(),
+            signals: true,
+        })
+        .await
+        .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(file: &Path) -> ExitCode {
+    let name = file.display().to_string();
+    let src = match std::fs::read_to_string(file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{name}: error: cannot read: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match config::parse(&src) {
+        Ok(loaded) => {
+            print_findings(&name, &src, &loaded.warnings);
+            println!(
+                "{name}: ok ({} routes, {} services, {} warnings)",
+                loaded.config.routes.len(),
+                loaded.config.services.len(),
+                loaded.warnings.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            print_findings(&name, &src, &errors.items);
+            let n = errors.items.iter().filter(|e| e.severity == config::Severity::Error).count();
+            println!("{name}: {n} error{}", if n == 1 { "" } else { "s" });
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_findings(name: &str, src: &str, items: &[ConfigError]) {
+    for e in items {
+        print!("{}", e.render(name, src));
+    }
+}
+
+fn explain(config: &Path, json: bool, headers: &[String], method: &str, url: &str) -> ExitCode {
+    let loaded = match config::load(config) {
+        Ok(l) => l,
+        Err(LoadError::Invalid { src, errors }) => {
+            eprint!("{}", errors.render(&config.display().to_string(), &src));
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", config.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let src = std::fs::read_to_string(config).unwrap_or_default();
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        eprintln!("`{method}` is not an HTTP method");
+        return ExitCode::FAILURE;
+    };
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        eprintln!("`{url}` is not a URL");
+        return ExitCode::FAILURE;
+    };
+    let mut map = HeaderMap::new();
+    for h in headers {
+        let parsed = h.split_once(':').and_then(|(k, v)| {
+            Some((HeaderName::from_bytes(k.trim().as_bytes()).ok()?, HeaderValue::from_str(v.trim()).ok()?))
+        });
+        match parsed {
+            Some((k, v)) => {
+                map.append(k, v);
+            }
+            None => {
+                eprintln!("`{h}` is not a header: write -H 'name: value'");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let raw_host = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| map.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string));
+    let host = raw_host.as_deref().and_then(normalize_host);
+    let raw_path = if uri.path().is_empty() { "/" } else { uri.path() };
+    let path = match normalize_path(raw_path) {
+        Ok(p) => p,
+        Err(e) => {
+            let out = serde_json::json!({"status": 400, "error": "bad_path", "detail": format!("{e:?}")});
+            if json {
+                println!("{out}");
+            } else {
+                println!("400 bad_path: the path cannot be normalised ({e:?})");
+            }
+            return ExitCode::SUCCESS;
+        }
+    };
+    let router = Router::new(&loaded.config);
+    let info = RequestInfo {
+        method: &method,
+        host: host.as_deref(),
+        path: &path,
+        query: uri.query(),
+        headers: &map,
+    };
+    let steps = router.explain(&info);
+    let line_of = |r: &crate::config::model::Route| ConfigError::new(Some(r.span.clone()), "").line_col(&src).map_or(0, |(l, _)| l);
+    let matched = steps.iter().find(|(_, res)| res.is_ok()).map(|(id, _)| &router.routes()[*id]);
+    let candidates: Vec<serde_json::Value> = steps
+        .iter()
+        .map(|(id, res)| {
+            let r = &router.routes()[*id];
+            serde_json::json!({
+                "route": r.name,
+                "line": line_of(r),
+                "host": r.host.as_ref().map(|h| h.to_string()),
+                "path": describe_path(&r.path),
+                "matched": res.is_ok(),
+                "reason": res.as_ref().err().map(|e| e.to_string()),
+            })
+        })
+        .collect();
+    let result = match matched {
+        Some(r) => {
+            let service = &loaded.config.services[r.service];
+            serde_json::json!({
+                "status": "proxied",
+                "route": r.name,
+                "normalized_path": path,
+                "upstream_path": r.upstream_path(&path),
+                "query": uri.query(),
+                "service": service.name,
+                "endpoints": service.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+                "timeout_ms": r.timeout.unwrap_or(loaded.config.defaults.request_timeout).as_millis() as u64,
+                "candidates": candidates,
+            })
+        }
+        None => serde_json::json!({
+            "status": 404,
+            "error": "no_route",
+            "normalized_path": path,
+            "candidates": candidates,
+        }),
+    };
+    if json {
+        println!("{result}");
+        return ExitCode::SUCCESS;
+    }
+    println!("request:         {method} {uri}");
+    println!("host:            {}", host.as_deref().unwrap_or("(none)"));
+    println!("normalised path: {path}");
+    if candidates.is_empty() {
+        println!("candidates:      none");
+    } else {
+        println!("candidates (in precedence order):");
+        for (i, c) in candidates.iter().enumerate() {
+            let verdict = match c["reason"].as_str() {
+                Some(reason) => format!("skipped: {reason}"),
+                None => "MATCH".to_string(),
+            };
+            println!(
+                "  {}. {} (line {}) host={} {} -> {verdict}",
+                i + 1,
+                c["route"].as_str().unwrap_or(""),
+                c["line"],
+                c["host"].as_str().unwrap_or("*"),
+                c["path"].as_str().unwrap_or(""),
+            );
+        }
+    }
+    match matched {
+        Some(_) => {
+            println!("route:           {}", result["route"].as_str().unwrap_or(""));
+            println!(
+                "service:         {} ({})",
+                result["service"].as_str().unwrap_or(""),
+                result["endpoints"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|e| e.as_str()).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            );
+            let q = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+            println!("upstream path:   {}{q}", result["upstream_path"].as_str().unwrap_or(""));
+            println!("timeout:         {}ms", result["timeout_ms"]);
+        }
+        None => println!("result:          404 no_route"),
+    }
+    ExitCode::SUCCESS
+}
+
+fn describe_path(p: &crate::config::model::PathMatch) -> String {
+    match p {
+        crate::config::model::PathMatch::Exact(p) => format!("exact {p}"),
+        crate::config::model::PathMatch::Prefix(p) => format!("prefix {p}"),
+    }
+}

@@ -1,0 +1,97 @@
+//! Serde structs that mirror `routes.toml` one to one.
+//!
+//! Nothing here is validated beyond what serde does: every value that a later check has
+//! to point at is wrapped in [`Spanned`] so that `switchyard check` can report the line
+//! and column of the offending value. `deny_unknown_fields` everywhere: a misspelt key is
+//! an error, never silently ignored.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A spanned string, the most common value in the file.
+pub type SStr = Spanned<String>;
+
+/// The whole file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[listen]`: addresses to bind.
+    #[serde(default)]
+    pub listen: Option<Spanned<ListenFile>>,
+    /// `[server]`: downstream limits, drain, forwarding trust, access log.
+    #[serde(default)]
+    pub server: Option<ServerFile>,
+    /// `[defaults]`: upstream timeouts and pool settings inherited by every service.
+    #[serde(default)]
+    pub defaults: Option<DefaultsFile>,
+    /// `[services.NAME]`.
+    #[serde(default)]
+    pub services: BTreeMap<SStr, Spanned<ServiceFile>>,
+    /// `[[routes]]`, in file order.
+    #[serde(default)]
+    pub routes: Vec<Spanned<RouteFile>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFile {
+    pub http: Option<SStr>,
+    pub admin: Option<SStr>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub drain_timeout: Option<SStr>,
+    pub header_read_timeout: Option<SStr>,
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub trusted_proxies: Option<Vec<SStr>>,
+    pub access_log: Option<SStr>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultsFile {
+    pub connect_timeout: Option<SStr>,
+    pub request_timeout: Option<SStr>,
+    pub pool_idle_timeout: Option<SStr>,
+    pub pool_max_idle: Option<Spanned<i64>>,
+    pub retry: Option<Spanned<RetryFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryFile {
+    pub attempts: Option<Spanned<i64>>,
+    pub on: Option<Vec<SStr>>,
+    pub budget_percent: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    pub endpoints: Spanned<Vec<SStr>>,
+    pub protocol: Option<SStr>,
+    pub load_balancing: Option<SStr>,
+    pub connect_timeout: Option<SStr>,
+    pub dns_refresh: Option<SStr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub name: SStr,
+    pub path: Option<SStr>,
+    pub exact: Option<SStr>,
+    pub host: Option<SStr>,
+    pub methods: Option<Spanned<Vec<SStr>>>,
+    pub headers: Option<BTreeMap<SStr, SStr>>,
+    pub query: Option<BTreeMap<SStr, SStr>>,
+    pub service: Option<SStr>,
+    pub strip_prefix: Option<SStr>,
+    pub timeout: Option<SStr>,
+}

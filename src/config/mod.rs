@@ -1,0 +1,72 @@
+//! Configuration: `routes.toml` -> validated [`Config`].
+//!
+//! `file` mirrors the TOML, `validate` turns it into the `model` types and collects every
+//! problem with its place in the file, `error` renders those problems. The running
+//! gateway never reads TOML on the request path: [`crate::snapshot`] builds an immutable
+//! snapshot from a [`Config`] once per (re)load.
+
+pub mod error;
+pub mod file;
+pub mod model;
+pub mod validate;
+
+use std::path::Path;
+
+pub use error::{ConfigError, ConfigErrors, Severity};
+pub use model::Config;
+
+/// A parsed file with what it was parsed from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// Findings that do not stop the file from being served.
+    pub warnings: Vec<ConfigError>,
+    /// Hash of the source text (FNV-1a, hex): identifies the active table in logs.
+    pub hash: String,
+}
+
+/// Why a file could not be loaded.
+#[derive(Debug)]
+pub enum LoadError {
+    /// The file could not be read.
+    Io(std::io::Error),
+    /// The file was read but is not a valid configuration.
+    Invalid { src: String, errors: ConfigErrors },
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Io(e) => write!(f, "cannot read config: {e}"),
+            LoadError::Invalid { errors, .. } => write!(f, "invalid config: {errors}"),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Parse configuration text.
+pub fn parse(src: &str) -> Result<Loaded, ConfigErrors> {
+    let (config, warnings) = validate::parse(src)?;
+    Ok(Loaded {
+        config,
+        warnings,
+        hash: source_hash(src),
+    })
+}
+
+/// Read and parse a file.
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let src = std::fs::read_to_string(path).map_err(LoadError::Io)?;
+    parse(&src).map_err(|errors| LoadError::Invalid { src, errors })
+}
+
+/// FNV-1a 64 of the text, as 16 hex digits.
+pub fn source_hash(src: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in src.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}

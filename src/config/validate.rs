@@ -1,0 +1,688 @@
+//! `routes.toml` text -> [`Config`], collecting every problem on the way.
+//!
+//! One pass per section; each check pushes a [`ConfigError`] with the span of the value it
+//! is about and keeps going, so a file with ten mistakes gets ten messages. Only when no
+//! error was found is a [`Config`] returned.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use ipnet::IpNet;
+use toml::Spanned;
+
+use super::error::{ConfigError, ConfigErrors, did_you_mean};
+use super::file::{self, FileConfig, SStr};
+use super::model::*;
+use crate::http::normalize::normalize_path;
+
+/// Parse and validate. `Ok` carries the config and any warnings.
+pub fn parse(src: &str) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
+    let file: FileConfig = match toml::from_str(src) {
+        Ok(f) => f,
+        Err(e) => {
+            return Err(ConfigErrors {
+                items: vec![toml_error(&e)],
+            });
+        }
+    };
+    let mut v = Validator::default();
+    let config = v.config(file);
+    if v.errors.iter().any(|e| e.severity == super::error::Severity::Error) {
+        Err(ConfigErrors { items: v.errors })
+    } else {
+        Ok((config, v.errors))
+    }
+}
+
+/// Turn a TOML/serde error into a [`ConfigError`], with a suggestion for unknown keys.
+fn toml_error(e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim().to_string();
+    let mut help = None;
+    // serde: "unknown field `foo`, expected one of `a`, `b`" / "expected `a` or `b`"
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some((field, expected)) = rest.split_once('`') {
+            let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+            help = did_you_mean(field, candidates.iter().copied()).or_else(|| {
+                (!candidates.is_empty()).then(|| format!("known keys here: {}", candidates.join(", ")))
+            });
+        }
+    }
+    ConfigError::new(e.span(), message).maybe_help(help)
+}
+
+/// Parse `"250ms"`, `"5s"`, `"2m"`, `"1h"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration: write a whole number and a unit, like \"250ms\" or \"5s\""))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "" => return Err(format!("`{s}` has no unit: write \"{n}s\" or \"{n}ms\"")),
+        other => return Err(format!("unknown duration unit `{other}` in `{s}`: use ms, s, m or h")),
+    };
+    Ok(d)
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn span<T>(s: &Spanned<T>) -> Option<Range<usize>> {
+    Some(s.span())
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<ConfigError>,
+}
+
+impl Validator {
+    fn err(&mut self, span: Option<Range<usize>>, msg: impl Into<String>) -> &mut ConfigError {
+        self.errors.push(ConfigError::new(span, msg));
+        self.errors.last_mut().expect("just pushed")
+    }
+
+    fn duration(&mut self, v: &Option<SStr>, default: Duration) -> Duration {
+        let Some(v) = v else { return default };
+        match parse_duration(v.get_ref()) {
+            Ok(d) if d.is_zero() => {
+                self.err(span(v), "duration must be greater than zero");
+                default
+            }
+            Ok(d) => d,
+            Err(msg) => {
+                self.err(span(v), msg);
+                default
+            }
+        }
+    }
+
+    fn count(&mut self, v: &Option<Spanned<i64>>, default: usize, min: i64, max: i64) -> usize {
+        let Some(v) = v else { return default };
+        let n = *v.get_ref();
+        if n < min || n > max {
+            self.err(span(v), format!("{n} is out of range: must be between {min} and {max}"));
+            return default;
+        }
+        n as usize
+    }
+
+    fn listen_addr(&mut self, v: &Option<SStr>, what: &str) -> Option<SocketAddr> {
+        let v = v.as_ref()?;
+        match v.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(span(v), format!("`{}` is not a valid {what} address", v.get_ref()))
+                    .help = Some("write IP:PORT, like \"0.0.0.0:8080\" or \"[::]:8080\"".into());
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, f: FileConfig) -> Config {
+        let listen = self.listen(f.listen.as_ref());
+        let server = self.server(f.server.unwrap_or_default());
+        let defaults = self.defaults(f.defaults.unwrap_or_default());
+        let services = self.services(&f.services, &defaults);
+        let names: HashMap<&str, usize> = services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
+        let routes = self.routes(&f.routes, &names);
+        self.unreachable_routes(&routes);
+        for s in &services {
+            let used = f
+                .routes
+                .iter()
+                .any(|r| r.get_ref().service.as_ref().is_some_and(|n| n.get_ref() == &s.name));
+            if !used {
+                let key = f.services.keys().find(|k| k.get_ref() == &s.name);
+                self.errors.push(ConfigError::warning(
+                    key.and_then(span),
+                    format!("service `{}` is not used by any route", s.name),
+                ));
+            }
+        }
+        Config {
+            listen,
+            server,
+            defaults,
+            services,
+            routes,
+        }
+    }
+
+    fn listen(&mut self, l: Option<&Spanned<file::ListenFile>>) -> Listen {
+        let Some(l) = l else {
+            return Listen {
+                http: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
+                admin: Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+            };
+        };
+        let http = self.listen_addr(&l.get_ref().http, "listen");
+        let admin = self.listen_addr(&l.get_ref().admin, "admin");
+        if http.is_none() && l.get_ref().http.is_none() {
+            self.err(span(l), "[listen] has no `http` address: the gateway would serve nothing")
+                .help = Some("add http = \"0.0.0.0:8080\"".into());
+        }
+        Listen { http, admin }
+    }
+
+    fn server(&mut self, s: file::ServerFile) -> Server {
+        let mut trusted = Vec::new();
+        for p in s.trusted_proxies.iter().flatten() {
+            let text = p.get_ref();
+            let parsed = text
+                .parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(n) => trusted.push(n),
+                Err(_) => {
+                    self.err(span(p), format!("`{text}` is not an IP address or CIDR range"))
+                        .help = Some("write \"10.0.0.0/8\" or \"192.0.2.7\"".into());
+                }
+            }
+        }
+        let access_log = match s.access_log.as_ref().map(|v| (v, v.get_ref().as_str())) {
+            None | Some((_, "json")) => AccessLog::Json,
+            Some((_, "off")) => AccessLog::Off,
+            Some((v, other)) => {
+                self.err(span(v), format!("unknown access_log format `{other}`"))
+                    .help = Some("use \"json\" or \"off\"".into());
+                AccessLog::Json
+            }
+        };
+        Server {
+            drain_timeout: self.duration(&s.drain_timeout, Duration::from_secs(30)),
+            header_read_timeout: self.duration(&s.header_read_timeout, Duration::from_secs(10)),
+            max_header_bytes: self.count(&s.max_header_bytes, 64 * 1024, 8192, 1 << 20),
+            max_headers: self.count(&s.max_headers, 100, 1, 1000),
+            max_connections: self.count(&s.max_connections, 10_000, 1, 1_000_000),
+            trusted_proxies: trusted,
+            access_log,
+        }
+    }
+
+    fn defaults(&mut self, d: file::DefaultsFile) -> Defaults {
+        let retry = match &d.retry {
+            None => Retry {
+                attempts: 2,
+                on_connect_failure: true,
+                budget_percent: 20,
+            },
+            Some(r) => {
+                let r = r.get_ref();
+                let mut on_connect_failure = r.on.is_none();
+                for cond in r.on.iter().flatten() {
+                    match cond.get_ref().as_str() {
+                        "connect-failure" => on_connect_failure = true,
+                        other => {
+                            let known = ["connect-failure"];
+                            let help = did_you_mean(other, known).unwrap_or_else(|| {
+                                "only `connect-failure` is supported so far; retries on \
+                                 resets and 5xx come with retry budgets"
+                                    .into()
+                            });
+                            self.err(span(cond), format!("unsupported retry condition `{other}`"))
+                                .help = Some(help);
+                        }
+                    }
+                }
+                Retry {
+                    attempts: self.count(&r.attempts, 2, 1, 10) as u32,
+                    on_connect_failure,
+                    budget_percent: self.count(&r.budget_percent, 20, 0, 100) as u32,
+                }
+            }
+        };
+        Defaults {
+            connect_timeout: self.duration(&d.connect_timeout, Duration::from_secs(1)),
+            request_timeout: self.duration(&d.request_timeout, Duration::from_secs(30)),
+            pool_idle_timeout: self.duration(&d.pool_idle_timeout, Duration::from_secs(90)),
+            pool_max_idle: self.count(&d.pool_max_idle, 256, 0, 100_000),
+            retry,
+        }
+    }
+
+    fn services(&mut self, services: &BTreeMap<SStr, Spanned<file::ServiceFile>>, d: &Defaults) -> Vec<Service> {
+        let mut out = Vec::with_capacity(services.len());
+        for (name, svc) in services {
+            if !is_name(name.get_ref()) {
+                self.err(span(name), format!("service name `{}` is not valid", name.get_ref()))
+                    .help = Some("names use lower-case letters, digits and `-`".into());
+            }
+            let s = svc.get_ref();
+            if s.endpoints.get_ref().is_empty() {
+                self.err(span(&s.endpoints), format!("service `{}` has no endpoints", name.get_ref()))
+                    .help = Some("add endpoints = [\"127.0.0.1:9001\"]".into());
+            }
+            let mut endpoints = Vec::new();
+            for ep in s.endpoints.get_ref() {
+                match parse_endpoint(ep.get_ref()) {
+                    Ok(e) => {
+                        if endpoints.contains(&e) {
+                            self.errors.push(ConfigError::warning(
+                                span(ep),
+                                format!("endpoint `{}` is listed twice", ep.get_ref()),
+                            ));
+                        }
+                        endpoints.push(e);
+                    }
+                    Err(msg) => {
+                        self.err(span(ep), msg).help =
+                            Some("write HOST:PORT, like \"10.0.0.7:8080\" or \"users.default.svc:80\"".into());
+                    }
+                }
+            }
+            if let Some(p) = &s.protocol
+                && p.get_ref() != "http1"
+            {
+                self.err(span(p), format!("protocol `{}` is not supported yet", p.get_ref()))
+                    .help = Some("use \"http1\" (h2c, h2 and https upstreams come with HTTP/2 support)".into());
+            }
+            if let Some(lb) = &s.load_balancing
+                && lb.get_ref() != "round-robin"
+            {
+                let help = did_you_mean(lb.get_ref(), ["round-robin"])
+                    .unwrap_or_else(|| "only \"round-robin\" is supported so far".into());
+                self.err(span(lb), format!("load_balancing `{}` is not supported", lb.get_ref()))
+                    .help = Some(help);
+            }
+            out.push(Service {
+                name: name.get_ref().clone(),
+                endpoints,
+                connect_timeout: self.duration(&s.connect_timeout, d.connect_timeout),
+                dns_refresh: self.duration(&s.dns_refresh, Duration::from_secs(5)),
+            });
+        }
+        out
+    }
+
+    fn routes(&mut self, routes: &[Spanned<file::RouteFile>], services: &HashMap<&str, usize>) -> Vec<Route> {
+        let mut out = Vec::with_capacity(routes.len());
+        let mut seen: HashMap<&str, &SStr> = HashMap::new();
+        for (order, r) in routes.iter().enumerate() {
+            let rs = r.span();
+            let r = r.get_ref();
+            let name = r.name.get_ref();
+            if !is_name(name) {
+                self.err(span(&r.name), format!("route name `{name}` is not valid"))
+                    .help = Some("names use lower-case letters, digits and `-`".into());
+            }
+            if let Some(first) = seen.get(name.as_str()) {
+                let line = first.span().start;
+                self.err(span(&r.name), format!("duplicate route name `{name}`"))
+                    .help = Some(format!("route names must be unique; the first `{name}` is at byte {line}"));
+            } else {
+                seen.insert(name, &r.name);
+            }
+            let path = self.route_path(r, rs.clone());
+            let host = r.host.as_ref().and_then(|h| self.host(h));
+            let methods = self.methods(r);
+            let headers = self.header_predicates(r);
+            let query = r
+                .query
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.get_ref().clone(), v.get_ref().clone()))
+                .collect();
+            let service = match &r.service {
+                Some(s) => match services.get(s.get_ref().as_str()) {
+                    Some(&i) => Some(i),
+                    None => {
+                        let help = did_you_mean(s.get_ref(), services.keys().copied());
+                        self.err(span(s), format!("unknown service `{}`", s.get_ref()))
+                            .help = help.or_else(|| Some("define it under [services.NAME]".into()));
+                        None
+                    }
+                },
+                None => {
+                    self.err(Some(rs.clone()), format!("route `{name}` has no `service`"));
+                    None
+                }
+            };
+            let strip_prefix = r.strip_prefix.as_ref().and_then(|sp| self.strip_prefix(sp, path.as_ref()));
+            let timeout = r.timeout.as_ref().map(|t| self.duration(&Some(t.clone()), Duration::from_secs(30)));
+            if let (Some(path), Some(service)) = (path, service) {
+                out.push(Route {
+                    name: name.clone(),
+                    host,
+                    path,
+                    methods,
+                    headers,
+                    query,
+                    service,
+                    strip_prefix,
+                    timeout,
+                    order,
+                    span: rs,
+                });
+            }
+        }
+        out
+    }
+
+    fn route_path(&mut self, r: &file::RouteFile, rs: Range<usize>) -> Option<PathMatch> {
+        let (value, exact) = match (&r.path, &r.exact) {
+            (Some(_), Some(e)) => {
+                self.err(span(e), "a route has either `path` (prefix) or `exact`, not both");
+                return None;
+            }
+            (Some(p), None) => (p, false),
+            (None, Some(e)) => (e, true),
+            (None, None) => {
+                self.err(Some(rs), format!("route `{}` has neither `path` nor `exact`", r.name.get_ref()))
+                    .help = Some("add path = \"/api/...\" (prefix) or exact = \"/healthz\"".into());
+                return None;
+            }
+        };
+        let text = value.get_ref();
+        if text.contains(['?', '#']) {
+            self.err(span(value), format!("path `{text}` contains `?` or `#`"))
+                .help = Some("match query parameters with `query = { name = \"value\" }`".into());
+            return None;
+        }
+        if text.contains(['{', '}']) {
+            self.err(span(value), format!("path `{text}` contains `{{` or `}}`, which a URL path cannot"));
+            return None;
+        }
+        let normalized = match normalize_path(text) {
+            Ok(n) => n,
+            Err(_) => {
+                self.err(span(value), format!("`{text}` is not a valid path"))
+                    .help = Some("paths start with `/` and use %XX escapes".into());
+                return None;
+            }
+        };
+        if normalized != text.as_str() {
+            self.err(span(value), format!("path `{text}` is not in normal form, so no request could match it"))
+                .help = Some(format!("write `{normalized}`"));
+            return None;
+        }
+        Some(if exact {
+            PathMatch::Exact(text.clone())
+        } else if text.len() > 1 {
+            PathMatch::Prefix(text.trim_end_matches('/').to_string())
+        } else {
+            PathMatch::Prefix("/".into())
+        })
+    }
+
+    fn host(&mut self, h: &SStr) -> Option<HostMatch> {
+        let text = h.get_ref().to_ascii_lowercase();
+        let (wild, name) = match text.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, text.as_str()),
+        };
+        let valid_label = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if name.is_empty() || !name.split('.').all(valid_label) {
+            let help = if text.contains(':') {
+                "the port is not part of a host match; write the name alone"
+            } else {
+                "write a DNS name like \"api.example.com\" or \"*.example.com\""
+            };
+            self.err(span(h), format!("`{}` is not a valid host", h.get_ref())).help = Some(help.into());
+            return None;
+        }
+        Some(if wild {
+            HostMatch::Wildcard(format!(".{name}"))
+        } else {
+            HostMatch::Exact(name.to_string())
+        })
+    }
+
+    fn methods(&mut self, r: &file::RouteFile) -> Vec<Method> {
+        let mut out = Vec::new();
+        let Some(ms) = &r.methods else { return out };
+        if ms.get_ref().is_empty() {
+            self.err(span(ms), "`methods` is empty, so the route can never match")
+                .help = Some("remove `methods` to match every method".into());
+        }
+        const KNOWN: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"];
+        for m in ms.get_ref() {
+            let t = m.get_ref();
+            if !KNOWN.contains(&t.as_str()) {
+                let upper = t.to_ascii_uppercase();
+                let help = if KNOWN.contains(&upper.as_str()) {
+                    Some(format!("methods are case-sensitive: write `{upper}`"))
+                } else {
+                    did_you_mean(&upper, KNOWN)
+                };
+                self.err(span(m), format!("unknown method `{t}`")).help = help;
+                continue;
+            }
+            if let Ok(method) = Method::from_bytes(t.as_bytes()) {
+                if out.contains(&method) {
+                    self.errors
+                        .push(ConfigError::warning(span(m), format!("method `{t}` is listed twice")));
+                } else {
+                    out.push(method);
+                }
+            }
+        }
+        out
+    }
+
+    fn header_predicates(&mut self, r: &file::RouteFile) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::new();
+        for (k, v) in r.headers.iter().flatten() {
+            let name = HeaderName::from_bytes(k.get_ref().as_bytes());
+            let value = HeaderValue::from_str(v.get_ref());
+            match (name, value) {
+                (Ok(n), Ok(v)) => out.push((n, v)),
+                (Err(_), _) => {
+                    self.err(span(k), format!("`{}` is not a valid header name", k.get_ref()));
+                }
+                (_, Err(_)) => {
+                    self.err(span(v), format!("`{}` is not a valid header value", v.get_ref()));
+                }
+            }
+        }
+        out
+    }
+
+    fn strip_prefix(&mut self, sp: &SStr, path: Option<&PathMatch>) -> Option<String> {
+        let text = sp.get_ref();
+        let trimmed = if text.len() > 1 { text.trim_end_matches('/') } else { text.as_str() };
+        if !text.starts_with('/') || normalize_path(text).map(|n| n != text.as_str()).unwrap_or(true) {
+            self.err(span(sp), format!("strip_prefix `{text}` is not a normalised path"));
+            return None;
+        }
+        if let Some(path) = path
+            && !prefix_matches(trimmed, path.as_str())
+        {
+            self.err(
+                span(sp),
+                format!("strip_prefix `{text}` is not a prefix of the route's path `{}`", path.as_str()),
+            )
+            .help = Some("strip_prefix removes the start of the matched path; it must begin that path".into());
+            return None;
+        }
+        Some(trimmed.to_string())
+    }
+
+    /// A route is unreachable when another route with the same host and path is tried
+    /// before it and matches every request it could match.
+    fn unreachable_routes(&mut self, routes: &[Route]) {
+        for l in routes {
+            if let Some(e) = routes
+                .iter()
+                .find(|e| e.order != l.order && e.host == l.host && e.path == l.path && tried_before(e, l) && covers(e, l))
+            {
+                self.err(
+                    Some(l.span.clone()),
+                    format!("route `{}` can never match: route `{}` matches every request it would", l.name, e.name),
+                )
+                .help = Some(format!("give `{}` a distinguishing predicate, or remove it", l.name));
+            }
+        }
+    }
+}
+
+/// The within-path precedence: method predicate first, then more headers, then more
+/// query parameters, then file order. The router sorts by the same key.
+pub fn rank_key(r: &Route) -> (bool, std::cmp::Reverse<usize>, std::cmp::Reverse<usize>, usize) {
+    (
+        r.methods.is_empty(),
+        std::cmp::Reverse(r.headers.len()),
+        std::cmp::Reverse(r.query.len()),
+        r.order,
+    )
+}
+
+fn tried_before(e: &Route, l: &Route) -> bool {
+    rank_key(e) < rank_key(l)
+}
+
+/// Does every request that matches `l`'s predicates also match `e`'s?
+fn covers(e: &Route, l: &Route) -> bool {
+    let methods = e.methods.is_empty() || (!l.methods.is_empty() && l.methods.iter().all(|m| e.methods.contains(m)));
+    let headers = e.headers.iter().all(|h| l.headers.contains(h));
+    let query = e.query.iter().all(|q| l.query.contains(q));
+    methods && headers && query
+}
+
+/// `host:port` with an IP literal or a DNS name.
+pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(format!("endpoint `{s}` has port 0"));
+        }
+        return Ok(Endpoint {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            addr: Some(addr),
+        });
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("endpoint `{s}` has no port"));
+    };
+    let port: u16 = match port.parse() {
+        Ok(p) if p > 0 => p,
+        _ => return Err(format!("endpoint `{s}` has an invalid port `{port}`")),
+    };
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if !valid {
+        return Err(format!("endpoint `{s}` has an invalid host `{host}`"));
+    }
+    Ok(Endpoint {
+        host: host.to_ascii_lowercase(),
+        port,
+        addr: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(src: &str) -> Vec<String> {
+        match parse(src) {
+            Ok(_) => vec![],
+            Err(e) => e
+                .items
+                .iter()
+                .filter(|e| e.severity == super::super::error::Severity::Error)
+                .map(|e| e.to_string())
+                .collect(),
+        }
+    }
+
+    const BASE: &str = "[services.users]\nendpoints = [\"127.0.0.1:9001\"]\n";
+
+    #[test]
+    fn durations_need_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5 sec").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn unknown_service_suggests_the_closest_name() {
+        let src = format!("{BASE}[[routes]]\nname = \"u\"\npath = \"/u\"\nservice = \"usres\"\n");
+        let e = errors(&src);
+        assert_eq!(e, ["unknown service `usres` (did you mean `users`?)"]);
+    }
+
+    #[test]
+    fn unknown_key_suggests_the_closest_key() {
+        let src = format!("{BASE}[[routes]]\nname = \"u\"\npath = \"/u\"\nservise = \"users\"\n");
+        let e = errors(&src);
+        assert_eq!(e.len(), 1);
+        assert!(e[0].contains("unknown field `servise`"), "{e:?}");
+        assert!(e[0].contains("did you mean `service`?"), "{e:?}");
+    }
+
+    #[test]
+    fn identical_routes_are_unreachable() {
+        let src = format!(
+            "{BASE}[[routes]]\nname = \"a\"\npath = \"/u\"\nservice = \"users\"\n\
+             [[routes]]\nname = \"b\"\npath = \"/u/\"\nservice = \"users\"\n"
+        );
+        let e = errors(&src);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("route `b` can never match"), "{e:?}");
+    }
+
+    #[test]
+    fn a_more_specific_later_route_is_reachable() {
+        let src = format!(
+            "{BASE}[[routes]]\nname = \"a\"\npath = \"/u\"\nservice = \"users\"\n\
+             [[routes]]\nname = \"b\"\npath = \"/u\"\nmethods = [\"GET\"]\nservice = \"users\"\n"
+        );
+        assert!(errors(&src).is_empty());
+    }
+
+    #[test]
+    fn endpoints_need_a_port_and_a_valid_host() {
+        assert!(parse_endpoint("10.0.0.1:80").is_ok());
+        assert!(parse_endpoint("[::1]:80").is_ok());
+        assert!(parse_endpoint("users.svc:80").is_ok());
+        assert!(parse_endpoint("users.svc").is_err());
+        assert!(parse_endpoint("users.svc:0").is_err());
+        assert!(parse_endpoint("us_ers:80").is_err());
+        assert!(parse_endpoint("http://users:80").is_err());
+    }
+
+    #[test]
+    fn paths_must_be_normalised() {
+        let src = format!("{BASE}[[routes]]\nname = \"a\"\npath = \"/a//b\"\nservice = \"users\"\n");
+        assert_eq!(
+            errors(&src),
+            ["path `/a//b` is not in normal form, so no request could match it (write `/a/b`)"]
+        );
+    }
+
+    #[test]
+    fn strip_prefix_must_begin_the_path() {
+        let src = format!(
+            "{BASE}[[routes]]\nname = \"a\"\npath = \"/api/users\"\nstrip_prefix = \"/v1\"\nservice = \"users\"\n"
+        );
+        let e = errors(&src);
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("strip_prefix `/v1` is not a prefix"), "{e:?}");
+    }
+}

@@ -1,0 +1,205 @@
+//! Header hygiene between client, gateway and upstream.
+//!
+//! Order matters and is fixed here: first everything hop-by-hop is removed (the standard
+//! set plus whatever the peer's `Connection` header names), *then* the gateway sets its own
+//! headers. A client's `Connection: x-forwarded-for` therefore removes only the client's
+//! copy, never the gateway's (Traefik CVE-2021-32813 / CVE-2024-45410).
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
+/// legacy `proxy-connection` and `keep-alive`.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// `x-request-id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Remove hop-by-hop headers, including every header named in `Connection`, and `Upgrade`.
+/// Returns quickly when there is nothing to do (the common keep-alive request has at most
+/// a `connection: keep-alive`).
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Request framing that a proxy must refuse rather than forward (request smuggling):
+/// both `Content-Length` and `Transfer-Encoding`, several `Content-Length` values, or a
+/// `Transfer-Encoding` whose last coding is not `chunked`.
+pub fn framing_is_ambiguous(headers: &HeaderMap) -> bool {
+    let cl = headers.get_all(header::CONTENT_LENGTH).iter().count();
+    let te: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    if cl > 1 || (cl == 1 && !te.is_empty()) {
+        return true;
+    }
+    if let Some(last) = te.last() {
+        let last_coding = last
+            .to_str()
+            .ok()
+            .and_then(|v| v.rsplit(',').next())
+            .map(|c| c.trim().eq_ignore_ascii_case("chunked"));
+        return last_coding != Some(true);
+    }
+    false
+}
+
+/// Keep a client's request id when it is short and plain; otherwise `None`.
+pub fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+}
+
+/// A fresh 128-bit random request id as 32 hex digits.
+pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut buf = [0u8; 32];
+    for b in buf.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+}
+
+/// Set `x-forwarded-for/-proto/-host` for the upstream. From a trusted proxy the existing
+/// chain is kept and the peer appended; from anyone else, client-sent forwarding headers
+/// (including `Forwarded`) are replaced, because nothing a client says about itself is
+/// trusted.
+pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, proto: &'static str, host: Option<&str>) {
+    let peer_s = peer.to_string();
+    if trusted {
+        let chain = headers
+            .get(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+            .map(|prev| format!("{prev}, {peer_s}"));
+        let value = chain.unwrap_or(peer_s);
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST)
+            && let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok())
+        {
+            headers.insert(X_FORWARDED_HOST.clone(), v);
+        }
+        return;
+    }
+    headers.remove(&FORWARDED);
+    if let Ok(v) = HeaderValue::from_str(&peer_s) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        Some(v) => {
+            headers.insert(X_FORWARDED_HOST.clone(), v);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn connection_named_headers_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("x-kept", "1"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn client_cannot_remove_gateway_forwarding_headers() {
+        let mut h = map(&[("connection", "x-forwarded-for, x-request-id")]);
+        remove_hop_by_hop(&mut h);
+        set_forwarded(&mut h, "192.0.2.1".parse().unwrap(), false, "http", Some("a.example"));
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "a.example");
+    }
+
+    #[test]
+    fn untrusted_forwarding_headers_are_replaced() {
+        let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("forwarded", "for=10.0.0.1"), ("x-forwarded-proto", "https")]);
+        set_forwarded(&mut h, "192.0.2.1".parse().unwrap(), false, "http", None);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key("forwarded"));
+        assert!(!h.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn trusted_forwarding_headers_are_appended() {
+        let mut h = map(&[("x-forwarded-for", "203.0.113.9"), ("x-forwarded-proto", "https")]);
+        set_forwarded(&mut h, "10.0.0.2".parse().unwrap(), true, "http", Some("a"));
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn ambiguous_framing_is_detected() {
+        assert!(framing_is_ambiguous(&map(&[("content-length", "5"), ("transfer-encoding", "chunked")])));
+        assert!(framing_is_ambiguous(&map(&[("content-length", "5"), ("content-length", "6")])));
+        assert!(framing_is_ambiguous(&map(&[("transfer-encoding", "chunked, gzip")])));
+        assert!(framing_is_ambiguous(&map(&[("transfer-encoding", "identity")])));
+        assert!(!framing_is_ambiguous(&map(&[("transfer-encoding", "gzip, chunked")])));
+        assert!(!framing_is_ambiguous(&map(&[("content-length", "5")])));
+        assert!(!framing_is_ambiguous(&map(&[])));
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(valid_request_id(&HeaderValue::from_static("abc-123_x.y:z")));
+        assert!(!valid_request_id(&HeaderValue::from_static("a b")));
+        assert!(!valid_request_id(&HeaderValue::from_static("")));
+        let id = new_request_id();
+        assert_eq!(id.len(), 32);
+        assert!(valid_request_id(&id));
+        assert_ne!(id, new_request_id());
+    }
+}

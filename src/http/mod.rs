@@ -1,0 +1,4 @@
+//! HTTP details that are not proxy logic: normalisation and header hygiene.
+
+pub mod headers;
+pub mod normalize;

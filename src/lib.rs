@@ -1,0 +1,37 @@
+//! # Switchyard, an edge API gateway
+//!
+//! One request passes through these modules, top to bottom, in one pass:
+//!
+//! ```text
+//! server      accept (connection limit) -> hyper-util auto (HTTP/1.1 + h2c),
+//!             header-read timeout, header size/count limits, graceful drain
+//!   proxy::serve            load the Snapshot once (ArcSwap), request id
+//!     check_framing         CL+TE, duplicate CL, non-chunked TE -> 400 + close
+//!     http::normalize       canonical path (dot segments, //, %XX) and host
+//!     router                host -> matchit prefix tree -> method/header/query
+//!     upstream_request      hop-by-hop out, X-Forwarded-*, x-request-id, rewrite
+//!     forward               upstream::Upstream: round-robin, pooled client,
+//!                           connect retry, route timeout
+//!     downstream_response   hop-by-hop out, stream the body back
+//!   observe::access_log     one JSON line when the response body is done
+//! ```
+//!
+//! Configuration (`config`) is parsed and validated once per load into a
+//! [`snapshot::Snapshot`]; `reload` builds the next one on the side and swaps it in.
+//! The hot path never parses config or takes a global lock.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod gateway;
+pub mod http;
+pub mod observe;
+pub mod proxy;
+pub mod reload;
+pub mod router;
+pub mod run;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;

@@ -1,0 +1,116 @@
+//! The gateway's own failures and the one place that turns them into responses.
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::ResponseBody;
+
+/// Which side of the gateway a failure is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Side {
+    /// The client sent something the gateway will not serve.
+    Downstream,
+    /// The upstream could not be reached or did not answer properly.
+    Upstream,
+}
+
+/// Every way a request can fail inside the gateway. Each maps to one status and one
+/// stable `error` code in [`ProxyError::into_response`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// No route matches the request (404 `no_route`).
+    NoRoute,
+    /// The path cannot be normalised safely: bad `%` escape, not absolute (400 `bad_path`).
+    BadPath,
+    /// `Content-Length` with `Transfer-Encoding`, several lengths, or a final coding other
+    /// than chunked: a smuggling attempt or a broken client. Answered with 400
+    /// `bad_framing`, and the connection is closed.
+    AmbiguousFraming,
+    /// The service has no address to send to (503 `no_healthy_upstream`).
+    NoHealthyUpstream,
+    /// Every connection attempt failed or timed out (502 `upstream_connect_failed`).
+    ConnectFailed,
+    /// The upstream did not answer within the route's timeout (504 `upstream_timeout`).
+    UpstreamTimeout,
+    /// The upstream closed the connection or answered with something that is not HTTP
+    /// (502 `bad_upstream_response`).
+    BadUpstreamResponse,
+}
+
+impl ProxyError {
+    /// Side of the failure, for logs and metrics.
+    pub fn side(self) -> Side {
+        match self {
+            ProxyError::NoRoute | ProxyError::BadPath | ProxyError::AmbiguousFraming => Side::Downstream,
+            ProxyError::NoHealthyUpstream
+            | ProxyError::ConnectFailed
+            | ProxyError::UpstreamTimeout
+            | ProxyError::BadUpstreamResponse => Side::Upstream,
+        }
+    }
+
+    /// HTTP status of the answer.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BadPath | ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
+            ProxyError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ConnectFailed | ProxyError::BadUpstreamResponse => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Stable machine-readable code, the `error` field of the JSON answer.
+    pub fn code(self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no_route",
+            ProxyError::BadPath => "bad_path",
+            ProxyError::AmbiguousFraming => "bad_framing",
+            ProxyError::NoHealthyUpstream => "no_healthy_upstream",
+            ProxyError::ConnectFailed => "upstream_connect_failed",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::BadUpstreamResponse => "bad_upstream_response",
+        }
+    }
+
+    /// The JSON answer: `{"error":"…","request_id":"…"}`.
+    pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
+        let id = request_id.to_str().unwrap_or("");
+        // The id was validated or generated: only [A-Za-z0-9._:-], nothing to escape.
+        let body = format!("{{\"error\":\"{}\",\"request_id\":\"{}\"}}\n", self.code(), id);
+        let mut resp = Response::new(ResponseBody::full(body));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self == ProxyError::AmbiguousFraming {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_a_json_answer() {
+        let all = [
+            ProxyError::NoRoute,
+            ProxyError::BadPath,
+            ProxyError::AmbiguousFraming,
+            ProxyError::NoHealthyUpstream,
+            ProxyError::ConnectFailed,
+            ProxyError::UpstreamTimeout,
+            ProxyError::BadUpstreamResponse,
+        ];
+        for e in all {
+            let resp = e.into_response(&HeaderValue::from_static("abc"));
+            assert_eq!(resp.status(), e.status());
+            assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+            assert!(e.status().is_client_error() == (e.side() == Side::Downstream));
+        }
+    }
+}

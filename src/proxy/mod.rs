@@ -1,0 +1,310 @@
+//! One exchange, end to end. Each phase is a named function, called in this order:
+//!
+//! ```text
+//! serve            load the snapshot once; request id; access-log record
+//!  └ pipeline
+//!     ├ check_framing      refuse ambiguous Content-Length/Transfer-Encoding (smuggling)
+//!     ├ normalise          canonical path and host (http::normalize)
+//!     ├ route              Router::find: host -> path -> predicates, or 404
+//!     ├ upstream_request   hop-by-hop cleanup, forwarding headers, rewritten path
+//!     ├ forward            pick endpoint, pooled connection, timeout, connect retries
+//!     └ downstream_response hop-by-hop cleanup of the answer
+//! finish           x-request-id on the answer; the record rides on the body to the log
+//! ```
+//!
+//! Every failure is a [`ProxyError`], turned into the JSON answer in one place
+//! ([`ProxyError::into_response`]).
+
+pub mod body;
+pub mod error;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Instant, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use hyper::body::{Body as _, Incoming};
+
+use crate::config::model::{AccessLog, Route};
+use crate::http::headers::{
+    X_REQUEST_ID, framing_is_ambiguous, new_request_id, remove_hop_by_hop, set_forwarded, valid_request_id,
+};
+use crate::http::normalize::{normalize_host, normalize_path};
+use crate::observe::access_log::{AccessRecord, Sink};
+use crate::router::RequestInfo;
+use crate::snapshot::Snapshot;
+use crate::upstream::Upstream;
+use body::{ResponseBody, UpstreamBody};
+pub use error::ProxyError;
+
+/// Per-connection facts the phases need.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// `http` or `https`, for `x-forwarded-proto`.
+    pub proto: &'static str,
+}
+
+/// Per-request state carried through the phases and read by the log at the end.
+struct RequestCtx {
+    request_id: HeaderValue,
+    record: Option<Box<AccessRecord>>,
+}
+
+/// Serve one request. Never fails: errors become the gateway's JSON answers.
+pub async fn serve(
+    snapshot: Arc<Snapshot>,
+    sink: Option<&Sink>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if valid_request_id(v) => v.clone(),
+        _ => new_request_id(),
+    };
+    let record = match (snapshot.config.server.access_log, sink) {
+        (AccessLog::Json, Some(sink)) => Some(Box::new(AccessRecord {
+            sink: sink.clone(),
+            start: Instant::now(),
+            time: SystemTime::now(),
+            request_id: request_id.to_str().unwrap_or("").to_string(),
+            client: conn.peer,
+            method: req.method().as_str().to_string(),
+            host: host_of(&req).map(str::to_string),
+            path: req.uri().path().to_string(),
+            route: None,
+            service: None,
+            endpoint: None,
+            status: 0,
+            error: None,
+            upstream: None,
+            attempts: 0,
+            bytes_in: None,
+            bytes_out: 0,
+        })),
+        _ => None,
+    };
+    let mut ctx = RequestCtx { request_id, record };
+    let mut resp = match pipeline(&snapshot, conn, &mut ctx, req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            if let Some(r) = &mut ctx.record {
+                r.error = Some(e.code());
+            }
+            e.into_response(&ctx.request_id)
+        }
+    };
+    finish(&mut resp, ctx);
+    resp
+}
+
+async fn pipeline(
+    snap: &Snapshot,
+    conn: ConnInfo,
+    ctx: &mut RequestCtx,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    check_framing(&parts.headers)?;
+    let path = normalize_path(parts.uri.path()).map_err(|_| ProxyError::BadPath)?;
+    let raw_host = host_of_parts(&parts.headers, &parts.uri).map(str::to_string);
+    let host = raw_host.as_deref().and_then(normalize_host);
+    let info = RequestInfo {
+        method: &parts.method,
+        host: host.as_deref(),
+        path: &path,
+        query: parts.uri.query(),
+        headers: &parts.headers,
+    };
+    let (route_id, route) = snap.router.find(&info).ok_or(ProxyError::NoRoute)?;
+    let upstream = &snap.upstreams[route.service];
+    if let Some(r) = &mut ctx.record {
+        r.route = Some(snap.route_names[route_id].clone());
+        r.service = Some(upstream.name.clone());
+    }
+    let path_and_query = upstream_path_and_query(route, &path, &parts.uri)?;
+    upstream_request_headers(snap, conn, &mut parts.headers, raw_host.as_deref(), &ctx.request_id);
+    let body = if body.is_end_stream() {
+        UpstreamBody::Empty
+    } else {
+        let counter = ctx.record.as_mut().map(|r| {
+            let c = Arc::new(AtomicU64::new(0));
+            r.bytes_in = Some(c.clone());
+            c
+        });
+        UpstreamBody::Stream(body, counter)
+    };
+    let head = UpstreamHead {
+        method: parts.method,
+        path_and_query,
+        headers: parts.headers,
+    };
+    let resp = forward(snap, route, upstream, ctx, head, body).await?;
+    Ok(downstream_response(resp))
+}
+
+/// Phase: refuse framing that two HTTP parsers could read differently.
+fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
+    if framing_is_ambiguous(headers) {
+        return Err(ProxyError::AmbiguousFraming);
+    }
+    Ok(())
+}
+
+/// The host the client asked for: `Host` (HTTP/1.1) or the URI authority (HTTP/2,
+/// absolute-form).
+fn host_of(req: &Request<Incoming>) -> Option<&str> {
+    host_of_parts(req.headers(), req.uri())
+}
+
+fn host_of_parts<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
+    uri.authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// Phase: the path the upstream sees: normalised, `strip_prefix` applied, query kept.
+fn upstream_path_and_query(route: &Route, path: &str, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
+    let up = route.upstream_path(path);
+    if up.as_ref() == uri.path()
+        && let Some(pq) = uri.path_and_query()
+    {
+        // Already canonical and unchanged: reuse without copying.
+        return Ok(pq.clone());
+    }
+    let s = match uri.query() {
+        Some(q) => format!("{up}?{q}"),
+        None => up.into_owned(),
+    };
+    PathAndQuery::try_from(s).map_err(|_| ProxyError::BadPath)
+}
+
+/// Phase: headers towards the upstream. Hop-by-hop first, then the gateway's own.
+fn upstream_request_headers(
+    snap: &Snapshot,
+    conn: ConnInfo,
+    headers: &mut HeaderMap,
+    raw_host: Option<&str>,
+    request_id: &HeaderValue,
+) {
+    remove_hop_by_hop(headers);
+    // The gateway reads the client's body itself; the upstream must not wait for a
+    // `100 Continue` that only the gateway would see.
+    headers.remove(header::EXPECT);
+    let trusted = snap
+        .config
+        .server
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&conn.peer.ip()));
+    set_forwarded(headers, conn.peer.ip(), trusted, conn.proto, raw_host);
+    if !headers.contains_key(header::HOST)
+        && let Some(v) = raw_host.and_then(|h| HeaderValue::from_str(h).ok())
+    {
+        headers.insert(header::HOST, v);
+    }
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+/// The parts of the upstream request that are the same for every try.
+struct UpstreamHead {
+    method: http::Method,
+    path_and_query: PathAndQuery,
+    headers: HeaderMap,
+}
+
+/// Phase: send to an endpoint of the service, within the route's timeout. Connect
+/// failures are retried on the next endpoint when the request has no body (nothing
+/// reached the upstream, so this is safe for every method).
+async fn forward(
+    snap: &Snapshot,
+    route: &Route,
+    upstream: &Upstream,
+    ctx: &mut RequestCtx,
+    head: UpstreamHead,
+    body: UpstreamBody,
+) -> Result<Response<Incoming>, ProxyError> {
+    let defaults = &snap.config.defaults;
+    let timeout = route.timeout.unwrap_or(defaults.request_timeout);
+    let retry = &defaults.retry;
+    let attempts = if retry.on_connect_failure && matches!(body, UpstreamBody::Empty) {
+        retry.attempts.min(upstream.len().max(1) as u32)
+    } else {
+        1
+    };
+    let started = Instant::now();
+    let record = &mut ctx.record;
+    let tries = async {
+        let mut body = Some(body);
+        let mut head = Some(head);
+        let mut last = ProxyError::NoHealthyUpstream;
+        for attempt in 1..=attempts {
+            let target = upstream.pick().ok_or(ProxyError::NoHealthyUpstream)?;
+            if let Some(r) = record.as_mut() {
+                r.endpoint = Some(target.addr);
+                r.attempts = attempt;
+            }
+            let h = if attempt == attempts {
+                head.take()
+            } else {
+                head.as_ref().map(|h| UpstreamHead {
+                    method: h.method.clone(),
+                    path_and_query: h.path_and_query.clone(),
+                    headers: h.headers.clone(),
+                })
+            };
+            let Some(h) = h else { break };
+            let uri = Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(target.authority.clone())
+                .path_and_query(h.path_and_query)
+                .build()
+                .map_err(|_| ProxyError::BadPath)?;
+            let mut req = Request::new(body.take().unwrap_or(UpstreamBody::Empty));
+            *req.method_mut() = h.method;
+            *req.uri_mut() = uri;
+            *req.version_mut() = Version::HTTP_11;
+            *req.headers_mut() = h.headers;
+            match upstream.client.request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(e) if e.is_connect() => {
+                    tracing::debug!(service = %upstream.name, endpoint = %target.addr, error = %e, "connect failed");
+                    last = ProxyError::ConnectFailed;
+                }
+                Err(e) => {
+                    tracing::debug!(service = %upstream.name, endpoint = %target.addr, error = %e, "upstream exchange failed");
+                    return Err(ProxyError::BadUpstreamResponse);
+                }
+            }
+        }
+        Err(last)
+    };
+    let result = match tokio::time::timeout(timeout, tries).await {
+        Ok(r) => r,
+        Err(_) => Err(ProxyError::UpstreamTimeout),
+    };
+    if let Some(r) = &mut ctx.record {
+        r.upstream = Some(started.elapsed());
+    }
+    result
+}
+
+/// Phase: the upstream's answer, cleaned of hop-by-hop headers, body streamed.
+fn downstream_response(resp: Response<Incoming>) -> Response<ResponseBody> {
+    let (mut parts, body) = resp.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, ResponseBody::stream(body))
+}
+
+/// Last phase: the request id goes back to the client; the log record rides on the body.
+fn finish(resp: &mut Response<ResponseBody>, ctx: RequestCtx) {
+    if let Some(mut record) = ctx.record {
+        record.status = resp.status().as_u16();
+        resp.body_mut().set_record(record);
+    }
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), ctx.request_id);
+}

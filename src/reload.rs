@@ -1,0 +1,105 @@
+//! Hot reload: SIGHUP, or a change in the config file's directory, builds a complete new
+//! snapshot on the side and swaps it in. A file that does not validate is rejected with
+//! its errors logged and the running table kept.
+//!
+//! The directory is watched, not the file: a Kubernetes ConfigMap update replaces a
+//! `..data` symlink next to the file, and editors often write a new file and rename it
+//! over the old one; neither touches the old inode. Every event in the directory leads
+//! to a re-read; an unchanged file (same hash) is a no-op.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, LoadError};
+use crate::gateway::Gateway;
+use crate::snapshot::Snapshot;
+
+/// Why a reload did not swap in a new table.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The new table is live.
+    Reloaded { hash: String },
+    /// The file is the one already running.
+    Unchanged,
+    /// The file was unreadable or invalid; the old table stays.
+    Rejected(String),
+}
+
+/// Re-read `path` and swap in its snapshot when it is valid and different.
+pub async fn reload(gw: &Gateway, path: &Path) -> Outcome {
+    let current = gw.snapshot();
+    match config::load(path) {
+        Ok(loaded) if loaded.hash == current.hash => Outcome::Unchanged,
+        Ok(loaded) => {
+            if loaded.config.listen != current.config.listen {
+                tracing::warn!("[listen] changed: new addresses take effect after a restart");
+            }
+            for w in &loaded.warnings {
+                tracing::warn!(warning = %w, "config warning");
+            }
+            let hash = loaded.hash.clone();
+            let routes = loaded.config.routes.len();
+            let snapshot = Snapshot::build(loaded, &gw.registry).await;
+            gw.store(snapshot);
+            tracing::info!(%hash, routes, "config reloaded");
+            Outcome::Reloaded { hash }
+        }
+        Err(e) => {
+            let detail = match &e {
+                LoadError::Io(io) => io.to_string(),
+                LoadError::Invalid { src, errors } => errors.render(&path.display().to_string(), src),
+            };
+            tracing::error!(error = %detail, "config reload rejected; keeping the running table");
+            Outcome::Rejected(detail)
+        }
+    }
+}
+
+/// Watch for SIGHUP and file changes until `shutdown`.
+pub fn spawn(gw: Arc<Gateway>, path: PathBuf, shutdown: CancellationToken) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            let _ = tx.send(());
+        }
+    })
+    .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|_| w));
+    let watcher = match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; reload on SIGHUP only");
+            None
+        }
+    };
+    tokio::spawn(async move {
+        let _watcher = watcher; // dropped (and the watch removed) when this task ends
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP");
+                None
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                Some(()) = async { match &mut hup { Some(h) => h.recv().await, None => std::future::pending().await } } => {}
+                Some(()) = rx.recv() => {
+                    // Let a burst of events (write + rename + chmod) settle into one reload.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    while rx.try_recv().is_ok() {}
+                }
+            }
+            reload(&gw, &path).await;
+        }
+    });
+}

@@ -1,0 +1,98 @@
+//! Wires a gateway together: config, snapshot, listener, reloader, signals, drain.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{self, LoadError};
+use crate::gateway::Gateway;
+use crate::observe::access_log::Sink;
+use crate::snapshot::Snapshot;
+use crate::upstream::Registry;
+use crate::{reload, server};
+
+/// What `run` needs from its caller.
+#[derive(Debug)]
+pub struct Options {
+    pub config: PathBuf,
+    pub access_log: Option<Sink>,
+    /// Cancelled to stop (SIGTERM/SIGINT do this too when `signals` is set).
+    pub shutdown: CancellationToken,
+    /// Install SIGTERM/SIGINT handlers.
+    pub signals: bool,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug)]
+pub enum RunError {
+    Config(LoadError),
+    NoListener,
+    Bind(SocketAddr, std::io::Error),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Config(LoadError::Invalid { src, errors }) => f.write_str(&errors.render("config", src)),
+            RunError::Config(e) => write!(f, "{e}"),
+            RunError::NoListener => f.write_str("no listener configured"),
+            RunError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// Serve until shutdown, then drain in-flight requests for up to `drain_timeout`.
+pub async fn run(opts: Options) -> Result<(), RunError> {
+    let loaded = config::load(&opts.config).map_err(RunError::Config)?;
+    for w in &loaded.warnings {
+        tracing::warn!(warning = %w, "config warning");
+    }
+    let addr = loaded.config.listen.http.ok_or(RunError::NoListener)?;
+    let hash = loaded.hash.clone();
+    let registry = Registry::default();
+    let snapshot = Snapshot::build(loaded, &registry).await;
+    let gw = Arc::new(Gateway::new(snapshot, registry, opts.access_log));
+
+    let listener = TcpListener::bind(addr).await.map_err(|e| RunError::Bind(addr, e))?;
+    let local = listener.local_addr().map_err(|e| RunError::Bind(addr, e))?;
+    tracing::info!(addr = %local, %hash, "listening");
+
+    let shutdown = opts.shutdown;
+    if opts.signals {
+        spawn_signal_handler(shutdown.clone());
+    }
+    reload::spawn(gw.clone(), opts.config.clone(), shutdown.clone());
+
+    let tracker = TaskTracker::new();
+    server::serve(listener, gw.clone(), shutdown.clone(), tracker.clone()).await;
+
+    tracker.close();
+    let drain = gw.snapshot().config.server.drain_timeout;
+    tracing::info!(open_connections = tracker.len(), drain_timeout = ?drain, "draining");
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        tracing::warn!(open_connections = tracker.len(), "drain timeout reached; closing the rest");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot install SIGTERM/SIGINT handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        shutdown.cancel();
+    });
+}

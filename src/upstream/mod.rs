@@ -1,0 +1,194 @@
+//! Upstream services: resolved endpoints, round-robin choice, pooled HTTP client.
+//!
+//! An [`Upstream`] outlives config reloads when its service did not change: the
+//! [`Registry`] hands the same `Arc` to the next snapshot, so keep-alive pools and DNS
+//! state survive a reload. A service that changed gets a fresh `Upstream`; the old one is
+//! dropped once the last in-flight request that holds the old snapshot finishes, and its
+//! DNS task notices (it holds only a `Weak`) and ends.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::uri::Authority;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::model::{Defaults, Endpoint, Service};
+use crate::proxy::body::UpstreamBody;
+
+/// The pooled client type used for every upstream.
+pub type HttpClient = Client<HttpConnector, UpstreamBody>;
+
+/// One address to send requests to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// `addr` as a URI authority, parsed once.
+    pub authority: Authority,
+}
+
+/// A service's endpoints and client.
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: Arc<str>,
+    targets: ArcSwap<Vec<Target>>,
+    next: AtomicUsize,
+    pub client: HttpClient,
+}
+
+impl Upstream {
+    /// The next target in round-robin order, `None` when no address is known.
+    pub fn pick(&self) -> Option<Target> {
+        let targets = self.targets.load();
+        if targets.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % targets.len();
+        Some(targets[i].clone())
+    }
+
+    /// Number of known addresses.
+    pub fn len(&self) -> usize {
+        self.targets.load().len()
+    }
+
+    /// True when no address is known (DNS has not answered yet).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Current addresses, for `explain` and the admin API.
+    pub fn targets(&self) -> Arc<Vec<Target>> {
+        self.targets.load_full()
+    }
+}
+
+fn target(addr: SocketAddr) -> Option<Target> {
+    let authority = Authority::try_from(addr.to_string().as_str()).ok()?;
+    Some(Target { addr, authority })
+}
+
+/// Resolve every endpoint; literal addresses need no lookup. Names that fail to resolve
+/// are reported in the error list and left out.
+async fn resolve(endpoints: &[Endpoint]) -> (Vec<Target>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut failed = Vec::new();
+    for ep in endpoints {
+        match ep.addr {
+            Some(a) => out.extend(target(a)),
+            None => match tokio::net::lookup_host((ep.host.as_str(), ep.port)).await {
+                Ok(addrs) => {
+                    let mut addrs: Vec<SocketAddr> = addrs.collect();
+                    addrs.sort();
+                    addrs.dedup();
+                    out.extend(addrs.into_iter().filter_map(target));
+                }
+                Err(e) => failed.push(format!("{ep}: {e}")),
+            },
+        }
+    }
+    (out, failed)
+}
+
+/// Key under which an `Upstream` is shared between snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    service: Service,
+    pool_idle_timeout: Duration,
+    pool_max_idle: usize,
+}
+
+/// Hands out `Upstream`s, reusing one when a reload did not change its service.
+#[derive(Debug, Default)]
+pub struct Registry {
+    live: Mutex<HashMap<Key, Weak<Upstream>>>,
+}
+
+impl Registry {
+    /// The upstream for `service`: the live one if the same service exists, else new.
+    /// Called only while building a snapshot, never on the request path.
+    pub async fn get(&self, service: &Service, defaults: &Defaults) -> Arc<Upstream> {
+        let key = Key {
+            service: service.clone(),
+            pool_idle_timeout: defaults.pool_idle_timeout,
+            pool_max_idle: defaults.pool_max_idle,
+        };
+        if let Some(up) = self.lock().get(&key).and_then(Weak::upgrade) {
+            return up;
+        }
+        let up = Arc::new(Self::build(service, defaults).await);
+        spawn_dns_refresh(&up, service);
+        let mut live = self.lock();
+        live.retain(|_, w| w.strong_count() > 0);
+        live.insert(key, Arc::downgrade(&up));
+        up
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Weak<Upstream>>> {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn build(service: &Service, defaults: &Defaults) -> Upstream {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(service.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(defaults.pool_idle_timeout)
+            .pool_max_idle_per_host(defaults.pool_max_idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        let (targets, failed) = resolve(&service.endpoints).await;
+        if !failed.is_empty() {
+            tracing::warn!(service = %service.name, failed = ?failed, "endpoints did not resolve; retrying in the background");
+        }
+        Upstream {
+            name: service.name.as_str().into(),
+            targets: ArcSwap::from_pointee(targets),
+            next: AtomicUsize::new(0),
+            client,
+        }
+    }
+}
+
+/// Start re-resolving the DNS names of `up`'s service every `dns_refresh`, for as long
+/// as `up` is alive. Literal-only services need no task.
+fn spawn_dns_refresh(up: &Arc<Upstream>, service: &Service) {
+    if service.endpoints.iter().all(|e| e.addr.is_some()) {
+        return;
+    }
+    let weak = Arc::downgrade(up);
+    let endpoints = service.endpoints.clone();
+    let every = service.dns_refresh;
+    tokio::spawn(async move {
+        let mut failing = false;
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(up) = weak.upgrade() else { return };
+            let (targets, failed) = resolve(&endpoints).await;
+            if failed.is_empty() {
+                if failing {
+                    tracing::info!(service = %up.name, "endpoints resolve again");
+                }
+                failing = false;
+                up.targets.store(Arc::new(targets));
+            } else {
+                // Keep the last good answer rather than dropping live endpoints, and say
+                // so once, not every round.
+                if !failing {
+                    tracing::warn!(service = %up.name, failed = ?failed, "DNS lookup failed; keeping the last known endpoints");
+                }
+                failing = true;
+                if up.is_empty() && !targets.is_empty() {
+                    up.targets.store(Arc::new(targets));
+                }
+            }
+        }
+    });
+}
