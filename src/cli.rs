@@ -13,7 +13,11 @@ use crate::observe::access_log::Sink;
 use crate::router::{RequestInfo, Router};
 
 #[derive(Parser, Debug)]
-#[command(name = "switchyard", version, about = "An edge API gateway with a declarative route table")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "An edge API gateway with a declarative route table"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -84,7 +88,10 @@ fn init_logging() {
 
 fn serve(config: PathBuf, demo: bool) -> ExitCode {
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchyard: cannot start the runtime: {e}");
@@ -97,7 +104,9 @@ fn serve(config: PathBuf, demo: bool) -> ExitCode {
         .finish(std::io::stdout());
     let result = runtime.block_on(async {
         if demo {
-            crate::demo::start_backends(&config).await.map_err(|e| e.to_string())?;
+            crate::demo::start_backends(&config)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         crate::run::run(crate::run::Options {
             config,
@@ -139,7 +148,11 @@ fn check(file: &Path) -> ExitCode {
         }
         Err(errors) => {
             print_findings(&name, &src, &errors.items);
-            let n = errors.items.iter().filter(|e| e.severity == config::Severity::Error).count();
+            let n = errors
+                .items
+                .iter()
+                .filter(|e| e.severity == config::Severity::Error)
+                .count();
             println!("{name}: {n} error{}", if n == 1 { "" } else { "s" });
             ExitCode::FAILURE
         }
@@ -176,7 +189,10 @@ fn explain(config: &Path, json: bool, headers: &[String], method: &str, url: &st
     let mut map = HeaderMap::new();
     for h in headers {
         let parsed = h.split_once(':').and_then(|(k, v)| {
-            Some((HeaderName::from_bytes(k.trim().as_bytes()).ok()?, HeaderValue::from_str(v.trim()).ok()?))
+            Some((
+                HeaderName::from_bytes(k.trim().as_bytes()).ok()?,
+                HeaderValue::from_str(v.trim()).ok()?,
+            ))
         });
         match parsed {
             Some((k, v)) => {
@@ -188,16 +204,22 @@ fn explain(config: &Path, json: bool, headers: &[String], method: &str, url: &st
             }
         }
     }
-    let raw_host = uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| map.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string));
+    let raw_host = uri.authority().map(|a| a.as_str().to_string()).or_else(|| {
+        map.get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+    });
     let host = raw_host.as_deref().and_then(normalize_host);
-    let raw_path = if uri.path().is_empty() { "/" } else { uri.path() };
+    let raw_path = if uri.path().is_empty() {
+        "/"
+    } else {
+        uri.path()
+    };
     let path = match normalize_path(raw_path) {
         Ok(p) => p,
         Err(e) => {
-            let out = serde_json::json!({"status": 400, "error": "bad_path", "detail": format!("{e:?}")});
+            let out =
+                serde_json::json!({"status": 400, "error": "bad_path", "detail": format!("{e:?}")});
             if json {
                 println!("{out}");
             } else {
@@ -215,8 +237,15 @@ fn explain(config: &Path, json: bool, headers: &[String], method: &str, url: &st
         headers: &map,
     };
     let steps = router.explain(&info);
-    let line_of = |r: &crate::config::model::Route| ConfigError::new(Some(r.span.clone()), "").line_col(&src).map_or(0, |(l, _)| l);
-    let matched = steps.iter().find(|(_, res)| res.is_ok()).map(|(id, _)| &router.routes()[*id]);
+    let line_of = |r: &crate::config::model::Route| {
+        ConfigError::new(Some(r.span.clone()), "")
+            .line_col(&src)
+            .map_or(0, |(l, _)| l)
+    };
+    let matched = steps
+        .iter()
+        .find(|(_, res)| res.is_ok())
+        .map(|(id, _)| &router.routes()[*id]);
     let candidates: Vec<serde_json::Value> = steps
         .iter()
         .map(|(id, res)| {
@@ -281,17 +310,27 @@ fn explain(config: &Path, json: bool, headers: &[String], method: &str, url: &st
     }
     match matched {
         Some(_) => {
-            println!("route:           {}", result["route"].as_str().unwrap_or(""));
+            println!(
+                "route:           {}",
+                result["route"].as_str().unwrap_or("")
+            );
             println!(
                 "service:         {} ({})",
                 result["service"].as_str().unwrap_or(""),
                 result["endpoints"]
                     .as_array()
-                    .map(|a| a.iter().filter_map(|e| e.as_str()).collect::<Vec<_>>().join(", "))
+                    .map(|a| a
+                        .iter()
+                        .filter_map(|e| e.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "))
                     .unwrap_or_default()
             );
             let q = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-            println!("upstream path:   {}{q}", result["upstream_path"].as_str().unwrap_or(""));
+            println!(
+                "upstream path:   {}{q}",
+                result["upstream_path"].as_str().unwrap_or("")
+            );
             println!("timeout:         {}ms", result["timeout_ms"]);
         }
         None => println!("result:          404 no_route"),

@@ -23,9 +23,12 @@ pub async fn start_backends(config_path: &Path) -> Result<(), String> {
             let Some(addr) = ep.addr.filter(|a| a.ip().is_loopback()) else {
                 continue;
             };
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("demo backend for `{}` cannot listen on {addr}: {e}", svc.name))?;
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                format!(
+                    "demo backend for `{}` cannot listen on {addr}: {e}",
+                    svc.name
+                )
+            })?;
             tracing::info!(service = %svc.name, %addr, "demo backend listening");
             tokio::spawn(backend(listener, svc.name.clone()));
         }
@@ -42,16 +45,23 @@ pub async fn start_backends(config_path: &Path) -> Result<(), String> {
 /// Serve the echo backend of one service on `listener` forever.
 pub async fn backend(listener: TcpListener, service: String) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let service = service.clone();
-        let local = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let local = stream
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let body = echo(&service, &local, &req);
                 async move {
                     let mut resp = Response::new(Full::new(Bytes::from(body)));
-                    resp.headers_mut()
-                        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+                    resp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
                     Ok::<_, Infallible>(resp)
                 }
             });
@@ -66,7 +76,12 @@ fn echo(service: &str, endpoint: &str, req: &Request<Incoming>) -> String {
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into(),
+            )
+        })
         .collect();
     let mut s = serde_json::json!({
         "service": service,

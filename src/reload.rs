@@ -52,7 +52,9 @@ pub async fn reload(gw: &Gateway, path: &Path) -> Outcome {
         Err(e) => {
             let detail = match &e {
                 LoadError::Io(io) => io.to_string(),
-                LoadError::Invalid { src, errors } => errors.render(&path.display().to_string(), src),
+                LoadError::Invalid { src, errors } => {
+                    errors.render(&path.display().to_string(), src)
+                }
             };
             tracing::error!(error = %detail, "config reload rejected; keeping the running table");
             Outcome::Rejected(detail)
@@ -80,15 +82,17 @@ pub fn spawn(gw: Arc<Gateway>, path: PathBuf, shutdown: CancellationToken) {
             None
         }
     };
+    // Registered before this function returns: a SIGHUP that arrives before the task
+    // first runs must not hit the default action (terminate).
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP");
+            None
+        }
+    };
     tokio::spawn(async move {
         let _watcher = watcher; // dropped (and the watch removed) when this task ends
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP");
-                None
-            }
-        };
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,

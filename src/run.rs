@@ -37,7 +37,9 @@ pub enum RunError {
 impl std::fmt::Display for RunError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RunError::Config(LoadError::Invalid { src, errors }) => f.write_str(&errors.render("config", src)),
+            RunError::Config(LoadError::Invalid { src, errors }) => {
+                f.write_str(&errors.render("config", src))
+            }
             RunError::Config(e) => write!(f, "{e}"),
             RunError::NoListener => f.write_str("no listener configured"),
             RunError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
@@ -59,15 +61,18 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
     let snapshot = Snapshot::build(loaded, &registry).await;
     let gw = Arc::new(Gateway::new(snapshot, registry, opts.access_log));
 
-    let listener = TcpListener::bind(addr).await.map_err(|e| RunError::Bind(addr, e))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| RunError::Bind(addr, e))?;
     let local = listener.local_addr().map_err(|e| RunError::Bind(addr, e))?;
-    tracing::info!(addr = %local, %hash, "listening");
 
     let shutdown = opts.shutdown;
     if opts.signals {
         spawn_signal_handler(shutdown.clone());
     }
+    // Watch before announcing: a change made right after "listening" must be seen.
     reload::spawn(gw.clone(), opts.config.clone(), shutdown.clone());
+    tracing::info!(addr = %local, %hash, "listening");
 
     let tracker = TaskTracker::new();
     server::serve(listener, gw.clone(), shutdown.clone(), tracker.clone()).await;
@@ -76,7 +81,10 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
     let drain = gw.snapshot().config.server.drain_timeout;
     tracing::info!(open_connections = tracker.len(), drain_timeout = ?drain, "draining");
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
-        tracing::warn!(open_connections = tracker.len(), "drain timeout reached; closing the rest");
+        tracing::warn!(
+            open_connections = tracker.len(),
+            "drain timeout reached; closing the rest"
+        );
     }
     tracing::info!("stopped");
     Ok(())
@@ -84,11 +92,15 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
 
 fn spawn_signal_handler(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
+    // Installed before returning, so a signal right after start is not fatal.
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install SIGTERM/SIGINT handlers");
+        return;
+    };
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            tracing::error!("cannot install SIGTERM/SIGINT handlers");
-            return;
-        };
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),

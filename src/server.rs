@@ -23,7 +23,12 @@ use crate::proxy::{self, ConnInfo};
 /// Accept connections on `listener` until `shutdown` fires, then stop accepting and
 /// ask every open connection to finish its in-flight requests. Connection tasks are
 /// tracked by `tracker`; the caller waits on it (with the drain timeout).
-pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: CancellationToken, tracker: TaskTracker) {
+pub async fn serve(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
     let max = gw.snapshot().config.server.max_connections;
     let limit = Arc::new(Semaphore::new(max));
     loop {
@@ -50,13 +55,18 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: Cancellati
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            let conn_info = ConnInfo { peer, proto: "http" };
+            let conn_info = ConnInfo {
+                peer,
+                proto: "http",
+            };
             let builder = builder(&gw);
             let svc = service_fn(move |req| {
                 let gw = gw.clone();
                 async move {
                     let snap = gw.snapshot();
-                    Ok::<_, Infallible>(proxy::serve(snap, gw.access_log.as_ref(), conn_info, req).await)
+                    Ok::<_, Infallible>(
+                        proxy::serve(snap, gw.access_log.as_ref(), conn_info, req).await,
+                    )
                 }
             });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);

@@ -34,7 +34,11 @@ impl Snapshot {
             upstreams.push(registry.get(s, &config.defaults).await);
         }
         let router = Router::new(&config);
-        let route_names = config.routes.iter().map(|r| Arc::from(r.name.as_str())).collect();
+        let route_names = config
+            .routes
+            .iter()
+            .map(|r| Arc::from(r.name.as_str()))
+            .collect();
         Snapshot {
             router,
             upstreams,

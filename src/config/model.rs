@@ -125,7 +125,9 @@ impl HostMatch {
     pub fn matches(&self, host: &str) -> bool {
         match self {
             HostMatch::Exact(h) => h == host,
-            HostMatch::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+            HostMatch::Wildcard(suffix) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
         }
     }
 }

@@ -28,9 +28,17 @@ pub fn parse(src: &str) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
             });
         }
     };
-    let mut v = Validator::default();
+    let mut v = Validator {
+        src,
+        errors: Vec::new(),
+    };
     let config = v.config(file);
-    if v.errors.iter().any(|e| e.severity == super::error::Severity::Error) {
+    v.errors
+        .sort_by_key(|e| e.span.as_ref().map_or(0, |s| s.start));
+    if v.errors
+        .iter()
+        .any(|e| e.severity == super::error::Severity::Error)
+    {
         Err(ConfigErrors { items: v.errors })
     } else {
         Ok((config, v.errors))
@@ -42,13 +50,13 @@ fn toml_error(e: &toml::de::Error) -> ConfigError {
     let message = e.message().trim().to_string();
     let mut help = None;
     // serde: "unknown field `foo`, expected one of `a`, `b`" / "expected `a` or `b`"
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        if let Some((field, expected)) = rest.split_once('`') {
-            let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-            help = did_you_mean(field, candidates.iter().copied()).or_else(|| {
-                (!candidates.is_empty()).then(|| format!("known keys here: {}", candidates.join(", ")))
-            });
-        }
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((field, expected)) = rest.split_once('`')
+    {
+        let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        help = did_you_mean(field, candidates.iter().copied()).or_else(|| {
+            (!candidates.is_empty()).then(|| format!("known keys here: {}", candidates.join(", ")))
+        });
     }
     ConfigError::new(e.span(), message).maybe_help(help)
 }
@@ -58,34 +66,54 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration: write a whole number and a unit, like \"250ms\" or \"5s\""))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!(
+            "`{s}` is not a duration: write a whole number and a unit, like \"250ms\" or \"5s\""
+        )
+    })?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
         "" => return Err(format!("`{s}` has no unit: write \"{n}s\" or \"{n}ms\"")),
-        other => return Err(format!("unknown duration unit `{other}` in `{s}`: use ms, s, m or h")),
+        u if u.starts_with(char::is_whitespace) || u.len() > 2 => {
+            return Err(format!(
+                "`{s}` is not a duration: write \"{n}ms\", \"{n}s\", \"{n}m\" or \"{n}h\""
+            ));
+        }
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` in `{s}`: use ms, s, m or h"
+            ));
+        }
     };
     Ok(d)
 }
 
 fn is_name(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn span<T>(s: &Spanned<T>) -> Option<Range<usize>> {
     Some(s.span())
 }
 
-#[derive(Default)]
-struct Validator {
+struct Validator<'s> {
+    src: &'s str,
     errors: Vec<ConfigError>,
 }
 
-impl Validator {
+impl Validator<'_> {
+    /// 1-based line of a byte offset, for messages that point at a second place.
+    fn line(&self, offset: usize) -> usize {
+        self.src
+            .get(..offset)
+            .map_or(0, |s| s.matches('\n').count() + 1)
+    }
+
     fn err(&mut self, span: Option<Range<usize>>, msg: impl Into<String>) -> &mut ConfigError {
         self.errors.push(ConfigError::new(span, msg));
         self.errors.last_mut().expect("just pushed")
@@ -110,7 +138,10 @@ impl Validator {
         let Some(v) = v else { return default };
         let n = *v.get_ref();
         if n < min || n > max {
-            self.err(span(v), format!("{n} is out of range: must be between {min} and {max}"));
+            self.err(
+                span(v),
+                format!("{n} is out of range: must be between {min} and {max}"),
+            );
             return default;
         }
         n as usize
@@ -121,8 +152,11 @@ impl Validator {
         match v.get_ref().parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                self.err(span(v), format!("`{}` is not a valid {what} address", v.get_ref()))
-                    .help = Some("write IP:PORT, like \"0.0.0.0:8080\" or \"[::]:8080\"".into());
+                self.err(
+                    span(v),
+                    format!("`{}` is not a valid {what} address", v.get_ref()),
+                )
+                .help = Some("write IP:PORT, like \"0.0.0.0:8080\" or \"[::]:8080\"".into());
                 None
             }
         }
@@ -141,10 +175,12 @@ impl Validator {
         let routes = self.routes(&f.routes, &names);
         self.unreachable_routes(&routes);
         for s in &services {
-            let used = f
-                .routes
-                .iter()
-                .any(|r| r.get_ref().service.as_ref().is_some_and(|n| n.get_ref() == &s.name));
+            let used = f.routes.iter().any(|r| {
+                r.get_ref()
+                    .service
+                    .as_ref()
+                    .is_some_and(|n| n.get_ref() == &s.name)
+            });
             if !used {
                 let key = f.services.keys().find(|k| k.get_ref() == &s.name);
                 self.errors.push(ConfigError::warning(
@@ -172,8 +208,11 @@ impl Validator {
         let http = self.listen_addr(&l.get_ref().http, "listen");
         let admin = self.listen_addr(&l.get_ref().admin, "admin");
         if http.is_none() && l.get_ref().http.is_none() {
-            self.err(span(l), "[listen] has no `http` address: the gateway would serve nothing")
-                .help = Some("add http = \"0.0.0.0:8080\"".into());
+            self.err(
+                span(l),
+                "[listen] has no `http` address: the gateway would serve nothing",
+            )
+            .help = Some("add http = \"0.0.0.0:8080\"".into());
         }
         Listen { http, admin }
     }
@@ -188,8 +227,11 @@ impl Validator {
             match parsed {
                 Ok(n) => trusted.push(n),
                 Err(_) => {
-                    self.err(span(p), format!("`{text}` is not an IP address or CIDR range"))
-                        .help = Some("write \"10.0.0.0/8\" or \"192.0.2.7\"".into());
+                    self.err(
+                        span(p),
+                        format!("`{text}` is not an IP address or CIDR range"),
+                    )
+                    .help = Some("write \"10.0.0.0/8\" or \"192.0.2.7\"".into());
                 }
             }
         }
@@ -233,8 +275,11 @@ impl Validator {
                                  resets and 5xx come with retry budgets"
                                     .into()
                             });
-                            self.err(span(cond), format!("unsupported retry condition `{other}`"))
-                                .help = Some(help);
+                            self.err(
+                                span(cond),
+                                format!("unsupported retry condition `{other}`"),
+                            )
+                            .help = Some(help);
                         }
                     }
                 }
@@ -254,17 +299,27 @@ impl Validator {
         }
     }
 
-    fn services(&mut self, services: &BTreeMap<SStr, Spanned<file::ServiceFile>>, d: &Defaults) -> Vec<Service> {
+    fn services(
+        &mut self,
+        services: &BTreeMap<SStr, Spanned<file::ServiceFile>>,
+        d: &Defaults,
+    ) -> Vec<Service> {
         let mut out = Vec::with_capacity(services.len());
         for (name, svc) in services {
             if !is_name(name.get_ref()) {
-                self.err(span(name), format!("service name `{}` is not valid", name.get_ref()))
-                    .help = Some("names use lower-case letters, digits and `-`".into());
+                self.err(
+                    span(name),
+                    format!("service name `{}` is not valid", name.get_ref()),
+                )
+                .help = Some("names use lower-case letters, digits and `-`".into());
             }
             let s = svc.get_ref();
             if s.endpoints.get_ref().is_empty() {
-                self.err(span(&s.endpoints), format!("service `{}` has no endpoints", name.get_ref()))
-                    .help = Some("add endpoints = [\"127.0.0.1:9001\"]".into());
+                self.err(
+                    span(&s.endpoints),
+                    format!("service `{}` has no endpoints", name.get_ref()),
+                )
+                .help = Some("add endpoints = [\"127.0.0.1:9001\"]".into());
             }
             let mut endpoints = Vec::new();
             for ep in s.endpoints.get_ref() {
@@ -279,24 +334,34 @@ impl Validator {
                         endpoints.push(e);
                     }
                     Err(msg) => {
-                        self.err(span(ep), msg).help =
-                            Some("write HOST:PORT, like \"10.0.0.7:8080\" or \"users.default.svc:80\"".into());
+                        self.err(span(ep), msg).help = Some(
+                            "write HOST:PORT, like \"10.0.0.7:8080\" or \"users.default.svc:80\""
+                                .into(),
+                        );
                     }
                 }
             }
             if let Some(p) = &s.protocol
                 && p.get_ref() != "http1"
             {
-                self.err(span(p), format!("protocol `{}` is not supported yet", p.get_ref()))
-                    .help = Some("use \"http1\" (h2c, h2 and https upstreams come with HTTP/2 support)".into());
+                self.err(
+                    span(p),
+                    format!("protocol `{}` is not supported yet", p.get_ref()),
+                )
+                .help = Some(
+                    "use \"http1\" (h2c, h2 and https upstreams come with HTTP/2 support)".into(),
+                );
             }
             if let Some(lb) = &s.load_balancing
                 && lb.get_ref() != "round-robin"
             {
                 let help = did_you_mean(lb.get_ref(), ["round-robin"])
                     .unwrap_or_else(|| "only \"round-robin\" is supported so far".into());
-                self.err(span(lb), format!("load_balancing `{}` is not supported", lb.get_ref()))
-                    .help = Some(help);
+                self.err(
+                    span(lb),
+                    format!("load_balancing `{}` is not supported", lb.get_ref()),
+                )
+                .help = Some(help);
             }
             out.push(Service {
                 name: name.get_ref().clone(),
@@ -308,7 +373,11 @@ impl Validator {
         out
     }
 
-    fn routes(&mut self, routes: &[Spanned<file::RouteFile>], services: &HashMap<&str, usize>) -> Vec<Route> {
+    fn routes(
+        &mut self,
+        routes: &[Spanned<file::RouteFile>],
+        services: &HashMap<&str, usize>,
+    ) -> Vec<Route> {
         let mut out = Vec::with_capacity(routes.len());
         let mut seen: HashMap<&str, &SStr> = HashMap::new();
         for (order, r) in routes.iter().enumerate() {
@@ -320,9 +389,11 @@ impl Validator {
                     .help = Some("names use lower-case letters, digits and `-`".into());
             }
             if let Some(first) = seen.get(name.as_str()) {
-                let line = first.span().start;
+                let line = self.line(first.span().start);
                 self.err(span(&r.name), format!("duplicate route name `{name}`"))
-                    .help = Some(format!("route names must be unique; the first `{name}` is at byte {line}"));
+                    .help = Some(format!(
+                    "route names must be unique; the first `{name}` is on line {line}"
+                ));
             } else {
                 seen.insert(name, &r.name);
             }
@@ -351,8 +422,14 @@ impl Validator {
                     None
                 }
             };
-            let strip_prefix = r.strip_prefix.as_ref().and_then(|sp| self.strip_prefix(sp, path.as_ref()));
-            let timeout = r.timeout.as_ref().map(|t| self.duration(&Some(t.clone()), Duration::from_secs(30)));
+            let strip_prefix = r
+                .strip_prefix
+                .as_ref()
+                .and_then(|sp| self.strip_prefix(sp, path.as_ref()));
+            let timeout = r
+                .timeout
+                .as_ref()
+                .map(|t| self.duration(&Some(t.clone()), Duration::from_secs(30)));
             if let (Some(path), Some(service)) = (path, service) {
                 out.push(Route {
                     name: name.clone(),
@@ -375,14 +452,23 @@ impl Validator {
     fn route_path(&mut self, r: &file::RouteFile, rs: Range<usize>) -> Option<PathMatch> {
         let (value, exact) = match (&r.path, &r.exact) {
             (Some(_), Some(e)) => {
-                self.err(span(e), "a route has either `path` (prefix) or `exact`, not both");
+                self.err(
+                    span(e),
+                    "a route has either `path` (prefix) or `exact`, not both",
+                );
                 return None;
             }
             (Some(p), None) => (p, false),
             (None, Some(e)) => (e, true),
             (None, None) => {
-                self.err(Some(rs), format!("route `{}` has neither `path` nor `exact`", r.name.get_ref()))
-                    .help = Some("add path = \"/api/...\" (prefix) or exact = \"/healthz\"".into());
+                self.err(
+                    Some(rs),
+                    format!(
+                        "route `{}` has neither `path` nor `exact`",
+                        r.name.get_ref()
+                    ),
+                )
+                .help = Some("add path = \"/api/...\" (prefix) or exact = \"/healthz\"".into());
                 return None;
             }
         };
@@ -393,7 +479,10 @@ impl Validator {
             return None;
         }
         if text.contains(['{', '}']) {
-            self.err(span(value), format!("path `{text}` contains `{{` or `}}`, which a URL path cannot"));
+            self.err(
+                span(value),
+                format!("path `{text}` contains `{{` or `}}`, which a URL path cannot"),
+            );
             return None;
         }
         let normalized = match normalize_path(text) {
@@ -405,8 +494,11 @@ impl Validator {
             }
         };
         if normalized != text.as_str() {
-            self.err(span(value), format!("path `{text}` is not in normal form, so no request could match it"))
-                .help = Some(format!("write `{normalized}`"));
+            self.err(
+                span(value),
+                format!("path `{text}` is not in normal form, so no request could match it"),
+            )
+            .help = Some(format!("write `{normalized}`"));
             return None;
         }
         Some(if exact {
@@ -437,7 +529,8 @@ impl Validator {
             } else {
                 "write a DNS name like \"api.example.com\" or \"*.example.com\""
             };
-            self.err(span(h), format!("`{}` is not a valid host", h.get_ref())).help = Some(help.into());
+            self.err(span(h), format!("`{}` is not a valid host", h.get_ref()))
+                .help = Some(help.into());
             return None;
         }
         Some(if wild {
@@ -454,7 +547,9 @@ impl Validator {
             self.err(span(ms), "`methods` is empty, so the route can never match")
                 .help = Some("remove `methods` to match every method".into());
         }
-        const KNOWN: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"];
+        const KNOWN: [&str; 9] = [
+            "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+        ];
         for m in ms.get_ref() {
             let t = m.get_ref();
             if !KNOWN.contains(&t.as_str()) {
@@ -469,8 +564,10 @@ impl Validator {
             }
             if let Ok(method) = Method::from_bytes(t.as_bytes()) {
                 if out.contains(&method) {
-                    self.errors
-                        .push(ConfigError::warning(span(m), format!("method `{t}` is listed twice")));
+                    self.errors.push(ConfigError::warning(
+                        span(m),
+                        format!("method `{t}` is listed twice"),
+                    ));
                 } else {
                     out.push(method);
                 }
@@ -487,10 +584,16 @@ impl Validator {
             match (name, value) {
                 (Ok(n), Ok(v)) => out.push((n, v)),
                 (Err(_), _) => {
-                    self.err(span(k), format!("`{}` is not a valid header name", k.get_ref()));
+                    self.err(
+                        span(k),
+                        format!("`{}` is not a valid header name", k.get_ref()),
+                    );
                 }
                 (_, Err(_)) => {
-                    self.err(span(v), format!("`{}` is not a valid header value", v.get_ref()));
+                    self.err(
+                        span(v),
+                        format!("`{}` is not a valid header value", v.get_ref()),
+                    );
                 }
             }
         }
@@ -499,9 +602,20 @@ impl Validator {
 
     fn strip_prefix(&mut self, sp: &SStr, path: Option<&PathMatch>) -> Option<String> {
         let text = sp.get_ref();
-        let trimmed = if text.len() > 1 { text.trim_end_matches('/') } else { text.as_str() };
-        if !text.starts_with('/') || normalize_path(text).map(|n| n != text.as_str()).unwrap_or(true) {
-            self.err(span(sp), format!("strip_prefix `{text}` is not a normalised path"));
+        let trimmed = if text.len() > 1 {
+            text.trim_end_matches('/')
+        } else {
+            text.as_str()
+        };
+        if !text.starts_with('/')
+            || normalize_path(text)
+                .map(|n| n != text.as_str())
+                .unwrap_or(true)
+        {
+            self.err(
+                span(sp),
+                format!("strip_prefix `{text}` is not a normalised path"),
+            );
             return None;
         }
         if let Some(path) = path
@@ -509,9 +623,15 @@ impl Validator {
         {
             self.err(
                 span(sp),
-                format!("strip_prefix `{text}` is not a prefix of the route's path `{}`", path.as_str()),
+                format!(
+                    "strip_prefix `{text}` is not a prefix of the route's path `{}`",
+                    path.as_str()
+                ),
             )
-            .help = Some("strip_prefix removes the start of the matched path; it must begin that path".into());
+            .help = Some(
+                "strip_prefix removes the start of the matched path; it must begin that path"
+                    .into(),
+            );
             return None;
         }
         Some(trimmed.to_string())
@@ -521,13 +641,20 @@ impl Validator {
     /// before it and matches every request it could match.
     fn unreachable_routes(&mut self, routes: &[Route]) {
         for l in routes {
-            if let Some(e) = routes
-                .iter()
-                .find(|e| e.order != l.order && e.host == l.host && e.path == l.path && tried_before(e, l) && covers(e, l))
-            {
+            if let Some(e) = routes.iter().find(|e| {
+                e.order != l.order
+                    && e.host == l.host
+                    && e.path == l.path
+                    && tried_before(e, l)
+                    && covers(e, l)
+            }) {
+                let line = self.line(e.span.start);
                 self.err(
                     Some(l.span.clone()),
-                    format!("route `{}` can never match: route `{}` matches every request it would", l.name, e.name),
+                    format!(
+                        "route `{}` can never match: route `{}` (line {line}) matches every request it would",
+                        l.name, e.name
+                    ),
                 )
                 .help = Some(format!("give `{}` a distinguishing predicate, or remove it", l.name));
             }
@@ -537,7 +664,14 @@ impl Validator {
 
 /// The within-path precedence: method predicate first, then more headers, then more
 /// query parameters, then file order. The router sorts by the same key.
-pub fn rank_key(r: &Route) -> (bool, std::cmp::Reverse<usize>, std::cmp::Reverse<usize>, usize) {
+pub fn rank_key(
+    r: &Route,
+) -> (
+    bool,
+    std::cmp::Reverse<usize>,
+    std::cmp::Reverse<usize>,
+    usize,
+) {
     (
         r.methods.is_empty(),
         std::cmp::Reverse(r.headers.len()),
@@ -552,7 +686,8 @@ fn tried_before(e: &Route, l: &Route) -> bool {
 
 /// Does every request that matches `l`'s predicates also match `e`'s?
 fn covers(e: &Route, l: &Route) -> bool {
-    let methods = e.methods.is_empty() || (!l.methods.is_empty() && l.methods.iter().all(|m| e.methods.contains(m)));
+    let methods = e.methods.is_empty()
+        || (!l.methods.is_empty() && l.methods.iter().all(|m| e.methods.contains(m)));
     let headers = e.headers.iter().all(|h| l.headers.contains(h));
     let query = e.query.iter().all(|q| l.query.contains(q));
     methods && headers && query
@@ -579,9 +714,11 @@ pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
     };
     let valid = !host.is_empty()
         && host.len() <= 253
-        && host
-            .split('.')
-            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
     if !valid {
         return Err(format!("endpoint `{s}` has an invalid host `{host}`"));
     }
@@ -669,7 +806,8 @@ mod tests {
 
     #[test]
     fn paths_must_be_normalised() {
-        let src = format!("{BASE}[[routes]]\nname = \"a\"\npath = \"/a//b\"\nservice = \"users\"\n");
+        let src =
+            format!("{BASE}[[routes]]\nname = \"a\"\npath = \"/a//b\"\nservice = \"users\"\n");
         assert_eq!(
             errors(&src),
             ["path `/a//b` is not in normal form, so no request could match it (write `/a/b`)"]
@@ -683,6 +821,9 @@ mod tests {
         );
         let e = errors(&src);
         assert_eq!(e.len(), 1);
-        assert!(e[0].starts_with("strip_prefix `/v1` is not a prefix"), "{e:?}");
+        assert!(
+            e[0].starts_with("strip_prefix `/v1` is not a prefix"),
+            "{e:?}"
+        );
     }
 }

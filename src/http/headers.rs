@@ -72,7 +72,10 @@ pub fn framing_is_ambiguous(headers: &HeaderMap) -> bool {
 /// Keep a client's request id when it is short and plain; otherwise `None`.
 pub fn valid_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
-    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
 }
 
 /// A fresh 128-bit random request id as 32 hex digits.
@@ -91,7 +94,13 @@ pub fn new_request_id() -> HeaderValue {
 /// chain is kept and the peer appended; from anyone else, client-sent forwarding headers
 /// (including `Forwarded`) are replaced, because nothing a client says about itself is
 /// trusted.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, proto: &'static str, host: Option<&str>) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    trusted: bool,
+    proto: &'static str,
+    host: Option<&str>,
+) {
     let peer_s = peer.to_string();
     if trusted {
         let chain = headers
@@ -134,7 +143,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -157,7 +169,13 @@ mod tests {
     fn client_cannot_remove_gateway_forwarding_headers() {
         let mut h = map(&[("connection", "x-forwarded-for, x-request-id")]);
         remove_hop_by_hop(&mut h);
-        set_forwarded(&mut h, "192.0.2.1".parse().unwrap(), false, "http", Some("a.example"));
+        set_forwarded(
+            &mut h,
+            "192.0.2.1".parse().unwrap(),
+            false,
+            "http",
+            Some("a.example"),
+        );
         assert_eq!(h["x-forwarded-for"], "192.0.2.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.example");
@@ -165,7 +183,11 @@ mod tests {
 
     #[test]
     fn untrusted_forwarding_headers_are_replaced() {
-        let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("forwarded", "for=10.0.0.1"), ("x-forwarded-proto", "https")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("forwarded", "for=10.0.0.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
         set_forwarded(&mut h, "192.0.2.1".parse().unwrap(), false, "http", None);
         assert_eq!(h["x-forwarded-for"], "192.0.2.1");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -175,7 +197,10 @@ mod tests {
 
     #[test]
     fn trusted_forwarding_headers_are_appended() {
-        let mut h = map(&[("x-forwarded-for", "203.0.113.9"), ("x-forwarded-proto", "https")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+        ]);
         set_forwarded(&mut h, "10.0.0.2".parse().unwrap(), true, "http", Some("a"));
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -183,11 +208,26 @@ mod tests {
 
     #[test]
     fn ambiguous_framing_is_detected() {
-        assert!(framing_is_ambiguous(&map(&[("content-length", "5"), ("transfer-encoding", "chunked")])));
-        assert!(framing_is_ambiguous(&map(&[("content-length", "5"), ("content-length", "6")])));
-        assert!(framing_is_ambiguous(&map(&[("transfer-encoding", "chunked, gzip")])));
-        assert!(framing_is_ambiguous(&map(&[("transfer-encoding", "identity")])));
-        assert!(!framing_is_ambiguous(&map(&[("transfer-encoding", "gzip, chunked")])));
+        assert!(framing_is_ambiguous(&map(&[
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked")
+        ])));
+        assert!(framing_is_ambiguous(&map(&[
+            ("content-length", "5"),
+            ("content-length", "6")
+        ])));
+        assert!(framing_is_ambiguous(&map(&[(
+            "transfer-encoding",
+            "chunked, gzip"
+        )])));
+        assert!(framing_is_ambiguous(&map(&[(
+            "transfer-encoding",
+            "identity"
+        )])));
+        assert!(!framing_is_ambiguous(&map(&[(
+            "transfer-encoding",
+            "gzip, chunked"
+        )])));
         assert!(!framing_is_ambiguous(&map(&[("content-length", "5")])));
         assert!(!framing_is_ambiguous(&map(&[])));
     }

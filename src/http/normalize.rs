@@ -69,7 +69,18 @@ fn is_pchar(b: u8) -> bool {
     is_unreserved(b)
         || matches!(
             b,
-            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@'
+            b'!' | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
         )
 }
 
@@ -189,7 +200,10 @@ mod tests {
 
     #[test]
     fn canonical_paths_are_borrowed() {
-        assert!(matches!(normalize_path("/api/users/7"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(
+            normalize_path("/api/users/7"),
+            Ok(Cow::Borrowed(_))
+        ));
         assert!(matches!(normalize_path("/"), Ok(Cow::Borrowed(_))));
         assert!(matches!(normalize_path("/a/"), Ok(Cow::Borrowed(_))));
     }
@@ -240,8 +254,14 @@ mod tests {
 
     #[test]
     fn hosts_lose_port_case_and_trailing_dot() {
-        assert_eq!(normalize_host("API.Example.com:8080").as_deref(), Some("api.example.com"));
-        assert_eq!(normalize_host("example.com.").as_deref(), Some("example.com"));
+        assert_eq!(
+            normalize_host("API.Example.com:8080").as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(
+            normalize_host("example.com.").as_deref(),
+            Some("example.com")
+        );
         assert_eq!(normalize_host("[::1]:80").as_deref(), Some("[::1]"));
         assert_eq!(normalize_host(":80"), None);
     }

@@ -100,7 +100,10 @@ impl Drop for AccessRecord {
             duration_ms: ms(self.start.elapsed()),
             upstream_ms: self.upstream.map(ms),
             attempts: self.attempts,
-            bytes_in: self.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed)),
+            bytes_in: self
+                .bytes_in
+                .as_ref()
+                .map_or(0, |b| b.load(Ordering::Relaxed)),
             bytes_out: self.bytes_out,
         };
         if let Ok(mut buf) = serde_json::to_vec(&line) {

@@ -42,7 +42,9 @@ impl ProxyError {
     /// Side of the failure, for logs and metrics.
     pub fn side(self) -> Side {
         match self {
-            ProxyError::NoRoute | ProxyError::BadPath | ProxyError::AmbiguousFraming => Side::Downstream,
+            ProxyError::NoRoute | ProxyError::BadPath | ProxyError::AmbiguousFraming => {
+                Side::Downstream
+            }
             ProxyError::NoHealthyUpstream
             | ProxyError::ConnectFailed
             | ProxyError::UpstreamTimeout
@@ -78,11 +80,18 @@ impl ProxyError {
     pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
         let id = request_id.to_str().unwrap_or("");
         // The id was validated or generated: only [A-Za-z0-9._:-], nothing to escape.
-        let body = format!("{{\"error\":\"{}\",\"request_id\":\"{}\"}}\n", self.code(), id);
+        let body = format!(
+            "{{\"error\":\"{}\",\"request_id\":\"{}\"}}\n",
+            self.code(),
+            id
+        );
         let mut resp = Response::new(ResponseBody::full(body));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if self == ProxyError::AmbiguousFraming {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));

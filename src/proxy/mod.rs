@@ -30,7 +30,8 @@ use hyper::body::{Body as _, Incoming};
 
 use crate::config::model::{AccessLog, Route};
 use crate::http::headers::{
-    X_REQUEST_ID, framing_is_ambiguous, new_request_id, remove_hop_by_hop, set_forwarded, valid_request_id,
+    X_REQUEST_ID, framing_is_ambiguous, new_request_id, remove_hop_by_hop, set_forwarded,
+    valid_request_id,
 };
 use crate::http::normalize::{normalize_host, normalize_path};
 use crate::observe::access_log::{AccessRecord, Sink};
@@ -127,7 +128,13 @@ async fn pipeline(
         r.service = Some(upstream.name.clone());
     }
     let path_and_query = upstream_path_and_query(route, &path, &parts.uri)?;
-    upstream_request_headers(snap, conn, &mut parts.headers, raw_host.as_deref(), &ctx.request_id);
+    upstream_request_headers(
+        snap,
+        conn,
+        &mut parts.headers,
+        raw_host.as_deref(),
+        &ctx.request_id,
+    );
     let body = if body.is_end_stream() {
         UpstreamBody::Empty
     } else {
@@ -168,7 +175,11 @@ fn host_of_parts<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
 }
 
 /// Phase: the path the upstream sees: normalised, `strip_prefix` applied, query kept.
-fn upstream_path_and_query(route: &Route, path: &str, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
+fn upstream_path_and_query(
+    route: &Route,
+    path: &str,
+    uri: &Uri,
+) -> Result<PathAndQuery, ProxyError> {
     let up = route.upstream_path(path);
     if up.as_ref() == uri.path()
         && let Some(pq) = uri.path_and_query()
@@ -306,5 +317,6 @@ fn finish(resp: &mut Response<ResponseBody>, ctx: RequestCtx) {
         record.status = resp.status().as_u16();
         resp.body_mut().set_record(record);
     }
-    resp.headers_mut().insert(X_REQUEST_ID.clone(), ctx.request_id);
+    resp.headers_mut()
+        .insert(X_REQUEST_ID.clone(), ctx.request_id);
 }

@@ -92,7 +92,9 @@ impl Router {
         for (id, r) in routes.iter().enumerate() {
             match &r.host {
                 Some(HostMatch::Exact(h)) => exact_hosts.entry(h.clone()).or_default().push(id),
-                Some(HostMatch::Wildcard(s)) => wildcard_hosts.entry(s.clone()).or_default().push(id),
+                Some(HostMatch::Wildcard(s)) => {
+                    wildcard_hosts.entry(s.clone()).or_default().push(id)
+                }
                 None => any_host.push(id),
             }
         }
@@ -144,7 +146,11 @@ impl Router {
     }
 
     /// Visit candidates in precedence order until `visit` returns false.
-    fn walk(&self, req: &RequestInfo<'_>, mut visit: impl FnMut(RouteId, Result<(), Rejection>) -> bool) {
+    fn walk(
+        &self,
+        req: &RequestInfo<'_>,
+        mut visit: impl FnMut(RouteId, Result<(), Rejection>) -> bool,
+    ) {
         let mut tables: [Option<&HostTable>; 2] = [None, None];
         if let Some(host) = req.host {
             tables[0] = self.exact_hosts.get(host);
@@ -152,7 +158,10 @@ impl Router {
         let wildcards = self
             .wildcard_hosts
             .iter()
-            .filter(|(suffix, _)| req.host.is_some_and(|h| h.len() > suffix.len() && h.ends_with(suffix.as_str())))
+            .filter(|(suffix, _)| {
+                req.host
+                    .is_some_and(|h| h.len() > suffix.len() && h.ends_with(suffix.as_str()))
+            })
             .map(|(_, t)| t);
         tables[1] = Some(&self.any_host);
         let ordered = tables[0].into_iter().chain(wildcards).chain(tables[1]);
@@ -281,7 +290,9 @@ fn predicates(r: &Route, req: &RequestInfo<'_>) -> Result<(), Rejection> {
 fn query_first<'q>(query: Option<&'q str>, name: &str) -> Option<std::borrow::Cow<'q, str>> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k).as_deref() == Some(name)).then(|| percent_decode(v)).flatten()
+        (percent_decode(k).as_deref() == Some(name))
+            .then(|| percent_decode(v))
+            .flatten()
     })
 }
 
