@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::model::Action;
 use crate::config::{self, ConfigError, LoadError};
 use crate::http::normalize::{normalize_host, normalize_path};
 use crate::observe::access_log::Sink;
@@ -260,21 +261,48 @@ fn explain(config: &Path, json: bool, headers: &[String], method: &str, url: &st
             })
         })
         .collect();
-    let result = match matched {
-        Some(r) => {
-            let service = &loaded.config.services[r.service];
+    let q = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let result = match matched.map(|r| (r, &r.action)) {
+        Some((r, Action::Forward(f))) => {
+            let services = &loaded.config.services;
+            let backends: Vec<serde_json::Value> = f
+                .backends
+                .iter()
+                .map(|b| {
+                    let s = &services[b.service];
+                    serde_json::json!({
+                        "service": s.name,
+                        "weight": b.weight,
+                        "endpoints": s.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            let single =
+                (f.backends.len() == 1).then(|| services[f.backends[0].service].name.clone());
             serde_json::json!({
-                "status": "proxied",
+                "status": if f.total_weight == 0 { serde_json::json!(500) } else { serde_json::json!("proxied") },
                 "route": r.name,
                 "normalized_path": path,
-                "upstream_path": r.upstream_path(&path),
-                "query": uri.query(),
-                "service": service.name,
-                "endpoints": service.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
-                "timeout_ms": r.timeout.unwrap_or(loaded.config.defaults.request_timeout).as_millis() as u64,
+                "upstream_path": format!("{}{q}", r.upstream_path(&path)),
+                "upstream_host": f.host.as_ref().and_then(|h| h.to_str().ok()),
+                "service": single,
+                "backends": backends,
+                "timeout_ms": f.timeout.unwrap_or(loaded.config.defaults.request_timeout).as_millis() as u64,
                 "candidates": candidates,
             })
         }
+        Some((r, Action::Redirect(rd))) => serde_json::json!({
+            "status": rd.status,
+            "route": r.name,
+            "normalized_path": path,
+            "redirect": {
+                "scheme": rd.scheme,
+                "host": rd.host,
+                "port": rd.port,
+                "path": format!("{}{q}", r.upstream_path(&path)),
+            },
+            "candidates": candidates,
+        }),
         None => serde_json::json!({
             "status": 404,
             "error": "no_route",
@@ -308,32 +336,42 @@ fn explain(config: &Path, json: bool, headers: &[String], method: &str, url: &st
             );
         }
     }
-    match matched {
-        Some(_) => {
+    println!(
+        "route:           {}",
+        result["route"].as_str().unwrap_or("(none)")
+    );
+    if let Some(backends) = result["backends"].as_array() {
+        for b in backends {
+            let endpoints: Vec<&str> = b["endpoints"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|e| e.as_str()).collect())
+                .unwrap_or_default();
             println!(
-                "route:           {}",
-                result["route"].as_str().unwrap_or("")
+                "service:         {} weight {} ({})",
+                b["service"].as_str().unwrap_or(""),
+                b["weight"],
+                endpoints.join(", ")
             );
-            println!(
-                "service:         {} ({})",
-                result["service"].as_str().unwrap_or(""),
-                result["endpoints"]
-                    .as_array()
-                    .map(|a| a
-                        .iter()
-                        .filter_map(|e| e.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "))
-                    .unwrap_or_default()
-            );
-            let q = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-            println!(
-                "upstream path:   {}{q}",
-                result["upstream_path"].as_str().unwrap_or("")
-            );
-            println!("timeout:         {}ms", result["timeout_ms"]);
         }
-        None => println!("result:          404 no_route"),
+        println!(
+            "upstream path:   {}",
+            result["upstream_path"].as_str().unwrap_or("")
+        );
+        if let Some(h) = result["upstream_host"].as_str() {
+            println!("upstream host:   {h}");
+        }
+        println!("timeout:         {}ms", result["timeout_ms"]);
+    }
+    if result["redirect"].is_object() {
+        println!(
+            "result:          {} redirect {}",
+            result["status"], result["redirect"]
+        );
+    }
+    if result["status"] == 404 {
+        println!("result:          404 no_route");
+    } else if result["status"] == 500 {
+        println!("result:          500 no_backend (every backend has weight 0)");
     }
     ExitCode::SUCCESS
 }

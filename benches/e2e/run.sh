@@ -106,8 +106,8 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'log "interrupted"; exit 130' INT
+trap 'log "terminated"; exit 143' TERM
 
 render() { # render TEMPLATE OUT: substitute @WORK@ @PROXY_PORT@ @UPSTREAM_PORT@
     sed -e "s|@WORK@|$WORK|g" -e "s|@PROXY_PORT@|${PROXY_PORT:-}|g" \

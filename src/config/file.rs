@@ -92,6 +92,50 @@ pub struct RouteFile {
     pub headers: Option<BTreeMap<SStr, SStr>>,
     pub query: Option<BTreeMap<SStr, SStr>>,
     pub service: Option<SStr>,
+    /// Weighted backends instead of one `service`.
+    pub split: Option<Spanned<Vec<Spanned<SplitFile>>>>,
     pub strip_prefix: Option<SStr>,
+    pub rewrite: Option<Spanned<RewriteFile>>,
+    pub redirect: Option<Spanned<RedirectFile>>,
+    pub request_headers: Option<Spanned<HeaderFilterFile>>,
+    pub response_headers: Option<Spanned<HeaderFilterFile>>,
     pub timeout: Option<SStr>,
+}
+
+/// `split = [{ service = "a", weight = 90 }, …]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitFile {
+    pub service: SStr,
+    pub weight: Spanned<i64>,
+}
+
+/// `rewrite = { prefix = "/v2" }` or `{ path = "/x" }`, optionally with `host`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteFile {
+    pub prefix: Option<SStr>,
+    pub path: Option<SStr>,
+    pub host: Option<SStr>,
+}
+
+/// `redirect = { scheme, host, port, path | prefix, status }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectFile {
+    pub scheme: Option<SStr>,
+    pub host: Option<SStr>,
+    pub port: Option<Spanned<i64>>,
+    pub path: Option<SStr>,
+    pub prefix: Option<SStr>,
+    pub status: Option<Spanned<i64>>,
+}
+
+/// `request_headers = { set = {…}, add = {…}, remove = […] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderFilterFile {
+    pub set: Option<BTreeMap<SStr, SStr>>,
+    pub add: Option<BTreeMap<SStr, SStr>>,
+    pub remove: Option<Vec<SStr>>,
 }

@@ -190,28 +190,245 @@ pub struct Route {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Exact (decoded) value per query parameter; the first occurrence counts.
     pub query: Vec<(String, String)>,
-    /// Index into [`Config::services`].
-    pub service: usize,
-    /// Removed from the front of the path before forwarding.
-    pub strip_prefix: Option<String>,
-    /// Overrides `defaults.request_timeout`.
-    pub timeout: Option<Duration>,
+    /// What the route does with a request it matched.
+    pub action: Action,
+    /// Applied to the request before the gateway sets its own headers.
+    pub request_headers: HeaderFilter,
+    /// Applied to the upstream's response.
+    pub response_headers: HeaderFilter,
     /// Position in the file (0-based), the last tie-breaker.
     pub order: usize,
     /// Byte span of the route's table in the source, for messages.
     pub span: Range<usize>,
 }
 
-impl Route {
-    /// The upstream path for a matched normalised `path`: `strip_prefix` applied.
-    pub fn upstream_path<'a>(&self, path: &'a str) -> std::borrow::Cow<'a, str> {
-        match &self.strip_prefix {
-            Some(p) if p != "/" => match path.strip_prefix(p.as_str()) {
+/// A route either forwards to a backend or answers with a redirect itself.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Forward(Forward),
+    Redirect(Redirect),
+}
+
+/// Forwarding to one of the route's backends.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    /// One backend (`service = …`) or several by weight (`split = […]`).
+    pub backends: Vec<Backend>,
+    /// Sum of the weights; 0 means the route answers 500 (Gateway API).
+    pub total_weight: u64,
+    pub path: PathRewrite,
+    /// Replaces `Host` towards the upstream.
+    pub host: Option<HeaderValue>,
+    /// Overrides `defaults.request_timeout`.
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Index into [`Config::services`].
+    pub service: usize,
+    pub weight: u32,
+}
+
+impl Forward {
+    /// The backend for one request: weighted random among those with weight > 0.
+    /// `None` when every weight is 0.
+    pub fn pick(&self) -> Option<&Backend> {
+        if let [only] = self.backends.as_slice() {
+            return (only.weight > 0).then_some(only);
+        }
+        if self.total_weight == 0 {
+            return None;
+        }
+        let mut n = fastrand::u64(..self.total_weight);
+        for b in &self.backends {
+            if n < u64::from(b.weight) {
+                return Some(b);
+            }
+            n -= u64::from(b.weight);
+        }
+        None
+    }
+}
+
+/// How the path changes on the way to the upstream (or into a redirect).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathRewrite {
+    /// Unchanged.
+    Keep,
+    /// `strip_prefix`: remove this leading path (segment-aligned).
+    Strip(String),
+    /// `prefix`: replace the route's matched prefix (Gateway API ReplacePrefixMatch);
+    /// stored without trailing `/`, so `"/"` and `""` are both `""`.
+    ReplacePrefix(String),
+    /// `path`: replace the whole path (ReplaceFullPath).
+    ReplaceFull(String),
+}
+
+impl PathRewrite {
+    /// Apply to a normalised `path` matched by `matched`.
+    pub fn apply<'a>(&self, matched: &PathMatch, path: &'a str) -> std::borrow::Cow<'a, str> {
+        match self {
+            PathRewrite::Keep => path.into(),
+            PathRewrite::Strip(p) => match path.strip_prefix(p.as_str()) {
                 Some("") => "/".into(),
                 Some(rest) if rest.starts_with('/') => rest.into(),
                 _ => path.into(),
             },
-            _ => path.into(),
+            PathRewrite::ReplacePrefix(replacement) => {
+                let prefix = match matched {
+                    PathMatch::Prefix(p) if p != "/" => p.as_str(),
+                    _ => "",
+                };
+                let rest = path.strip_prefix(prefix).unwrap_or(path);
+                let out = format!("{replacement}{rest}");
+                if out.is_empty() {
+                    "/".into()
+                } else {
+                    out.into()
+                }
+            }
+            PathRewrite::ReplaceFull(p) => p.clone().into(),
         }
+    }
+}
+
+/// The route answers with a redirect (Gateway API RequestRedirect).
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    /// `http` or `https`; default: the request's.
+    pub scheme: Option<String>,
+    /// Default: the request's host.
+    pub host: Option<String>,
+    /// Default: the well-known port of a configured scheme, else the request's port.
+    pub port: Option<u16>,
+    /// `Keep`, `ReplaceFull` or `ReplacePrefix`.
+    pub path: PathRewrite,
+    /// 301, 302 (default), 303, 307 or 308.
+    pub status: u16,
+}
+
+/// Header changes of one direction: remove, then set (overwrite), then add (append).
+#[derive(Debug, Clone, Default)]
+pub struct HeaderFilter {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderFilter {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+impl Route {
+    /// The forwarding action, if the route forwards.
+    pub fn forward(&self) -> Option<&Forward> {
+        match &self.action {
+            Action::Forward(f) => Some(f),
+            Action::Redirect(_) => None,
+        }
+    }
+
+    /// The upstream path for a matched normalised `path`.
+    pub fn upstream_path<'a>(&self, path: &'a str) -> std::borrow::Cow<'a, str> {
+        match &self.action {
+            Action::Forward(f) => f.path.apply(&self.path, path),
+            Action::Redirect(r) => r.path.apply(&self.path, path),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Gateway API's ReplacePrefixMatch table (HTTPPathModifier docs), row by row.
+    #[test]
+    fn rewrite_prefix_slash_rules() {
+        let rows = [
+            ("/foo/bar", "/foo", "/xyz", "/xyz/bar"),
+            ("/foo/bar", "/foo", "/xyz/", "/xyz/bar"),
+            ("/foo/bar", "/foo/", "/xyz", "/xyz/bar"),
+            ("/foo/bar", "/foo/", "/xyz/", "/xyz/bar"),
+            ("/foo", "/foo", "/xyz", "/xyz"),
+            ("/foo/", "/foo", "/xyz", "/xyz/"),
+            ("/foo/bar", "/foo", "", "/bar"),
+            ("/foo/", "/foo", "", "/"),
+            ("/foo", "/foo", "", "/"),
+            ("/foo/", "/foo", "/", "/"),
+            ("/foo", "/foo", "/", "/"),
+        ];
+        for (path, prefix, replacement, expected) in rows {
+            let matched = PathMatch::Prefix(prefix.trim_end_matches('/').to_string());
+            let rw = PathRewrite::ReplacePrefix(replacement.trim_end_matches('/').to_string());
+            assert_eq!(
+                rw.apply(&matched, path),
+                expected,
+                "{path} {prefix} {replacement}"
+            );
+        }
+    }
+
+    #[test]
+    fn rewrite_prefix_of_the_root_prefix() {
+        let matched = PathMatch::Prefix("/".into());
+        let rw = PathRewrite::ReplacePrefix("/v2".into());
+        assert_eq!(rw.apply(&matched, "/a/b"), "/v2/a/b");
+        assert_eq!(rw.apply(&matched, "/"), "/v2/");
+    }
+
+    #[test]
+    fn replace_full_path_ignores_the_request_path() {
+        let rw = PathRewrite::ReplaceFull("/index".into());
+        assert_eq!(
+            rw.apply(&PathMatch::Prefix("/a".into()), "/a/b/c"),
+            "/index"
+        );
+    }
+
+    #[test]
+    fn weight_zero_backends_get_nothing() {
+        let f = Forward {
+            backends: vec![
+                Backend {
+                    service: 0,
+                    weight: 0,
+                },
+                Backend {
+                    service: 1,
+                    weight: 3,
+                },
+            ],
+            total_weight: 3,
+            path: PathRewrite::Keep,
+            host: None,
+            timeout: None,
+        };
+        for _ in 0..1000 {
+            assert_eq!(f.pick().map(|b| b.service), Some(1));
+        }
+        let none = Forward {
+            backends: vec![Backend {
+                service: 0,
+                weight: 0,
+            }],
+            total_weight: 0,
+            ..f
+        };
+        assert!(none.pick().is_none());
     }
 }

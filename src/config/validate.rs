@@ -47,7 +47,7 @@ pub fn parse(src: &str) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
 
 /// Turn a TOML/serde error into a [`ConfigError`], with a suggestion for unknown keys.
 fn toml_error(e: &toml::de::Error) -> ConfigError {
-    let message = e.message().trim().to_string();
+    let mut message = e.message().trim().to_string();
     let mut help = None;
     // serde: "unknown field `foo`, expected one of `a`, `b`" / "expected `a` or `b`"
     if let Some(rest) = message.strip_prefix("unknown field `")
@@ -57,6 +57,7 @@ fn toml_error(e: &toml::de::Error) -> ConfigError {
         help = did_you_mean(field, candidates.iter().copied()).or_else(|| {
             (!candidates.is_empty()).then(|| format!("known keys here: {}", candidates.join(", ")))
         });
+        message = format!("unknown key `{field}`");
     }
     ConfigError::new(e.span(), message).maybe_help(help)
 }
@@ -407,30 +408,18 @@ impl Validator<'_> {
                 .flatten()
                 .map(|(k, v)| (k.get_ref().clone(), v.get_ref().clone()))
                 .collect();
-            let service = match &r.service {
-                Some(s) => match services.get(s.get_ref().as_str()) {
-                    Some(&i) => Some(i),
-                    None => {
-                        let help = did_you_mean(s.get_ref(), services.keys().copied());
-                        self.err(span(s), format!("unknown service `{}`", s.get_ref()))
-                            .help = help.or_else(|| Some("define it under [services.NAME]".into()));
-                        None
-                    }
-                },
-                None => {
-                    self.err(Some(rs.clone()), format!("route `{name}` has no `service`"));
-                    None
-                }
-            };
-            let strip_prefix = r
-                .strip_prefix
+            let action = self.action(r, rs.clone(), path.as_ref(), services);
+            let request_headers = r
+                .request_headers
                 .as_ref()
-                .and_then(|sp| self.strip_prefix(sp, path.as_ref()));
-            let timeout = r
-                .timeout
+                .map(|f| self.header_filter(f, Direction::Request))
+                .unwrap_or_default();
+            let response_headers = r
+                .response_headers
                 .as_ref()
-                .map(|t| self.duration(&Some(t.clone()), Duration::from_secs(30)));
-            if let (Some(path), Some(service)) = (path, service) {
+                .map(|f| self.header_filter(f, Direction::Response))
+                .unwrap_or_default();
+            if let (Some(path), Some(action)) = (path, action) {
                 out.push(Route {
                     name: name.clone(),
                     host,
@@ -438,12 +427,362 @@ impl Validator<'_> {
                     methods,
                     headers,
                     query,
-                    service,
-                    strip_prefix,
-                    timeout,
+                    action,
+                    request_headers,
+                    response_headers,
                     order,
                     span: rs,
                 });
+            }
+        }
+        out
+    }
+
+    fn service_ref(&mut self, s: &SStr, services: &HashMap<&str, usize>) -> Option<usize> {
+        match services.get(s.get_ref().as_str()) {
+            Some(&i) => Some(i),
+            None => {
+                let help = did_you_mean(s.get_ref(), services.keys().copied());
+                self.err(span(s), format!("unknown service `{}`", s.get_ref()))
+                    .help = help.or_else(|| Some("define it under [services.NAME]".into()));
+                None
+            }
+        }
+    }
+
+    /// `service` / `split` / `redirect`, `strip_prefix` / `rewrite`, `timeout`, and the
+    /// combinations that cannot go together.
+    fn action(
+        &mut self,
+        r: &file::RouteFile,
+        rs: Range<usize>,
+        path: Option<&PathMatch>,
+        services: &HashMap<&str, usize>,
+    ) -> Option<Action> {
+        let name = r.name.get_ref();
+        if let Some(redirect) = &r.redirect {
+            for (what, present) in [
+                ("service", r.service.as_ref().map(|s| s.span())),
+                ("split", r.split.as_ref().map(|s| s.span())),
+                ("rewrite", r.rewrite.as_ref().map(|s| s.span())),
+                ("strip_prefix", r.strip_prefix.as_ref().map(|s| s.span())),
+                ("timeout", r.timeout.as_ref().map(|s| s.span())),
+                (
+                    "request_headers",
+                    r.request_headers.as_ref().map(|s| s.span()),
+                ),
+                (
+                    "response_headers",
+                    r.response_headers.as_ref().map(|s| s.span()),
+                ),
+            ] {
+                if let Some(sp) = present {
+                    self.err(
+                        Some(sp),
+                        format!("`{what}` cannot be combined with `redirect`"),
+                    )
+                    .help = Some(
+                        "a redirect is answered by the gateway itself; remove one of the two"
+                            .into(),
+                    );
+                }
+            }
+            return self.redirect(redirect, path).map(Action::Redirect);
+        }
+        let backends = match (&r.service, &r.split) {
+            (Some(_), Some(split)) => {
+                self.err(
+                    Some(split.span()),
+                    "a route has either `service` or `split`, not both",
+                );
+                return None;
+            }
+            (Some(s), None) => vec![Backend {
+                service: self.service_ref(s, services)?,
+                weight: 1,
+            }],
+            (None, Some(split)) => {
+                if split.get_ref().is_empty() {
+                    self.err(Some(split.span()), "`split` is empty");
+                    return None;
+                }
+                let mut out = Vec::new();
+                let mut ok = true;
+                for b in split.get_ref() {
+                    let b = b.get_ref();
+                    let service = self.service_ref(&b.service, services);
+                    let weight = *b.weight.get_ref();
+                    if !(0..=1_000_000).contains(&weight) {
+                        self.err(
+                            span(&b.weight),
+                            format!("weight {weight} is out of range: must be 0 to 1000000"),
+                        );
+                        ok = false;
+                    }
+                    match service {
+                        Some(service) if ok => out.push(Backend {
+                            service,
+                            weight: weight as u32,
+                        }),
+                        _ => ok = false,
+                    }
+                }
+                if !ok {
+                    return None;
+                }
+                out
+            }
+            (None, None) => {
+                self.err(
+                    Some(rs),
+                    format!("route `{name}` has no `service`, `split` or `redirect`"),
+                )
+                .help = Some("add service = \"NAME\"".into());
+                return None;
+            }
+        };
+        let total_weight = backends.iter().map(|b| u64::from(b.weight)).sum();
+        let (path_rewrite, host) = match (&r.strip_prefix, &r.rewrite) {
+            (Some(_), Some(rw)) => {
+                self.err(
+                    Some(rw.span()),
+                    "`strip_prefix` and `rewrite` cannot be combined",
+                )
+                .help = Some(
+                    "strip_prefix is a shorthand for rewrite = { prefix = … }; keep one".into(),
+                );
+                return None;
+            }
+            (Some(sp), None) => (PathRewrite::Strip(self.strip_prefix(sp, path)?), None),
+            (None, Some(rw)) => self.rewrite(rw, path)?,
+            (None, None) => (PathRewrite::Keep, None),
+        };
+        let timeout = r
+            .timeout
+            .as_ref()
+            .map(|t| self.duration(&Some(t.clone()), Duration::from_secs(30)));
+        Some(Action::Forward(Forward {
+            backends,
+            total_weight,
+            path: path_rewrite,
+            host,
+            timeout,
+        }))
+    }
+
+    /// A replacement path: `""` allowed for prefixes (Gateway API), otherwise a
+    /// normalised absolute path.
+    fn replacement_path(&mut self, v: &SStr, allow_empty: bool) -> Option<String> {
+        let text = v.get_ref();
+        if allow_empty && (text.is_empty() || text == "/") {
+            return Some(String::new());
+        }
+        let ok = text.starts_with('/')
+            && !text.contains(['?', '#', '{', '}'])
+            && normalize_path(text).is_ok_and(|n| n == text.as_str());
+        if !ok {
+            self.err(
+                span(v),
+                format!("`{text}` is not a normalised absolute path"),
+            )
+            .help = Some("write a path like \"/v2/users\"".into());
+            return None;
+        }
+        Some(if allow_empty {
+            text.trim_end_matches('/').to_string()
+        } else {
+            text.clone()
+        })
+    }
+
+    fn path_modifier(
+        &mut self,
+        prefix: Option<&SStr>,
+        full: Option<&SStr>,
+        path: Option<&PathMatch>,
+    ) -> Option<PathRewrite> {
+        match (prefix, full) {
+            (Some(p), Some(_)) => {
+                self.err(span(p), "`prefix` and `path` cannot both be set")
+                    .help =
+                    Some("`prefix` replaces the matched prefix, `path` the whole path".into());
+                None
+            }
+            (Some(p), None) => {
+                if matches!(path, Some(PathMatch::Exact(_))) {
+                    self.err(
+                        span(p),
+                        "`prefix` needs a prefix route (`path = …`), not `exact`",
+                    )
+                    .help = Some("use `path = …` to replace the whole path".into());
+                    return None;
+                }
+                self.replacement_path(p, true)
+                    .map(PathRewrite::ReplacePrefix)
+            }
+            (None, Some(f)) => self
+                .replacement_path(f, false)
+                .map(PathRewrite::ReplaceFull),
+            (None, None) => Some(PathRewrite::Keep),
+        }
+    }
+
+    fn rewrite(
+        &mut self,
+        rw: &Spanned<file::RewriteFile>,
+        path: Option<&PathMatch>,
+    ) -> Option<(PathRewrite, Option<HeaderValue>)> {
+        let r = rw.get_ref();
+        if r.prefix.is_none() && r.path.is_none() && r.host.is_none() {
+            self.err(Some(rw.span()), "`rewrite` changes nothing").help =
+                Some("set `prefix`, `path` or `host`".into());
+            return None;
+        }
+        let p = self.path_modifier(r.prefix.as_ref(), r.path.as_ref(), path)?;
+        let host = match &r.host {
+            Some(h) => Some(self.host_value(h)?),
+            None => None,
+        };
+        Some((p, host))
+    }
+
+    /// `rewrite.host`: a DNS name, optionally with `:PORT`.
+    fn host_value(&mut self, h: &SStr) -> Option<HeaderValue> {
+        let text = h.get_ref();
+        let name = match text.rsplit_once(':') {
+            Some((n, p)) if p.parse::<u16>().is_ok() => n,
+            _ => text.as_str(),
+        };
+        let valid = !name.is_empty()
+            && name.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        match HeaderValue::from_str(text) {
+            Ok(v) if valid => Some(v),
+            _ => {
+                self.err(span(h), format!("`{text}` is not a valid host"))
+                    .help = Some("write a DNS name, optionally with :PORT".into());
+                None
+            }
+        }
+    }
+
+    fn redirect(
+        &mut self,
+        rd: &Spanned<file::RedirectFile>,
+        path: Option<&PathMatch>,
+    ) -> Option<Redirect> {
+        let r = rd.get_ref();
+        let scheme = match &r.scheme {
+            Some(s) if s.get_ref() == "http" || s.get_ref() == "https" => Some(s.get_ref().clone()),
+            Some(s) => {
+                self.err(
+                    span(s),
+                    format!("redirect scheme `{}` is not supported", s.get_ref()),
+                )
+                .help = Some("use \"http\" or \"https\"".into());
+                return None;
+            }
+            None => None,
+        };
+        let host = match &r.host {
+            Some(h) => {
+                let hm = self.host(h)?;
+                match hm {
+                    HostMatch::Exact(name) => Some(name),
+                    HostMatch::Wildcard(_) => {
+                        self.err(span(h), "a redirect host cannot be a wildcard");
+                        return None;
+                    }
+                }
+            }
+            None => None,
+        };
+        let port = match &r.port {
+            Some(p) if (1..=65535).contains(p.get_ref()) => Some(*p.get_ref() as u16),
+            Some(p) => {
+                self.err(
+                    span(p),
+                    format!("port {} is out of range: must be 1 to 65535", p.get_ref()),
+                );
+                return None;
+            }
+            None => None,
+        };
+        let status = match &r.status {
+            None => 302,
+            Some(s) if [301, 302, 303, 307, 308].contains(s.get_ref()) => *s.get_ref() as u16,
+            Some(s) => {
+                self.err(
+                    span(s),
+                    format!("redirect status {} is not allowed", s.get_ref()),
+                )
+                .help = Some("use 301, 302, 303, 307 or 308".into());
+                return None;
+            }
+        };
+        let path = self.path_modifier(r.prefix.as_ref(), r.path.as_ref(), path)?;
+        if scheme.is_none() && host.is_none() && port.is_none() && path == PathRewrite::Keep {
+            self.err(
+                Some(rd.span()),
+                "this redirect points at the request itself (a loop)",
+            )
+            .help = Some("set `scheme`, `host`, `port`, `path` or `prefix`".into());
+            return None;
+        }
+        Some(Redirect {
+            scheme,
+            host,
+            port,
+            path,
+            status,
+        })
+    }
+
+    fn header_filter(
+        &mut self,
+        f: &Spanned<file::HeaderFilterFile>,
+        dir: Direction,
+    ) -> HeaderFilter {
+        let mut out = HeaderFilter::default();
+        let f = f.get_ref();
+        let name = |v: &mut Self, k: &SStr| -> Option<HeaderName> {
+            let Ok(n) = HeaderName::from_bytes(k.get_ref().as_bytes()) else {
+                v.err(
+                    span(k),
+                    format!("`{}` is not a valid header name", k.get_ref()),
+                );
+                return None;
+            };
+            if let Some(why) = owned_by_gateway(&n, dir) {
+                v.err(
+                    span(k),
+                    format!("header `{n}` cannot be changed by a route: {why}"),
+                );
+                return None;
+            }
+            Some(n)
+        };
+        for (list, target) in [(&f.set, 0), (&f.add, 1)] {
+            for (k, val) in list.iter().flatten() {
+                let Some(n) = name(self, k) else { continue };
+                let Ok(hv) = HeaderValue::from_str(val.get_ref()) else {
+                    self.err(
+                        span(val),
+                        format!("`{}` is not a valid header value", val.get_ref()),
+                    );
+                    continue;
+                };
+                if target == 0 {
+                    out.set.push((n, hv))
+                } else {
+                    out.add.push((n, hv))
+                }
+            }
+        }
+        for k in f.remove.iter().flatten() {
+            if let Some(n) = name(self, k) {
+                out.remove.push(n);
             }
         }
         out
@@ -662,6 +1001,47 @@ impl Validator<'_> {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Request,
+    Response,
+}
+
+/// Headers a route filter must not touch, and why.
+fn owned_by_gateway(n: &HeaderName, dir: Direction) -> Option<&'static str> {
+    const HOP: [&str; 10] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    ];
+    let s = n.as_str();
+    if HOP.contains(&s) {
+        return Some("it describes the connection or the framing, which the gateway owns");
+    }
+    if s == "x-request-id" {
+        return Some("the gateway sets the request id");
+    }
+    if dir == Direction::Request {
+        if matches!(
+            s,
+            "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "forwarded"
+        ) {
+            return Some("the gateway sets the forwarding headers");
+        }
+        if s == "host" {
+            return Some("use `rewrite = { host = \"…\" }`");
+        }
+    }
+    None
+}
+
 /// The within-path precedence: method predicate first, then more headers, then more
 /// query parameters, then file order. The router sorts by the same key.
 pub fn rank_key(
@@ -769,7 +1149,7 @@ mod tests {
         let src = format!("{BASE}[[routes]]\nname = \"u\"\npath = \"/u\"\nservise = \"users\"\n");
         let e = errors(&src);
         assert_eq!(e.len(), 1);
-        assert!(e[0].contains("unknown field `servise`"), "{e:?}");
+        assert!(e[0].contains("unknown key `servise`"), "{e:?}");
         assert!(e[0].contains("did you mean `service`?"), "{e:?}");
     }
 

@@ -27,6 +27,9 @@ pub enum ProxyError {
     /// than chunked: a smuggling attempt or a broken client. Answered with 400
     /// `bad_framing`, and the connection is closed.
     AmbiguousFraming,
+    /// Every backend of the route has weight 0 (500 `no_backend`, as the Gateway API
+    /// prescribes).
+    NoBackend,
     /// The service has no address to send to (503 `no_healthy_upstream`).
     NoHealthyUpstream,
     /// Every connection attempt failed or timed out (502 `upstream_connect_failed`).
@@ -45,7 +48,8 @@ impl ProxyError {
             ProxyError::NoRoute | ProxyError::BadPath | ProxyError::AmbiguousFraming => {
                 Side::Downstream
             }
-            ProxyError::NoHealthyUpstream
+            ProxyError::NoBackend
+            | ProxyError::NoHealthyUpstream
             | ProxyError::ConnectFailed
             | ProxyError::UpstreamTimeout
             | ProxyError::BadUpstreamResponse => Side::Upstream,
@@ -57,6 +61,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadPath | ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
+            ProxyError::NoBackend => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed | ProxyError::BadUpstreamResponse => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -69,6 +74,7 @@ impl ProxyError {
             ProxyError::NoRoute => "no_route",
             ProxyError::BadPath => "bad_path",
             ProxyError::AmbiguousFraming => "bad_framing",
+            ProxyError::NoBackend => "no_backend",
             ProxyError::NoHealthyUpstream => "no_healthy_upstream",
             ProxyError::ConnectFailed => "upstream_connect_failed",
             ProxyError::UpstreamTimeout => "upstream_timeout",
@@ -110,6 +116,7 @@ mod tests {
             ProxyError::NoRoute,
             ProxyError::BadPath,
             ProxyError::AmbiguousFraming,
+            ProxyError::NoBackend,
             ProxyError::NoHealthyUpstream,
             ProxyError::ConnectFailed,
             ProxyError::UpstreamTimeout,
@@ -119,7 +126,11 @@ mod tests {
             let resp = e.into_response(&HeaderValue::from_static("abc"));
             assert_eq!(resp.status(), e.status());
             assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
-            assert!(e.status().is_client_error() == (e.side() == Side::Downstream));
+            assert_eq!(
+                e.status().is_client_error(),
+                e.side() == Side::Downstream,
+                "{e:?}"
+            );
         }
     }
 }

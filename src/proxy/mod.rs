@@ -28,7 +28,7 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 
-use crate::config::model::{AccessLog, Route};
+use crate::config::model::{AccessLog, Action, Forward, Redirect, Route};
 use crate::http::headers::{
     X_REQUEST_ID, framing_is_ambiguous, new_request_id, remove_hop_by_hop, set_forwarded,
     valid_request_id,
@@ -122,12 +122,29 @@ async fn pipeline(
         headers: &parts.headers,
     };
     let (route_id, route) = snap.router.find(&info).ok_or(ProxyError::NoRoute)?;
-    let upstream = &snap.upstreams[route.service];
     if let Some(r) = &mut ctx.record {
         r.route = Some(snap.route_names[route_id].clone());
+    }
+    let fwd = match &route.action {
+        Action::Forward(f) => f,
+        Action::Redirect(rd) => {
+            return redirect(
+                route,
+                rd,
+                &path,
+                parts.uri.query(),
+                raw_host.as_deref(),
+                conn,
+            );
+        }
+    };
+    let backend = fwd.pick().ok_or(ProxyError::NoBackend)?;
+    let upstream = &snap.upstreams[backend.service];
+    if let Some(r) = &mut ctx.record {
         r.service = Some(upstream.name.clone());
     }
     let path_and_query = upstream_path_and_query(route, &path, &parts.uri)?;
+    route.request_headers.apply(&mut parts.headers);
     upstream_request_headers(
         snap,
         conn,
@@ -135,6 +152,9 @@ async fn pipeline(
         raw_host.as_deref(),
         &ctx.request_id,
     );
+    if let Some(h) = &fwd.host {
+        parts.headers.insert(header::HOST, h.clone());
+    }
     let body = if body.is_end_stream() {
         UpstreamBody::Empty
     } else {
@@ -150,8 +170,10 @@ async fn pipeline(
         path_and_query,
         headers: parts.headers,
     };
-    let resp = forward(snap, route, upstream, ctx, head, body).await?;
-    Ok(downstream_response(resp))
+    let resp = forward(snap, fwd, upstream, ctx, head, body).await?;
+    let mut resp = downstream_response(resp);
+    route.response_headers.apply(resp.headers_mut());
+    Ok(resp)
 }
 
 /// Phase: refuse framing that two HTTP parsers could read differently.
@@ -194,6 +216,63 @@ fn upstream_path_and_query(
     PathAndQuery::try_from(s).map_err(|_| ProxyError::BadPath)
 }
 
+/// Phase (redirect routes): the gateway answers itself (Gateway API RequestRedirect).
+/// Unset parts come from the request: its scheme, host and path; the port is the
+/// request's unless a scheme was configured, and a scheme's well-known port is left out.
+fn redirect(
+    route: &Route,
+    rd: &Redirect,
+    path: &str,
+    query: Option<&str>,
+    raw_host: Option<&str>,
+    conn: ConnInfo,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let scheme = rd.scheme.as_deref().unwrap_or(conn.proto);
+    let (req_host, req_port) = match raw_host {
+        Some(h) => split_host_port(h),
+        None => ("", None),
+    };
+    let host = rd.host.as_deref().unwrap_or(req_host);
+    let port = match (rd.port, &rd.scheme) {
+        (Some(p), _) => Some(p),
+        (None, Some(_)) => None,
+        (None, None) => req_port,
+    };
+    let well_known = matches!((scheme, port), ("http", Some(80)) | ("https", Some(443)));
+    let mut location = if host.is_empty() {
+        String::new()
+    } else {
+        format!("{scheme}://{host}")
+    };
+    if let (Some(p), false, false) = (port, well_known, host.is_empty()) {
+        location.push_str(&format!(":{p}"));
+    }
+    location.push_str(&rd.path.apply(&route.path, path));
+    if let Some(q) = query {
+        location.push('?');
+        location.push_str(q);
+    }
+    let value = HeaderValue::from_str(&location).map_err(|_| ProxyError::BadPath)?;
+    let mut resp = Response::new(ResponseBody::empty());
+    *resp.status_mut() = http::StatusCode::from_u16(rd.status).map_err(|_| ProxyError::BadPath)?;
+    resp.headers_mut().insert(header::LOCATION, value);
+    Ok(resp)
+}
+
+/// `host:port` -> (host, port); IPv6 literals keep their brackets.
+fn split_host_port(h: &str) -> (&str, Option<u16>) {
+    let colon = if h.starts_with('[') {
+        h.find(']')
+            .and_then(|end| h[end..].find(':').map(|c| end + c))
+    } else {
+        h.rfind(':')
+    };
+    match colon {
+        Some(c) => (&h[..c], h[c + 1..].parse().ok()),
+        None => (h, None),
+    }
+}
+
 /// Phase: headers towards the upstream. Hop-by-hop first, then the gateway's own.
 fn upstream_request_headers(
     snap: &Snapshot,
@@ -233,7 +312,7 @@ struct UpstreamHead {
 /// reached the upstream, so this is safe for every method).
 async fn forward(
     snap: &Snapshot,
-    route: &Route,
+    route: &Forward,
     upstream: &Upstream,
     ctx: &mut RequestCtx,
     head: UpstreamHead,

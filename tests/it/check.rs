@@ -87,7 +87,7 @@ fn explain_names_route_service_and_upstream_path() {
     assert_eq!(v["route"], "users");
     assert_eq!(v["service"], "users");
     assert_eq!(v["normalized_path"], "/api/users/7");
-    assert_eq!(v["upstream_path"], "/users/7");
+    assert_eq!(v["upstream_path"], "/users/7?x=1");
     let out = Command::new(BIN)
         .args(["explain", "GET", "/nowhere"])
         .current_dir(root)

@@ -5,6 +5,7 @@ mod support;
 
 mod bad_input;
 mod check;
+mod filters;
 mod proxying;
 mod reload;
 mod routing;
