@@ -62,6 +62,19 @@ pub async fn reload(gw: &Gateway, path: &Path) -> Outcome {
     }
 }
 
+/// Does this directory event possibly change the config file? Reads (`Access`, which
+/// our own reload causes) never do; neither do files other than the config file and
+/// the kubelet's `..data`-style entries.
+fn is_relevant(event: &notify::Event, file_name: Option<&std::ffi::OsStr>) -> bool {
+    if matches!(event.kind, notify::EventKind::Access(_)) {
+        return false;
+    }
+    event.paths.iter().any(|p| match p.file_name() {
+        Some(name) => Some(name) == file_name || name.to_string_lossy().starts_with(".."),
+        None => true,
+    })
+}
+
 /// Watch for SIGHUP and file changes until `shutdown`.
 pub fn spawn(gw: Arc<Gateway>, path: PathBuf, shutdown: CancellationToken) {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
@@ -69,8 +82,11 @@ pub fn spawn(gw: Arc<Gateway>, path: PathBuf, shutdown: CancellationToken) {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let file_name = path.file_name().map(|n| n.to_os_string());
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        if let Ok(event) = res
+            && is_relevant(&event, file_name.as_deref())
+        {
             let _ = tx.send(());
         }
     })
@@ -106,4 +122,47 @@ pub fn spawn(gw: Arc<Gateway>, path: PathBuf, shutdown: CancellationToken) {
             reload(&gw, &path).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, CreateKind, EventKind, ModifyKind, RenameMode};
+
+    fn ev(kind: EventKind, path: &str) -> notify::Event {
+        notify::Event::new(kind).add_path(PathBuf::from(path))
+    }
+
+    #[test]
+    fn our_own_reads_do_not_trigger_a_reload() {
+        let name = Some(std::ffi::OsStr::new("routes.toml"));
+        assert!(!is_relevant(
+            &ev(EventKind::Access(AccessKind::Any), "/etc/sy/routes.toml"),
+            name
+        ));
+    }
+
+    #[test]
+    fn only_the_config_file_and_kubelet_entries_count() {
+        let name = Some(std::ffi::OsStr::new("routes.toml"));
+        assert!(is_relevant(
+            &ev(EventKind::Modify(ModifyKind::Any), "/etc/sy/routes.toml"),
+            name
+        ));
+        assert!(is_relevant(
+            &ev(EventKind::Create(CreateKind::Any), "/etc/sy/..data"),
+            name
+        ));
+        assert!(is_relevant(
+            &ev(
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                "/etc/sy/routes.toml"
+            ),
+            name
+        ));
+        assert!(!is_relevant(
+            &ev(EventKind::Modify(ModifyKind::Any), "/etc/sy/other.log"),
+            name
+        ));
+    }
 }

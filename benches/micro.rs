@@ -1,0 +1,137 @@
+//! Microbenchmarks of the hot path's pure parts (`cargo bench --bench micro`):
+//! route match at 10 / 1,000 / 10,000 routes, path normalisation, header processing,
+//! and building the table of a 10,000-route config (parse + validate + compile).
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, Method};
+use switchyard::config;
+use switchyard::http::headers::{remove_hop_by_hop, set_forwarded};
+use switchyard::http::normalize::normalize_path;
+use switchyard::router::{RequestInfo, Router};
+
+/// A table of `n` routes over 10 services: prefixes, exact paths, some hosts and
+/// method/header predicates, like a real table grown over years.
+fn table(n: usize) -> String {
+    let mut s = String::from("[listen]\nhttp = \"127.0.0.1:0\"\n");
+    for i in 0..10 {
+        s.push_str(&format!(
+            "[services.svc{i}]\nendpoints = [\"127.0.0.1:{}\"]\n",
+            9000 + i
+        ));
+    }
+    for i in 0..n {
+        let svc = i % 10;
+        s.push_str(&format!(
+            "[[routes]]\nname = \"r{i}\"\nservice = \"svc{svc}\"\n"
+        ));
+        match i % 5 {
+            0 => s.push_str(&format!("exact = \"/team{}/status/{i}\"\n", i % 97)),
+            1 => s.push_str(&format!(
+                "path = \"/team{}/api/v{}/items{i}\"\nmethods = [\"GET\"]\n",
+                i % 97,
+                i % 3
+            )),
+            2 => s.push_str(&format!(
+                "path = \"/team{}/api/v{}/things{i}\"\nhost = \"h{}.example.com\"\n",
+                i % 97,
+                i % 3,
+                i % 13
+            )),
+            3 => s.push_str(&format!(
+                "path = \"/team{}/api/v{}/misc{i}\"\nheaders = {{ x-v = \"{}\" }}\n",
+                i % 97,
+                i % 3,
+                i % 2
+            )),
+            _ => s.push_str(&format!("path = \"/team{}/svc{i}\"\n", i % 97)),
+        }
+    }
+    s
+}
+
+fn route_match(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_match");
+    for n in [10usize, 1_000, 10_000] {
+        let loaded = config::parse(&table(n)).expect("valid table");
+        let router = Router::new(&loaded.config);
+        // A request for a route in the middle of the table, with a longer path.
+        let i = (n / 2) / 5 * 5 + 4;
+        let path = format!("/team{}/svc{i}/orders/12345", i % 97);
+        let headers = HeaderMap::new();
+        group.bench_with_input(BenchmarkId::from_parameter(n), &path, |b, path| {
+            b.iter(|| {
+                let info = RequestInfo {
+                    method: &Method::GET,
+                    host: Some("api.example.com"),
+                    path: black_box(path),
+                    query: None,
+                    headers: &headers,
+                };
+                black_box(router.find(&info).map(|(id, _)| id))
+            })
+        });
+    }
+    group.finish();
+}
+
+fn normalisation(c: &mut Criterion) {
+    let mut group = c.benchmark_group("normalize_path");
+    group.bench_function("canonical", |b| {
+        b.iter(|| normalize_path(black_box("/api/users/12345/orders")))
+    });
+    group.bench_function("dirty", |b| {
+        b.iter(|| normalize_path(black_box("/api//users/./12345/../%7Eorders/%2e%2e/x%2Fy")))
+    });
+    group.finish();
+}
+
+fn header_processing(c: &mut Criterion) {
+    let mut base = HeaderMap::new();
+    for (k, v) in [
+        ("host", "api.example.com"),
+        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64)"),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip, br"),
+        ("connection", "keep-alive"),
+        ("x-forwarded-for", "203.0.113.7"),
+        ("cookie", "session=abcdef0123456789"),
+    ] {
+        base.insert(k, HeaderValue::from_static(v));
+    }
+    let peer = "198.51.100.4".parse().expect("ip");
+    c.bench_function("headers/upstream_request", |b| {
+        b.iter_batched(
+            || base.clone(),
+            |mut h| {
+                remove_hop_by_hop(&mut h);
+                set_forwarded(&mut h, peer, false, "http", Some("api.example.com"));
+                h
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+fn config_build(c: &mut Criterion) {
+    let src = table(10_000);
+    let mut group = c.benchmark_group("config_build");
+    group.sample_size(10);
+    group.bench_function("10000_routes", |b| {
+        b.iter(|| {
+            let loaded = config::parse(black_box(&src)).expect("valid");
+            black_box(Router::new(&loaded.config))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    route_match,
+    normalisation,
+    header_processing,
+    config_build
+);
+criterion_main!(benches);
