@@ -55,17 +55,15 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            let conn_info = ConnInfo {
-                peer,
-                proto: "http",
-            };
+            let conn_info = Arc::new(ConnInfo::new(peer, "http"));
             let builder = builder(&gw);
             let svc = service_fn(move |req| {
                 let gw = gw.clone();
+                let conn_info = conn_info.clone();
                 async move {
                     let snap = gw.snapshot();
                     Ok::<_, Infallible>(
-                        proxy::serve(snap, gw.access_log.as_ref(), conn_info, req).await,
+                        proxy::serve(snap, gw.access_log.as_ref(), &conn_info, req).await,
                     )
                 }
             });

@@ -5,8 +5,6 @@
 //! headers. A client's `Connection: x-forwarded-for` therefore removes only the client's
 //! copy, never the gateway's (Traefik CVE-2021-32813 / CVE-2024-45410).
 
-use std::net::IpAddr;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
@@ -33,6 +31,12 @@ pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// Returns quickly when there is nothing to do (the common keep-alive request has at most
 /// a `connection: keep-alive`).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names first: most messages carry no hop-by-hop header at all
+    // (or only `connection`), and nine hashed removals per message showed up as 7% of
+    // the proxy's user-space instructions.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -47,6 +51,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove(header::UPGRADE);
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::UPGRADE
 }
 
 /// Request framing that a proxy must refuse rather than forward (request smuggling):
@@ -78,6 +86,11 @@ pub fn valid_request_id(v: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
 }
 
+/// The peer's address as a header value, computed once per connection.
+pub fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
+}
+
 /// A fresh 128-bit random request id as 32 hex digits.
 pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -96,21 +109,21 @@ pub fn new_request_id() -> HeaderValue {
 /// trusted.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &HeaderValue,
     trusted: bool,
     proto: &'static str,
     host: Option<&str>,
 ) {
-    let peer_s = peer.to_string();
     if trusted {
         let chain = headers
             .get(&X_FORWARDED_FOR)
             .and_then(|v| v.to_str().ok())
-            .map(|prev| format!("{prev}, {peer_s}"));
-        let value = chain.unwrap_or(peer_s);
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(X_FORWARDED_FOR.clone(), v);
-        }
+            .zip(peer.to_str().ok())
+            .and_then(|(prev, p)| HeaderValue::from_str(&format!("{prev}, {p}")).ok());
+        headers.insert(
+            X_FORWARDED_FOR.clone(),
+            chain.unwrap_or_else(|| peer.clone()),
+        );
         if !headers.contains_key(&X_FORWARDED_PROTO) {
             headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
         }
@@ -122,9 +135,7 @@ pub fn set_forwarded(
         return;
     }
     headers.remove(&FORWARDED);
-    if let Ok(v) = HeaderValue::from_str(&peer_s) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
+    headers.insert(X_FORWARDED_FOR.clone(), peer.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match host.and_then(|h| HeaderValue::from_str(h).ok()) {
         Some(v) => {
@@ -171,7 +182,7 @@ mod tests {
         remove_hop_by_hop(&mut h);
         set_forwarded(
             &mut h,
-            "192.0.2.1".parse().unwrap(),
+            &HeaderValue::from_static("192.0.2.1"),
             false,
             "http",
             Some("a.example"),
@@ -188,7 +199,13 @@ mod tests {
             ("forwarded", "for=10.0.0.1"),
             ("x-forwarded-proto", "https"),
         ]);
-        set_forwarded(&mut h, "192.0.2.1".parse().unwrap(), false, "http", None);
+        set_forwarded(
+            &mut h,
+            &HeaderValue::from_static("192.0.2.1"),
+            false,
+            "http",
+            None,
+        );
         assert_eq!(h["x-forwarded-for"], "192.0.2.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert!(!h.contains_key("forwarded"));
@@ -201,7 +218,13 @@ mod tests {
             ("x-forwarded-for", "203.0.113.9"),
             ("x-forwarded-proto", "https"),
         ]);
-        set_forwarded(&mut h, "10.0.0.2".parse().unwrap(), true, "http", Some("a"));
+        set_forwarded(
+            &mut h,
+            &HeaderValue::from_static("10.0.0.2"),
+            true,
+            "http",
+            Some("a"),
+        );
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "https");
     }

@@ -41,13 +41,25 @@ use crate::upstream::Upstream;
 use body::{ResponseBody, UpstreamBody};
 pub use error::ProxyError;
 
-/// Per-connection facts the phases need.
-#[derive(Debug, Clone, Copy)]
+/// Per-connection facts the phases need, computed once per connection.
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
+    /// The client's IP as a header value, for `x-forwarded-for`.
+    pub peer_ip: HeaderValue,
     /// `http` or `https`, for `x-forwarded-proto`.
     pub proto: &'static str,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, proto: &'static str) -> Self {
+        Self {
+            peer,
+            peer_ip: crate::http::headers::ip_value(peer.ip()),
+            proto,
+        }
+    }
 }
 
 /// Per-request state carried through the phases and read by the log at the end.
@@ -60,7 +72,7 @@ struct RequestCtx {
 pub async fn serve(
     snapshot: Arc<Snapshot>,
     sink: Option<&Sink>,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let request_id = match req.headers().get(&X_REQUEST_ID) {
@@ -105,7 +117,7 @@ pub async fn serve(
 
 async fn pipeline(
     snap: &Snapshot,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     ctx: &mut RequestCtx,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -225,7 +237,7 @@ fn redirect(
     path: &str,
     query: Option<&str>,
     raw_host: Option<&str>,
-    conn: ConnInfo,
+    conn: &ConnInfo,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let scheme = rd.scheme.as_deref().unwrap_or(conn.proto);
     let (req_host, req_port) = match raw_host {
@@ -276,7 +288,7 @@ fn split_host_port(h: &str) -> (&str, Option<u16>) {
 /// Phase: headers towards the upstream. Hop-by-hop first, then the gateway's own.
 fn upstream_request_headers(
     snap: &Snapshot,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     headers: &mut HeaderMap,
     raw_host: Option<&str>,
     request_id: &HeaderValue,
@@ -291,7 +303,7 @@ fn upstream_request_headers(
         .trusted_proxies
         .iter()
         .any(|net| net.contains(&conn.peer.ip()));
-    set_forwarded(headers, conn.peer.ip(), trusted, conn.proto, raw_host);
+    set_forwarded(headers, &conn.peer_ip, trusted, conn.proto, raw_host);
     if !headers.contains_key(header::HOST)
         && let Some(v) = raw_host.and_then(|h| HeaderValue::from_str(h).ok())
     {
