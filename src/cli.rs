@@ -24,6 +24,13 @@ struct Cli {
     command: Option<Command>,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Text,
+    Json,
+    Github,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve (the default command).
@@ -31,10 +38,16 @@ enum Command {
         #[arg(long, short, default_value = "routes.toml")]
         config: PathBuf,
     },
-    /// Validate a route table; exit 1 with precise errors when it is not valid.
+    /// Validate and lint a route table; exit 1 on errors (and on warnings with --strict).
     Check {
         #[arg(default_value = "routes.toml")]
         file: PathBuf,
+        /// Warnings fail the check too.
+        #[arg(long)]
+        strict: bool,
+        /// Output: `text` (for people), `json` (for tools), `github` (Actions annotations).
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// Show which route and service would answer a request, and why.
     Explain {
@@ -65,7 +78,11 @@ pub fn main() -> ExitCode {
     }) {
         Command::Run { config } => serve(config, false),
         Command::Demo { config } => serve(config, true),
-        Command::Check { file } => check(&file),
+        Command::Check {
+            file,
+            strict,
+            format,
+        } => check(&file, strict, format),
         Command::Explain {
             config,
             json,
@@ -127,43 +144,113 @@ fn serve(config: PathBuf, demo: bool) -> ExitCode {
     }
 }
 
-fn check(file: &Path) -> ExitCode {
+fn check(file: &Path, strict: bool, format: Format) -> ExitCode {
     let name = file.display().to_string();
     let src = match std::fs::read_to_string(file) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("{name}: error: cannot read: {e}");
+            let finding = ConfigError::new("SY000", None, format!("cannot read: {e}"));
+            print_findings(&name, "", &[finding], format, 0);
             return ExitCode::FAILURE;
         }
     };
-    match config::parse(&src) {
-        Ok(loaded) => {
-            print_findings(&name, &src, &loaded.warnings);
-            println!(
-                "{name}: ok ({} routes, {} services, {} warnings)",
-                loaded.config.routes.len(),
-                loaded.config.services.len(),
-                loaded.warnings.len()
-            );
-            ExitCode::SUCCESS
+    let (findings, summary) = match config::parse(&src) {
+        Ok(loaded) => (
+            loaded.warnings,
+            Some((loaded.config.routes.len(), loaded.config.services.len())),
+        ),
+        Err(errors) => (errors.items, None),
+    };
+    let errors = findings
+        .iter()
+        .filter(|e| e.severity == config::Severity::Error)
+        .count();
+    let warnings = findings.len() - errors;
+    print_findings(&name, &src, &findings, format, warnings);
+    if format == Format::Text {
+        match summary {
+            Some((routes, services)) if errors == 0 => println!(
+                "{name}: ok ({routes} routes, {services} services, {warnings} warning{})",
+                if warnings == 1 { "" } else { "s" }
+            ),
+            _ => println!(
+                "{name}: {errors} error{}, {warnings} warning{}",
+                if errors == 1 { "" } else { "s" },
+                if warnings == 1 { "" } else { "s" }
+            ),
         }
-        Err(errors) => {
-            print_findings(&name, &src, &errors.items);
-            let n = errors
-                .items
+    }
+    if errors > 0 || (strict && warnings > 0) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn print_findings(name: &str, src: &str, items: &[ConfigError], format: Format, warnings: usize) {
+    match format {
+        Format::Text => {
+            for e in items {
+                print!("{}", e.render(name, src));
+            }
+        }
+        Format::Json => {
+            let findings: Vec<serde_json::Value> = items
                 .iter()
-                .filter(|e| e.severity == config::Severity::Error)
-                .count();
-            println!("{name}: {n} error{}", if n == 1 { "" } else { "s" });
-            ExitCode::FAILURE
+                .map(|e| {
+                    let (line, column) = e.line_col(src).unzip();
+                    serde_json::json!({
+                        "code": e.code,
+                        "severity": severity(e),
+                        "line": line,
+                        "column": column,
+                        "message": e.message,
+                        "help": e.help,
+                    })
+                })
+                .collect();
+            let out = serde_json::json!({
+                "file": name,
+                "errors": items.len() - warnings,
+                "warnings": warnings,
+                "findings": findings,
+            });
+            println!("{out}");
+        }
+        Format::Github => {
+            for e in items {
+                let mut props = format!("file={}", gh_escape_property(name));
+                if let Some((line, col)) = e.line_col(src) {
+                    props.push_str(&format!(",line={line},col={col}"));
+                }
+                props.push_str(&format!(",title={}", e.code));
+                let mut msg = e.message.clone();
+                if let Some(h) = &e.help {
+                    msg.push_str(&format!(" ({h})"));
+                }
+                println!("::{} {props}::{}", severity(e), gh_escape_data(&msg));
+            }
         }
     }
 }
 
-fn print_findings(name: &str, src: &str, items: &[ConfigError]) {
-    for e in items {
-        print!("{}", e.render(name, src));
+fn severity(e: &ConfigError) -> &'static str {
+    match e.severity {
+        config::Severity::Error => "error",
+        config::Severity::Warning => "warning",
     }
+}
+
+/// GitHub workflow-command escaping for the message part.
+fn gh_escape_data(s: &str) -> String {
+    s.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
+/// ... and for property values, which also may not contain `:` or `,`.
+fn gh_escape_property(s: &str) -> String {
+    gh_escape_data(s).replace(':', "%3A").replace(',', "%2C")
 }
 
 fn explain(config: &Path, json: bool, headers: &[String], method: &str, url: &str) -> ExitCode {
@@ -239,7 +326,7 @@ fn explain(config: &Path, json: bool, headers: &[String], method: &str, url: &st
     };
     let steps = router.explain(&info);
     let line_of = |r: &crate::config::model::Route| {
-        ConfigError::new(Some(r.span.clone()), "")
+        ConfigError::new("", Some(r.span.clone()), "")
             .line_col(&src)
             .map_or(0, |(l, _)| l)
     };

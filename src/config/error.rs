@@ -22,6 +22,8 @@ pub enum Severity {
 pub struct ConfigError {
     /// Error or warning.
     pub severity: Severity,
+    /// Stable identifier of the rule (`SY005`), listed in the README; tools key on it.
+    pub code: &'static str,
     /// Byte range in the source the problem is about; `None` for the file as a whole.
     pub span: Option<Range<usize>>,
     /// What is wrong, in one sentence.
@@ -32,9 +34,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// An error at `span`.
-    pub fn new(span: Option<Range<usize>>, message: impl Into<String>) -> Self {
+    pub fn new(code: &'static str, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
         Self {
             severity: Severity::Error,
+            code,
             span,
             message: message.into(),
             help: None,
@@ -42,10 +45,14 @@ impl ConfigError {
     }
 
     /// A warning at `span`.
-    pub fn warning(span: Option<Range<usize>>, message: impl Into<String>) -> Self {
+    pub fn warning(
+        code: &'static str,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             severity: Severity::Warning,
-            ..Self::new(span, message)
+            ..Self::new(code, span, message)
         }
     }
 
@@ -82,7 +89,11 @@ impl ConfigError {
         let mut out = String::new();
         match self.line_col(src) {
             Some((line, col)) => {
-                let _ = writeln!(out, "{file}:{line}:{col}: {kind}: {}", self.message);
+                let _ = writeln!(
+                    out,
+                    "{file}:{line}:{col}: {kind}[{}]: {}",
+                    self.code, self.message
+                );
                 if let Some(text) = src.lines().nth(line - 1) {
                     let width = self
                         .span
@@ -95,7 +106,7 @@ impl ConfigError {
                 }
             }
             None => {
-                let _ = writeln!(out, "{file}: {kind}: {}", self.message);
+                let _ = writeln!(out, "{file}: {kind}[{}]: {}", self.code, self.message);
             }
         }
         if let Some(help) = &self.help {
@@ -175,9 +186,9 @@ mod tests {
     #[test]
     fn line_and_column_are_one_based() {
         let src = "a = 1\nbb = 2\n";
-        let e = ConfigError::new(Some(6..8), "x");
+        let e = ConfigError::new("SY000", Some(6..8), "x");
         assert_eq!(e.line_col(src), Some((2, 1)));
-        let e = ConfigError::new(Some(11..12), "x");
+        let e = ConfigError::new("SY000", Some(11..12), "x");
         assert_eq!(e.line_col(src), Some((2, 6)));
     }
 

@@ -59,7 +59,12 @@ fn toml_error(e: &toml::de::Error) -> ConfigError {
         });
         message = format!("unknown key `{field}`");
     }
-    ConfigError::new(e.span(), message).maybe_help(help)
+    let code = if message.starts_with("unknown key") {
+        "SY002"
+    } else {
+        "SY001"
+    };
+    ConfigError::new(code, e.span(), message).maybe_help(help)
 }
 
 /// Parse `"250ms"`, `"5s"`, `"2m"`, `"1h"`.
@@ -115,8 +120,13 @@ impl Validator<'_> {
             .map_or(0, |s| s.matches('\n').count() + 1)
     }
 
-    fn err(&mut self, span: Option<Range<usize>>, msg: impl Into<String>) -> &mut ConfigError {
-        self.errors.push(ConfigError::new(span, msg));
+    fn err(
+        &mut self,
+        code: &'static str,
+        span: Option<Range<usize>>,
+        msg: impl Into<String>,
+    ) -> &mut ConfigError {
+        self.errors.push(ConfigError::new(code, span, msg));
         self.errors.last_mut().expect("just pushed")
     }
 
@@ -124,12 +134,12 @@ impl Validator<'_> {
         let Some(v) = v else { return default };
         match parse_duration(v.get_ref()) {
             Ok(d) if d.is_zero() => {
-                self.err(span(v), "duration must be greater than zero");
+                self.err("SY006", span(v), "duration must be greater than zero");
                 default
             }
             Ok(d) => d,
             Err(msg) => {
-                self.err(span(v), msg);
+                self.err("SY006", span(v), msg);
                 default
             }
         }
@@ -140,6 +150,7 @@ impl Validator<'_> {
         let n = *v.get_ref();
         if n < min || n > max {
             self.err(
+                "SY007",
                 span(v),
                 format!("{n} is out of range: must be between {min} and {max}"),
             );
@@ -154,6 +165,7 @@ impl Validator<'_> {
             Ok(a) => Some(a),
             Err(_) => {
                 self.err(
+                    "SY008",
                     span(v),
                     format!("`{}` is not a valid {what} address", v.get_ref()),
                 )
@@ -175,6 +187,7 @@ impl Validator<'_> {
             .collect();
         let routes = self.routes(&f.routes, &names);
         self.unreachable_routes(&routes);
+        self.lint(&routes, &defaults);
         for s in &services {
             let used = f.routes.iter().any(|r| {
                 r.get_ref()
@@ -185,6 +198,7 @@ impl Validator<'_> {
             if !used {
                 let key = f.services.keys().find(|k| k.get_ref() == &s.name);
                 self.errors.push(ConfigError::warning(
+                    "SY015",
                     key.and_then(span),
                     format!("service `{}` is not used by any route", s.name),
                 ));
@@ -210,6 +224,7 @@ impl Validator<'_> {
         let admin = self.listen_addr(&l.get_ref().admin, "admin");
         if http.is_none() && l.get_ref().http.is_none() {
             self.err(
+                "SY011",
                 span(l),
                 "[listen] has no `http` address: the gateway would serve nothing",
             )
@@ -229,6 +244,7 @@ impl Validator<'_> {
                 Ok(n) => trusted.push(n),
                 Err(_) => {
                     self.err(
+                        "SY008",
                         span(p),
                         format!("`{text}` is not an IP address or CIDR range"),
                     )
@@ -240,8 +256,12 @@ impl Validator<'_> {
             None | Some((_, "json")) => AccessLog::Json,
             Some((_, "off")) => AccessLog::Off,
             Some((v, other)) => {
-                self.err(span(v), format!("unknown access_log format `{other}`"))
-                    .help = Some("use \"json\" or \"off\"".into());
+                self.err(
+                    "SY019",
+                    span(v),
+                    format!("unknown access_log format `{other}`"),
+                )
+                .help = Some("use \"json\" or \"off\"".into());
                 AccessLog::Json
             }
         };
@@ -277,6 +297,7 @@ impl Validator<'_> {
                                     .into()
                             });
                             self.err(
+                                "SY019",
                                 span(cond),
                                 format!("unsupported retry condition `{other}`"),
                             )
@@ -309,6 +330,7 @@ impl Validator<'_> {
         for (name, svc) in services {
             if !is_name(name.get_ref()) {
                 self.err(
+                    "SY003",
                     span(name),
                     format!("service name `{}` is not valid", name.get_ref()),
                 )
@@ -317,6 +339,7 @@ impl Validator<'_> {
             let s = svc.get_ref();
             if s.endpoints.get_ref().is_empty() {
                 self.err(
+                    "SY011",
                     span(&s.endpoints),
                     format!("service `{}` has no endpoints", name.get_ref()),
                 )
@@ -328,6 +351,7 @@ impl Validator<'_> {
                     Ok(e) => {
                         if endpoints.contains(&e) {
                             self.errors.push(ConfigError::warning(
+                                "SY020",
                                 span(ep),
                                 format!("endpoint `{}` is listed twice", ep.get_ref()),
                             ));
@@ -335,7 +359,7 @@ impl Validator<'_> {
                         endpoints.push(e);
                     }
                     Err(msg) => {
-                        self.err(span(ep), msg).help = Some(
+                        self.err("SY008", span(ep), msg).help = Some(
                             "write HOST:PORT, like \"10.0.0.7:8080\" or \"users.default.svc:80\""
                                 .into(),
                         );
@@ -346,6 +370,7 @@ impl Validator<'_> {
                 && p.get_ref() != "http1"
             {
                 self.err(
+                    "SY019",
                     span(p),
                     format!("protocol `{}` is not supported yet", p.get_ref()),
                 )
@@ -359,6 +384,7 @@ impl Validator<'_> {
                 let help = did_you_mean(lb.get_ref(), ["round-robin"])
                     .unwrap_or_else(|| "only \"round-robin\" is supported so far".into());
                 self.err(
+                    "SY019",
                     span(lb),
                     format!("load_balancing `{}` is not supported", lb.get_ref()),
                 )
@@ -386,13 +412,21 @@ impl Validator<'_> {
             let r = r.get_ref();
             let name = r.name.get_ref();
             if !is_name(name) {
-                self.err(span(&r.name), format!("route name `{name}` is not valid"))
-                    .help = Some("names use lower-case letters, digits and `-`".into());
+                self.err(
+                    "SY003",
+                    span(&r.name),
+                    format!("route name `{name}` is not valid"),
+                )
+                .help = Some("names use lower-case letters, digits and `-`".into());
             }
             if let Some(first) = seen.get(name.as_str()) {
                 let line = self.line(first.span().start);
-                self.err(span(&r.name), format!("duplicate route name `{name}`"))
-                    .help = Some(format!(
+                self.err(
+                    "SY004",
+                    span(&r.name),
+                    format!("duplicate route name `{name}`"),
+                )
+                .help = Some(format!(
                     "route names must be unique; the first `{name}` is on line {line}"
                 ));
             } else {
@@ -443,8 +477,12 @@ impl Validator<'_> {
             Some(&i) => Some(i),
             None => {
                 let help = did_you_mean(s.get_ref(), services.keys().copied());
-                self.err(span(s), format!("unknown service `{}`", s.get_ref()))
-                    .help = help.or_else(|| Some("define it under [services.NAME]".into()));
+                self.err(
+                    "SY005",
+                    span(s),
+                    format!("unknown service `{}`", s.get_ref()),
+                )
+                .help = help.or_else(|| Some("define it under [services.NAME]".into()));
                 None
             }
         }
@@ -478,6 +516,7 @@ impl Validator<'_> {
             ] {
                 if let Some(sp) = present {
                     self.err(
+                        "SY010",
                         Some(sp),
                         format!("`{what}` cannot be combined with `redirect`"),
                     )
@@ -492,6 +531,7 @@ impl Validator<'_> {
         let backends = match (&r.service, &r.split) {
             (Some(_), Some(split)) => {
                 self.err(
+                    "SY010",
                     Some(split.span()),
                     "a route has either `service` or `split`, not both",
                 );
@@ -503,7 +543,7 @@ impl Validator<'_> {
             }],
             (None, Some(split)) => {
                 if split.get_ref().is_empty() {
-                    self.err(Some(split.span()), "`split` is empty");
+                    self.err("SY011", Some(split.span()), "`split` is empty");
                     return None;
                 }
                 let mut out = Vec::new();
@@ -514,6 +554,7 @@ impl Validator<'_> {
                     let weight = *b.weight.get_ref();
                     if !(0..=1_000_000).contains(&weight) {
                         self.err(
+                            "SY007",
                             span(&b.weight),
                             format!("weight {weight} is out of range: must be 0 to 1000000"),
                         );
@@ -534,6 +575,7 @@ impl Validator<'_> {
             }
             (None, None) => {
                 self.err(
+                    "SY011",
                     Some(rs),
                     format!("route `{name}` has no `service`, `split` or `redirect`"),
                 )
@@ -545,6 +587,7 @@ impl Validator<'_> {
         let (path_rewrite, host) = match (&r.strip_prefix, &r.rewrite) {
             (Some(_), Some(rw)) => {
                 self.err(
+                    "SY010",
                     Some(rw.span()),
                     "`strip_prefix` and `rewrite` cannot be combined",
                 )
@@ -582,6 +625,7 @@ impl Validator<'_> {
             && normalize_path(text).is_ok_and(|n| n == text.as_str());
         if !ok {
             self.err(
+                "SY009",
                 span(v),
                 format!("`{text}` is not a normalised absolute path"),
             )
@@ -603,7 +647,7 @@ impl Validator<'_> {
     ) -> Option<PathRewrite> {
         match (prefix, full) {
             (Some(p), Some(_)) => {
-                self.err(span(p), "`prefix` and `path` cannot both be set")
+                self.err("SY010", span(p), "`prefix` and `path` cannot both be set")
                     .help =
                     Some("`prefix` replaces the matched prefix, `path` the whole path".into());
                 None
@@ -611,6 +655,7 @@ impl Validator<'_> {
             (Some(p), None) => {
                 if matches!(path, Some(PathMatch::Exact(_))) {
                     self.err(
+                        "SY010",
                         span(p),
                         "`prefix` needs a prefix route (`path = …`), not `exact`",
                     )
@@ -634,8 +679,8 @@ impl Validator<'_> {
     ) -> Option<(PathRewrite, Option<HeaderValue>)> {
         let r = rw.get_ref();
         if r.prefix.is_none() && r.path.is_none() && r.host.is_none() {
-            self.err(Some(rw.span()), "`rewrite` changes nothing").help =
-                Some("set `prefix`, `path` or `host`".into());
+            self.err("SY021", Some(rw.span()), "`rewrite` changes nothing")
+                .help = Some("set `prefix`, `path` or `host`".into());
             return None;
         }
         let p = self.path_modifier(r.prefix.as_ref(), r.path.as_ref(), path)?;
@@ -660,7 +705,7 @@ impl Validator<'_> {
         match HeaderValue::from_str(text) {
             Ok(v) if valid => Some(v),
             _ => {
-                self.err(span(h), format!("`{text}` is not a valid host"))
+                self.err("SY008", span(h), format!("`{text}` is not a valid host"))
                     .help = Some("write a DNS name, optionally with :PORT".into());
                 None
             }
@@ -677,6 +722,7 @@ impl Validator<'_> {
             Some(s) if s.get_ref() == "http" || s.get_ref() == "https" => Some(s.get_ref().clone()),
             Some(s) => {
                 self.err(
+                    "SY019",
                     span(s),
                     format!("redirect scheme `{}` is not supported", s.get_ref()),
                 )
@@ -691,7 +737,7 @@ impl Validator<'_> {
                 match hm {
                     HostMatch::Exact(name) => Some(name),
                     HostMatch::Wildcard(_) => {
-                        self.err(span(h), "a redirect host cannot be a wildcard");
+                        self.err("SY019", span(h), "a redirect host cannot be a wildcard");
                         return None;
                     }
                 }
@@ -702,6 +748,7 @@ impl Validator<'_> {
             Some(p) if (1..=65535).contains(p.get_ref()) => Some(*p.get_ref() as u16),
             Some(p) => {
                 self.err(
+                    "SY007",
                     span(p),
                     format!("port {} is out of range: must be 1 to 65535", p.get_ref()),
                 );
@@ -714,6 +761,7 @@ impl Validator<'_> {
             Some(s) if [301, 302, 303, 307, 308].contains(s.get_ref()) => *s.get_ref() as u16,
             Some(s) => {
                 self.err(
+                    "SY019",
                     span(s),
                     format!("redirect status {} is not allowed", s.get_ref()),
                 )
@@ -724,6 +772,7 @@ impl Validator<'_> {
         let path = self.path_modifier(r.prefix.as_ref(), r.path.as_ref(), path)?;
         if scheme.is_none() && host.is_none() && port.is_none() && path == PathRewrite::Keep {
             self.err(
+                "SY021",
                 Some(rd.span()),
                 "this redirect points at the request itself (a loop)",
             )
@@ -749,6 +798,7 @@ impl Validator<'_> {
         let name = |v: &mut Self, k: &SStr| -> Option<HeaderName> {
             let Ok(n) = HeaderName::from_bytes(k.get_ref().as_bytes()) else {
                 v.err(
+                    "SY018",
                     span(k),
                     format!("`{}` is not a valid header name", k.get_ref()),
                 );
@@ -756,6 +806,7 @@ impl Validator<'_> {
             };
             if let Some(why) = owned_by_gateway(&n, dir) {
                 v.err(
+                    "SY018",
                     span(k),
                     format!("header `{n}` cannot be changed by a route: {why}"),
                 );
@@ -768,6 +819,7 @@ impl Validator<'_> {
                 let Some(n) = name(self, k) else { continue };
                 let Ok(hv) = HeaderValue::from_str(val.get_ref()) else {
                     self.err(
+                        "SY018",
                         span(val),
                         format!("`{}` is not a valid header value", val.get_ref()),
                     );
@@ -792,6 +844,7 @@ impl Validator<'_> {
         let (value, exact) = match (&r.path, &r.exact) {
             (Some(_), Some(e)) => {
                 self.err(
+                    "SY010",
                     span(e),
                     "a route has either `path` (prefix) or `exact`, not both",
                 );
@@ -801,6 +854,7 @@ impl Validator<'_> {
             (None, Some(e)) => (e, true),
             (None, None) => {
                 self.err(
+                    "SY011",
                     Some(rs),
                     format!(
                         "route `{}` has neither `path` nor `exact`",
@@ -813,12 +867,17 @@ impl Validator<'_> {
         };
         let text = value.get_ref();
         if text.contains(['?', '#']) {
-            self.err(span(value), format!("path `{text}` contains `?` or `#`"))
-                .help = Some("match query parameters with `query = { name = \"value\" }`".into());
+            self.err(
+                "SY009",
+                span(value),
+                format!("path `{text}` contains `?` or `#`"),
+            )
+            .help = Some("match query parameters with `query = { name = \"value\" }`".into());
             return None;
         }
         if text.contains(['{', '}']) {
             self.err(
+                "SY009",
                 span(value),
                 format!("path `{text}` contains `{{` or `}}`, which a URL path cannot"),
             );
@@ -827,13 +886,18 @@ impl Validator<'_> {
         let normalized = match normalize_path(text) {
             Ok(n) => n,
             Err(_) => {
-                self.err(span(value), format!("`{text}` is not a valid path"))
-                    .help = Some("paths start with `/` and use %XX escapes".into());
+                self.err(
+                    "SY009",
+                    span(value),
+                    format!("`{text}` is not a valid path"),
+                )
+                .help = Some("paths start with `/` and use %XX escapes".into());
                 return None;
             }
         };
         if normalized != text.as_str() {
             self.err(
+                "SY009",
                 span(value),
                 format!("path `{text}` is not in normal form, so no request could match it"),
             )
@@ -868,8 +932,12 @@ impl Validator<'_> {
             } else {
                 "write a DNS name like \"api.example.com\" or \"*.example.com\""
             };
-            self.err(span(h), format!("`{}` is not a valid host", h.get_ref()))
-                .help = Some(help.into());
+            self.err(
+                "SY008",
+                span(h),
+                format!("`{}` is not a valid host", h.get_ref()),
+            )
+            .help = Some(help.into());
             return None;
         }
         Some(if wild {
@@ -883,8 +951,12 @@ impl Validator<'_> {
         let mut out = Vec::new();
         let Some(ms) = &r.methods else { return out };
         if ms.get_ref().is_empty() {
-            self.err(span(ms), "`methods` is empty, so the route can never match")
-                .help = Some("remove `methods` to match every method".into());
+            self.err(
+                "SY021",
+                span(ms),
+                "`methods` is empty, so the route can never match",
+            )
+            .help = Some("remove `methods` to match every method".into());
         }
         const KNOWN: [&str; 9] = [
             "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
@@ -898,12 +970,14 @@ impl Validator<'_> {
                 } else {
                     did_you_mean(&upper, KNOWN)
                 };
-                self.err(span(m), format!("unknown method `{t}`")).help = help;
+                self.err("SY019", span(m), format!("unknown method `{t}`"))
+                    .help = help;
                 continue;
             }
             if let Ok(method) = Method::from_bytes(t.as_bytes()) {
                 if out.contains(&method) {
                     self.errors.push(ConfigError::warning(
+                        "SY020",
                         span(m),
                         format!("method `{t}` is listed twice"),
                     ));
@@ -924,12 +998,14 @@ impl Validator<'_> {
                 (Ok(n), Ok(v)) => out.push((n, v)),
                 (Err(_), _) => {
                     self.err(
+                        "SY018",
                         span(k),
                         format!("`{}` is not a valid header name", k.get_ref()),
                     );
                 }
                 (_, Err(_)) => {
                     self.err(
+                        "SY018",
                         span(v),
                         format!("`{}` is not a valid header value", v.get_ref()),
                     );
@@ -952,6 +1028,7 @@ impl Validator<'_> {
                 .unwrap_or(true)
         {
             self.err(
+                "SY009",
                 span(sp),
                 format!("strip_prefix `{text}` is not a normalised path"),
             );
@@ -961,6 +1038,7 @@ impl Validator<'_> {
             && !prefix_matches(trimmed, path.as_str())
         {
             self.err(
+                "SY009",
                 span(sp),
                 format!(
                     "strip_prefix `{text}` is not a prefix of the route's path `{}`",
@@ -977,18 +1055,33 @@ impl Validator<'_> {
     }
 
     /// A route is unreachable when another route with the same host and path is tried
-    /// before it and matches every request it could match.
+    /// before it and matches every request it could match (SY012), most plainly when
+    /// both have identical match conditions (SY013).
     fn unreachable_routes(&mut self, routes: &[Route]) {
         for l in routes {
-            if let Some(e) = routes.iter().find(|e| {
+            let Some(e) = routes.iter().find(|e| {
                 e.order != l.order
                     && e.host == l.host
                     && e.path == l.path
                     && tried_before(e, l)
                     && covers(e, l)
-            }) {
-                let line = self.line(e.span.start);
+            }) else {
+                continue;
+            };
+            let line = self.line(e.span.start);
+            if covers(l, e) {
                 self.err(
+                    "SY013",
+                    Some(l.span.clone()),
+                    format!(
+                        "routes `{}` (line {line}) and `{}` have identical match conditions, so `{}` never matches",
+                        e.name, l.name, l.name
+                    ),
+                )
+                .help = Some(format!("remove `{}` or give it a distinguishing predicate", l.name));
+            } else {
+                self.err(
+                    "SY012",
                     Some(l.span.clone()),
                     format!(
                         "route `{}` can never match: route `{}` (line {line}) matches every request it would",
@@ -996,6 +1089,72 @@ impl Validator<'_> {
                     ),
                 )
                 .help = Some(format!("give `{}` a distinguishing predicate, or remove it", l.name));
+            }
+        }
+    }
+
+    /// Warnings about tables that are valid but probably not what was meant.
+    fn lint(&mut self, routes: &[Route], defaults: &Defaults) {
+        for a in routes {
+            let PathMatch::Prefix(pa) = &a.path else {
+                continue;
+            };
+            for b in routes {
+                let PathMatch::Prefix(pb) = &b.path else {
+                    continue;
+                };
+                let trap = a.host == b.host
+                    && pa != "/"
+                    && pb.len() > pa.len()
+                    && pb.starts_with(pa.as_str())
+                    && !pb[pa.len()..].starts_with('/');
+                if trap {
+                    let line = self.line(b.span.start);
+                    self.errors.push(
+                        ConfigError::warning(
+                            "SY014",
+                            Some(a.span.clone()),
+                            format!(
+                                "prefix `{pa}` of route `{}` does not cover `{pb}` of route `{}` (line {line}): prefixes match whole segments",
+                                a.name, b.name
+                            ),
+                        )
+                        .help(format!(
+                            "`{pa}` matches `{pa}` and `{pa}/…`, never `{pb}`; if one of the two is a typo, fix it"
+                        )),
+                    );
+                }
+            }
+        }
+        for r in routes {
+            let Some(f) = r.forward() else { continue };
+            if let Some(t) = f.timeout
+                && t > defaults.request_timeout
+            {
+                self.errors.push(
+                    ConfigError::warning(
+                        "SY016",
+                        Some(r.span.clone()),
+                        format!(
+                            "route `{}` has timeout {t:?}, longer than defaults.request_timeout ({:?})",
+                            r.name, defaults.request_timeout
+                        ),
+                    )
+                    .help("a long route timeout holds connections and memory; check that it is meant"),
+                );
+            }
+            if f.total_weight == 0 {
+                self.errors.push(
+                    ConfigError::warning(
+                        "SY017",
+                        Some(r.span.clone()),
+                        format!(
+                            "every backend of route `{}` has weight 0: it answers 500",
+                            r.name
+                        ),
+                    )
+                    .help("give one backend a weight above 0, or remove the route"),
+                );
             }
         }
     }
@@ -1161,7 +1320,10 @@ mod tests {
         );
         let e = errors(&src);
         assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].starts_with("route `b` can never match"), "{e:?}");
+        assert!(
+            e[0].contains("identical match conditions, so `b` never matches"),
+            "{e:?}"
+        );
     }
 
     #[test]
