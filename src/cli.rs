@@ -31,6 +31,13 @@ enum Format {
     Github,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum DiffFormat {
+    Text,
+    Markdown,
+    Json,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve (the default command).
@@ -63,6 +70,25 @@ enum Command {
         /// `http://host/path?query` or `/path?query`.
         url: String,
     },
+    /// What changes from OLD to NEW: routes and services, and (with --replay) which
+    /// real requests would be answered differently. Exit 1 when --fail-on-change paths
+    /// are touched, 2 when a file is invalid.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        /// The gateway's JSON access log (or a plain list), `-` for stdin.
+        #[arg(long)]
+        replay: Option<PathBuf>,
+        /// A plain list of requests, one `METHOD URL [name:value]...` per line.
+        #[arg(long, conflicts_with = "replay")]
+        requests: Option<PathBuf>,
+        /// `text`, `markdown` (for a PR comment) or `json`.
+        #[arg(long, value_enum, default_value_t = DiffFormat::Text)]
+        format: DiffFormat,
+        /// Fail (exit 1) when a route or a replayed request under this path changes.
+        #[arg(long = "fail-on-change", value_name = "PATH")]
+        fail_on_change: Vec<String>,
+    },
     /// Run the shipped routes.toml with in-process demo backends for its services.
     Demo {
         #[arg(long, short, default_value = "routes.toml")]
@@ -83,6 +109,20 @@ pub fn main() -> ExitCode {
             strict,
             format,
         } => check(&file, strict, format),
+        Command::Diff {
+            old,
+            new,
+            replay,
+            requests,
+            format,
+            fail_on_change,
+        } => diff(
+            &old,
+            &new,
+            replay.or(requests).as_deref(),
+            format,
+            &fail_on_change,
+        ),
         Command::Explain {
             config,
             json,
@@ -251,6 +291,79 @@ fn gh_escape_data(s: &str) -> String {
 /// ... and for property values, which also may not contain `:` or `,`.
 fn gh_escape_property(s: &str) -> String {
     gh_escape_data(s).replace(':', "%3A").replace(',', "%2C")
+}
+
+fn load_for_diff(path: &Path) -> Option<crate::diff::Table> {
+    match config::load(path) {
+        Ok(l) => Some(crate::diff::Table::new(l.config)),
+        Err(LoadError::Invalid { src, errors }) => {
+            eprint!("{}", errors.render(&path.display().to_string(), &src));
+            None
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            None
+        }
+    }
+}
+
+fn diff(
+    old: &Path,
+    new: &Path,
+    replay: Option<&Path>,
+    format: DiffFormat,
+    protected: &[String],
+) -> ExitCode {
+    let (Some(a), Some(b)) = (load_for_diff(old), load_for_diff(new)) else {
+        return ExitCode::from(2);
+    };
+    let changes = crate::diff::structural(&a.config, &b.config);
+    let replayed = match replay {
+        None => None,
+        Some(p) => {
+            let result = if p.as_os_str() == "-" {
+                crate::diff::replay(&a, &b, std::io::stdin().lock(), protected)
+            } else {
+                match std::fs::File::open(p) {
+                    Ok(f) => crate::diff::replay(
+                        &a,
+                        &b,
+                        std::io::BufReader::with_capacity(1 << 20, f),
+                        protected,
+                    ),
+                    Err(e) => Err(e),
+                }
+            };
+            match result {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    eprintln!("{}: {e}", p.display());
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    match format {
+        DiffFormat::Json => println!(
+            "{}",
+            serde_json::json!({ "changes": changes, "replay": replayed })
+        ),
+        DiffFormat::Text => print!(
+            "{}",
+            crate::diff::render(&changes, replayed.as_ref(), false)
+        ),
+        DiffFormat::Markdown => {
+            print!("{}", crate::diff::render(&changes, replayed.as_ref(), true))
+        }
+    }
+    let protected_hit = !protected.is_empty()
+        && (crate::diff::touches_protected(&changes, protected)
+            || replayed.as_ref().is_some_and(|r| r.protected_changed > 0));
+    if protected_hit {
+        eprintln!("protected paths {protected:?} change: failing as asked by --fail-on-change");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }
 
 fn explain(config: &Path, json: bool, headers: &[String], method: &str, url: &str) -> ExitCode {

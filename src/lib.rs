@@ -25,6 +25,7 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod diff;
 pub mod gateway;
 pub mod http;
 pub mod observe;

@@ -5,6 +5,7 @@ mod support;
 
 mod bad_input;
 mod check;
+mod diff;
 mod filters;
 mod proxying;
 mod reload;
