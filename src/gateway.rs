@@ -2,10 +2,12 @@
 //! that outlive reloads. Passed as `Arc<Gateway>` to listeners and the reloader.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 
 use crate::observe::access_log::Sink;
+use crate::observe::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use crate::upstream::Registry;
 
@@ -18,15 +20,32 @@ pub struct Gateway {
     /// Access-log destination; `None` when logging to stdout is not wanted (tests of
     /// the library, benchmarks).
     pub access_log: Option<Sink>,
+    /// Process-wide metrics, served at the admin API's `/metrics`.
+    pub metrics: Metrics,
+    /// Set when shutdown starts: `/readyz` answers 503 so load balancers stop sending.
+    draining: AtomicBool,
 }
 
 impl Gateway {
     pub fn new(snapshot: Snapshot, registry: Registry, access_log: Option<Sink>) -> Self {
+        let metrics = Metrics::new();
+        record_snapshot(&metrics, &snapshot);
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             access_log,
+            metrics,
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// Shutdown has started.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// The current snapshot; hold it for the whole request.
@@ -36,6 +55,18 @@ impl Gateway {
 
     /// Swap in a new snapshot. Requests that already hold the old one finish on it.
     pub fn store(&self, snapshot: Snapshot) {
+        record_snapshot(&self.metrics, &snapshot);
         self.snapshot.store(Arc::new(snapshot));
+    }
+}
+
+fn record_snapshot(metrics: &Metrics, snapshot: &Snapshot) {
+    let loaded = snapshot
+        .loaded_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics.config(&snapshot.hash, loaded);
+    for up in &snapshot.upstreams {
+        metrics.endpoints(&up.name, up.len());
     }
 }

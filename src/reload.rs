@@ -46,6 +46,7 @@ pub async fn reload(gw: &Gateway, path: &Path) -> Outcome {
             let routes = loaded.config.routes.len();
             let snapshot = Snapshot::build(loaded, &gw.registry).await;
             gw.store(snapshot);
+            gw.metrics.reload("success");
             tracing::info!(%hash, routes, "config reloaded");
             Outcome::Reloaded { hash }
         }
@@ -56,6 +57,7 @@ pub async fn reload(gw: &Gateway, path: &Path) -> Outcome {
                     errors.render(&path.display().to_string(), src)
                 }
             };
+            gw.metrics.reload("rejected");
             tracing::error!(error = %detail, "config reload rejected; keeping the running table");
             Outcome::Rejected(detail)
         }

@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{self, AdminState};
 use crate::config::{self, LoadError};
 use crate::gateway::Gateway;
 use crate::observe::access_log::Sink;
@@ -56,6 +57,7 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
         tracing::warn!(warning = %w, "config warning");
     }
     let addr = loaded.config.listen.http.ok_or(RunError::NoListener)?;
+    let admin_addr = loaded.config.listen.admin;
     let hash = loaded.hash.clone();
     let registry = Registry::default();
     let snapshot = Snapshot::build(loaded, &registry).await;
@@ -65,6 +67,16 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
         .await
         .map_err(|e| RunError::Bind(addr, e))?;
     let local = listener.local_addr().map_err(|e| RunError::Bind(addr, e))?;
+    let admin_listener = match admin_addr {
+        Some(a) => {
+            let l = TcpListener::bind(a)
+                .await
+                .map_err(|e| RunError::Bind(a, e))?;
+            let local = l.local_addr().map_err(|e| RunError::Bind(a, e))?;
+            Some((l, local))
+        }
+        None => None,
+    };
 
     let shutdown = opts.shutdown;
     if opts.signals {
@@ -72,11 +84,30 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
     }
     // Watch before announcing: a change made right after "listening" must be seen.
     reload::spawn(gw.clone(), opts.config.clone(), shutdown.clone());
-    tracing::info!(addr = %local, %hash, "listening");
+    // The admin API outlives the drain (readiness must say "draining"), so it has its
+    // own stop signal, fired after the proxy listener has drained.
+    let admin_stop = CancellationToken::new();
+    let admin_task = admin_listener.map(|(l, local)| {
+        let state = AdminState {
+            gw: gw.clone(),
+            config_path: opts.config.clone(),
+            token: std::env::var("SWITCHYARD_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .map(Arc::from),
+        };
+        (
+            local,
+            tokio::spawn(admin::serve(l, state, admin_stop.clone())),
+        )
+    });
+    let admin_local = admin_task.as_ref().map(|(a, _)| a.to_string());
+    tracing::info!(addr = %local, admin = admin_local.as_deref().unwrap_or("off"), %hash, "listening");
 
     let tracker = TaskTracker::new();
     server::serve(listener, gw.clone(), shutdown.clone(), tracker.clone()).await;
 
+    gw.set_draining();
     tracker.close();
     let drain = gw.snapshot().config.server.drain_timeout;
     tracing::info!(open_connections = tracker.len(), drain_timeout = ?drain, "draining");
@@ -85,6 +116,10 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
             open_connections = tracker.len(),
             "drain timeout reached; closing the rest"
         );
+    }
+    admin_stop.cancel();
+    if let Some((_, task)) = admin_task {
+        let _ = task.await;
     }
     tracing::info!("stopped");
     Ok(())

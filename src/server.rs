@@ -62,9 +62,7 @@ pub async fn serve(
                 let conn_info = conn_info.clone();
                 async move {
                     let snap = gw.snapshot();
-                    Ok::<_, Infallible>(
-                        proxy::serve(snap, gw.access_log.as_ref(), &conn_info, req).await,
-                    )
+                    Ok::<_, Infallible>(proxy::serve(&gw, snap, &conn_info, req).await)
                 }
             });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);

@@ -221,7 +221,12 @@ impl Validator<'_> {
             };
         };
         let http = self.listen_addr(&l.get_ref().http, "listen");
-        let admin = self.listen_addr(&l.get_ref().admin, "admin");
+        // The admin API is on by default, on loopback; "off" turns it off.
+        let admin = match &l.get_ref().admin {
+            Some(a) if a.get_ref() == "off" => None,
+            Some(_) => self.listen_addr(&l.get_ref().admin, "admin"),
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+        };
         if http.is_none() && l.get_ref().http.is_none() {
             self.err(
                 "SY011",

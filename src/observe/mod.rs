@@ -1,3 +1,4 @@
-//! Observability: the access log (and, later, metrics and tracing).
+//! Observability: the access log and Prometheus metrics (tracing comes later).
 
 pub mod access_log;
+pub mod metrics;

@@ -29,12 +29,13 @@ use http::{Request, Response, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 
 use crate::config::model::{AccessLog, Action, Forward, Redirect, Route};
+use crate::gateway::Gateway;
 use crate::http::headers::{
     X_REQUEST_ID, framing_is_ambiguous, new_request_id, remove_hop_by_hop, set_forwarded,
     valid_request_id,
 };
 use crate::http::normalize::{normalize_host, normalize_path};
-use crate::observe::access_log::{AccessRecord, Sink};
+use crate::observe::access_log::AccessRecord;
 use crate::router::RequestInfo;
 use crate::snapshot::Snapshot;
 use crate::upstream::Upstream;
@@ -62,27 +63,36 @@ impl ConnInfo {
     }
 }
 
-/// Per-request state carried through the phases and read by the log at the end.
+/// Per-request state carried through the phases and read by metrics and the log at
+/// the end.
 struct RequestCtx {
     request_id: HeaderValue,
     record: Option<Box<AccessRecord>>,
+    route: Option<Arc<str>>,
+    service: Option<Arc<str>>,
+    /// Time until the upstream's response head (or the failure), retries included.
+    upstream_time: Option<std::time::Duration>,
+    connect_failures: u32,
 }
 
 /// Serve one request. Never fails: errors become the gateway's JSON answers.
 pub async fn serve(
+    gw: &Gateway,
     snapshot: Arc<Snapshot>,
-    sink: Option<&Sink>,
     conn: &ConnInfo,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let _in_flight = gw.metrics.start();
+    let method = req.method().clone();
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if valid_request_id(v) => v.clone(),
         _ => new_request_id(),
     };
-    let record = match (snapshot.config.server.access_log, sink) {
+    let record = match (snapshot.config.server.access_log, &gw.access_log) {
         (AccessLog::Json, Some(sink)) => Some(Box::new(AccessRecord {
             sink: sink.clone(),
-            start: Instant::now(),
+            start: started,
             time: SystemTime::now(),
             request_id: request_id.to_str().unwrap_or("").to_string(),
             client: conn.peer,
@@ -101,17 +111,19 @@ pub async fn serve(
         })),
         _ => None,
     };
-    let mut ctx = RequestCtx { request_id, record };
-    let mut resp = match pipeline(&snapshot, conn, &mut ctx, req).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            if let Some(r) = &mut ctx.record {
-                r.error = Some(e.code());
-            }
-            e.into_response(&ctx.request_id)
-        }
+    let mut ctx = RequestCtx {
+        request_id,
+        record,
+        route: None,
+        service: None,
+        upstream_time: None,
+        connect_failures: 0,
     };
-    finish(&mut resp, ctx);
+    let (mut resp, error) = match pipeline(&snapshot, conn, &mut ctx, req).await {
+        Ok(resp) => (resp, None),
+        Err(e) => (e.into_response(&ctx.request_id), Some(e.code())),
+    };
+    finish(gw, &mut resp, ctx, &method, error, started);
     resp
 }
 
@@ -134,9 +146,7 @@ async fn pipeline(
         headers: &parts.headers,
     };
     let (route_id, route) = snap.router.find(&info).ok_or(ProxyError::NoRoute)?;
-    if let Some(r) = &mut ctx.record {
-        r.route = Some(snap.route_names[route_id].clone());
-    }
+    ctx.route = Some(snap.route_names[route_id].clone());
     let fwd = match &route.action {
         Action::Forward(f) => f,
         Action::Redirect(rd) => {
@@ -152,9 +162,7 @@ async fn pipeline(
     };
     let backend = fwd.pick().ok_or(ProxyError::NoBackend)?;
     let upstream = &snap.upstreams[backend.service];
-    if let Some(r) = &mut ctx.record {
-        r.service = Some(upstream.name.clone());
-    }
+    ctx.service = Some(upstream.name.clone());
     let path_and_query = upstream_path_and_query(route, &path, &parts.uri)?;
     route.request_headers.apply(&mut parts.headers);
     upstream_request_headers(
@@ -340,6 +348,7 @@ async fn forward(
     };
     let started = Instant::now();
     let record = &mut ctx.record;
+    let connect_failures = &mut ctx.connect_failures;
     let tries = async {
         let mut body = Some(body);
         let mut head = Some(head);
@@ -374,6 +383,7 @@ async fn forward(
             match upstream.client.request(req).await {
                 Ok(resp) => return Ok(resp),
                 Err(e) if e.is_connect() => {
+                    *connect_failures += 1;
                     tracing::debug!(service = %upstream.name, endpoint = %target.addr, error = %e, "connect failed");
                     last = ProxyError::ConnectFailed;
                 }
@@ -389,9 +399,7 @@ async fn forward(
         Ok(r) => r,
         Err(_) => Err(ProxyError::UpstreamTimeout),
     };
-    if let Some(r) = &mut ctx.record {
-        r.upstream = Some(started.elapsed());
-    }
+    ctx.upstream_time = Some(started.elapsed());
     result
 }
 
@@ -402,10 +410,42 @@ fn downstream_response(resp: Response<Incoming>) -> Response<ResponseBody> {
     Response::from_parts(parts, ResponseBody::stream(body))
 }
 
-/// Last phase: the request id goes back to the client; the log record rides on the body.
-fn finish(resp: &mut Response<ResponseBody>, ctx: RequestCtx) {
+/// Last phase: metrics; the request id goes back to the client; the log record rides
+/// on the body.
+fn finish(
+    gw: &Gateway,
+    resp: &mut Response<ResponseBody>,
+    ctx: RequestCtx,
+    method: &http::Method,
+    error: Option<&'static str>,
+    started: Instant,
+) {
+    let status = resp.status().as_u16();
+    let m = &gw.metrics;
+    m.request(
+        &ctx.route,
+        &ctx.service,
+        method,
+        status,
+        started.elapsed().as_secs_f64(),
+    );
+    if let Some(code) = error {
+        m.error(code);
+    }
+    if let Some(service) = &ctx.service {
+        if let Some(t) = ctx.upstream_time {
+            m.upstream(service, t.as_secs_f64());
+        }
+        for _ in 0..ctx.connect_failures {
+            m.connect_failure(service);
+        }
+    }
     if let Some(mut record) = ctx.record {
-        record.status = resp.status().as_u16();
+        record.status = status;
+        record.error = error;
+        record.route = ctx.route;
+        record.service = ctx.service;
+        record.upstream = ctx.upstream_time;
         resp.body_mut().set_record(record);
     }
     resp.headers_mut()

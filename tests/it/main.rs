@@ -3,6 +3,7 @@
 
 mod support;
 
+mod admin;
 mod bad_input;
 mod check;
 mod diff;

@@ -36,6 +36,8 @@ pub const SOON: Duration = Duration::from_secs(20);
 pub struct Gateway {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin API's address, when the config enables it.
+    pub admin: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     logs: mpsc::Receiver<Value>,
@@ -53,24 +55,35 @@ impl Gateway {
     }
 
     fn start_blocking(toml: &str) -> Gateway {
+        Self::start_env_blocking(toml, &[])
+    }
+
+    /// Start with extra environment variables.
+    pub fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Gateway {
+        tokio::task::block_in_place(|| Self::start_env_blocking(toml, env))
+    }
+
+    fn start_env_blocking(toml: &str, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("routes.toml");
         std::fs::write(&config, toml).expect("write config");
-        Self::spawn(dir, config)
+        Self::spawn(dir, config, env)
     }
 
     /// Start the binary on an existing config file (the temp dir is then unused).
     pub fn start_at(config: &std::path::Path) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = config.to_path_buf();
-        tokio::task::block_in_place(|| Self::spawn(dir, config))
+        tokio::task::block_in_place(|| Self::spawn(dir, config, &[]))
     }
 
-    fn spawn(dir: tempfile::TempDir, config: PathBuf) -> Gateway {
+    fn spawn(dir: tempfile::TempDir, config: PathBuf, env: &[(&str, &str)]) -> Gateway {
         let mut child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info")
+            .env_remove("SWITCHYARD_ADMIN_TOKEN")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -100,6 +113,7 @@ impl Gateway {
         let mut gw = Gateway {
             child,
             addr: "0.0.0.0:0".parse().unwrap(),
+            admin: None,
             dir,
             config,
             logs,
@@ -112,6 +126,9 @@ impl Gateway {
             .expect("addr field")
             .parse()
             .expect("socket addr");
+        gw.admin = listening["fields"]["admin"]
+            .as_str()
+            .and_then(|a| a.parse().ok());
         gw
     }
 
@@ -133,6 +150,11 @@ impl Gateway {
                 ),
             }
         }
+    }
+
+    /// URL on the admin API.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin.expect("admin API enabled"), path)
     }
 
     /// URL on the gateway.
@@ -200,7 +222,7 @@ impl Drop for Gateway {
 
 /// A config that listens on an ephemeral port, with `body` appended.
 pub fn config(body: &str) -> String {
-    format!("[listen]\nhttp = \"127.0.0.1:0\"\n\n{body}")
+    format!("[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n{body}")
 }
 
 // === impl Upstream ===
