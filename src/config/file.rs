@@ -51,6 +51,7 @@ pub struct ServerFile {
     pub max_connections: Option<Spanned<i64>>,
     pub trusted_proxies: Option<Vec<SStr>>,
     pub access_log: Option<SStr>,
+    pub access_log_fields: Option<Vec<SStr>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -51,12 +51,64 @@ pub struct Server {
     pub access_log: AccessLog,
 }
 
+/// Access-log settings: format and the fields to write, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    pub format: LogFormat,
+    pub fields: std::sync::Arc<[LogField]>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccessLog {
+pub enum LogFormat {
     /// One JSON object per line on stdout.
     Json,
+    /// Labeled tab-separated values (fluentd's `ltsv` parser), one line per request.
+    Ltsv,
     /// No access log.
     Off,
+}
+
+macro_rules! log_fields {
+    ($($variant:ident => $name:literal),* $(,)?) => {
+        /// A selectable access-log field.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum LogField { $($variant),* }
+
+        impl LogField {
+            /// Every field, in the default order.
+            pub const ALL: &'static [LogField] = &[$(LogField::$variant),*];
+
+            /// The key in JSON / the label in LTSV.
+            pub fn name(self) -> &'static str {
+                match self { $(LogField::$variant => $name),* }
+            }
+
+            pub fn from_name(s: &str) -> Option<LogField> {
+                match s { $($name => Some(LogField::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+log_fields! {
+    Time => "time",
+    RequestId => "request_id",
+    TraceId => "trace_id",
+    Client => "client",
+    Method => "method",
+    Host => "host",
+    Path => "path",
+    Route => "route",
+    Service => "service",
+    Endpoint => "endpoint",
+    Status => "status",
+    Error => "error",
+    DurationMs => "duration_ms",
+    UpstreamMs => "upstream_ms",
+    Attempts => "attempts",
+    Retries => "retries",
+    BytesIn => "bytes_in",
+    BytesOut => "bytes_out",
 }
 
 /// Upstream defaults that every service and route inherits.

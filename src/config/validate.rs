@@ -257,19 +257,52 @@ impl Validator<'_> {
                 }
             }
         }
-        let access_log = match s.access_log.as_ref().map(|v| (v, v.get_ref().as_str())) {
-            None | Some((_, "json")) => AccessLog::Json,
-            Some((_, "off")) => AccessLog::Off,
+        let format = match s.access_log.as_ref().map(|v| (v, v.get_ref().as_str())) {
+            None | Some((_, "json")) => LogFormat::Json,
+            Some((_, "ltsv")) => LogFormat::Ltsv,
+            Some((_, "off")) => LogFormat::Off,
             Some((v, other)) => {
                 self.err(
                     "SY019",
                     span(v),
                     format!("unknown access_log format `{other}`"),
                 )
-                .help = Some("use \"json\" or \"off\"".into());
-                AccessLog::Json
+                .help = Some("use \"json\", \"ltsv\" or \"off\"".into());
+                LogFormat::Json
             }
         };
+        let fields: std::sync::Arc<[LogField]> = match &s.access_log_fields {
+            None => LogField::ALL.into(),
+            Some(list) => {
+                let mut out = Vec::new();
+                for f in list {
+                    match LogField::from_name(f.get_ref()) {
+                        Some(field) => out.push(field),
+                        None => {
+                            let help =
+                                did_you_mean(f.get_ref(), LogField::ALL.iter().map(|f| f.name()));
+                            self.err(
+                                "SY019",
+                                span(f),
+                                format!("unknown access-log field `{}`", f.get_ref()),
+                            )
+                            .help = help.or_else(|| {
+                                Some(format!(
+                                    "fields: {}",
+                                    LogField::ALL
+                                        .iter()
+                                        .map(|f| f.name())
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                ))
+                            });
+                        }
+                    }
+                }
+                out.into()
+            }
+        };
+        let access_log = AccessLog { format, fields };
         Server {
             drain_timeout: self.duration(&s.drain_timeout, Duration::from_secs(30)),
             header_read_timeout: self.duration(&s.header_read_timeout, Duration::from_secs(10)),
@@ -1201,6 +1234,9 @@ fn owned_by_gateway(n: &HeaderName, dir: Direction) -> Option<&'static str> {
         }
         if s == "host" {
             return Some("use `rewrite = { host = \"…\" }`");
+        }
+        if s == "traceparent" {
+            return Some("the gateway continues the W3C trace context");
         }
     }
     None

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::model::{LogField, LogFormat};
 use tracing_appender::non_blocking::NonBlocking;
 
 /// Where access-log lines go.
@@ -37,9 +39,12 @@ impl Sink {
 #[derive(Debug)]
 pub struct AccessRecord {
     pub sink: Sink,
+    pub format: LogFormat,
+    pub fields: Arc<[LogField]>,
     pub start: Instant,
     pub time: SystemTime,
     pub request_id: String,
+    pub trace_id: [u8; 32],
     pub client: SocketAddr,
     pub method: String,
     pub host: Option<String>,
@@ -55,60 +60,93 @@ pub struct AccessRecord {
     pub bytes_out: u64,
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    time: String,
-    request_id: &'a str,
-    client: String,
-    method: &'a str,
-    host: Option<&'a str>,
-    path: &'a str,
-    route: Option<&'a str>,
-    service: Option<&'a str>,
-    endpoint: Option<String>,
-    status: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'a str>,
-    duration_ms: f64,
-    upstream_ms: Option<f64>,
-    attempts: u32,
-    bytes_in: u64,
-    bytes_out: u64,
-}
-
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
+impl AccessRecord {
+    fn value(&self, f: LogField) -> Value {
+        let s = |v: &str| Value::String(v.to_string());
+        let opt = |v: Option<&str>| v.map_or(Value::Null, s);
+        match f {
+            LogField::Time => s(&time::OffsetDateTime::from(self.time)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()),
+            LogField::RequestId => s(&self.request_id),
+            LogField::TraceId => s(std::str::from_utf8(&self.trace_id).unwrap_or("")),
+            LogField::Client => s(&self.client.ip().to_string()),
+            LogField::Method => s(&self.method),
+            LogField::Host => opt(self.host.as_deref()),
+            LogField::Path => s(&self.path),
+            LogField::Route => opt(self.route.as_deref()),
+            LogField::Service => opt(self.service.as_deref()),
+            LogField::Endpoint => self.endpoint.map_or(Value::Null, |e| s(&e.to_string())),
+            LogField::Status => Value::from(self.status),
+            LogField::Error => opt(self.error),
+            LogField::DurationMs => Value::from(ms(self.start.elapsed())),
+            LogField::UpstreamMs => self.upstream.map_or(Value::Null, |d| Value::from(ms(d))),
+            LogField::Attempts => Value::from(self.attempts),
+            LogField::Retries => Value::from(self.attempts.saturating_sub(1)),
+            LogField::BytesIn => Value::from(
+                self.bytes_in
+                    .as_ref()
+                    .map_or(0, |b| b.load(Ordering::Relaxed)),
+            ),
+            LogField::BytesOut => Value::from(self.bytes_out),
+        }
+    }
+
+    /// The line, without the trailing newline.
+    pub fn line(&self) -> Vec<u8> {
+        match self.format {
+            LogFormat::Ltsv => {
+                let mut out = String::new();
+                for (i, f) in self.fields.iter().enumerate() {
+                    if i > 0 {
+                        out.push('\t');
+                    }
+                    out.push_str(f.name());
+                    out.push(':');
+                    match self.value(*f) {
+                        Value::Null => out.push('-'),
+                        Value::String(v) => push_ltsv(&mut out, &v),
+                        other => out.push_str(&other.to_string()),
+                    }
+                }
+                out.into_bytes()
+            }
+            LogFormat::Json | LogFormat::Off => {
+                let map: serde_json::Map<String, Value> = self
+                    .fields
+                    .iter()
+                    .map(|f| (f.name().to_string(), self.value(*f)))
+                    .collect();
+                serde_json::to_vec(&Value::Object(map)).unwrap_or_default()
+            }
+        }
+    }
+}
+
+/// LTSV values cannot hold tabs or newlines; escape them (and the backslash).
+fn push_ltsv(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+}
+
 impl Drop for AccessRecord {
     fn drop(&mut self) {
-        let time = time::OffsetDateTime::from(self.time)
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-        let line = Line {
-            time,
-            request_id: &self.request_id,
-            client: self.client.ip().to_string(),
-            method: &self.method,
-            host: self.host.as_deref(),
-            path: &self.path,
-            route: self.route.as_deref(),
-            service: self.service.as_deref(),
-            endpoint: self.endpoint.map(|e| e.to_string()),
-            status: self.status,
-            error: self.error,
-            duration_ms: ms(self.start.elapsed()),
-            upstream_ms: self.upstream.map(ms),
-            attempts: self.attempts,
-            bytes_in: self
-                .bytes_in
-                .as_ref()
-                .map_or(0, |b| b.load(Ordering::Relaxed)),
-            bytes_out: self.bytes_out,
-        };
-        if let Ok(mut buf) = serde_json::to_vec(&line) {
-            buf.push(b'\n');
-            let _ = self.sink.writer.write_all(&buf);
+        if self.format == LogFormat::Off {
+            return;
         }
+        let mut buf = self.line();
+        buf.push(b'\n');
+        let _ = self.sink.writer.write_all(&buf);
     }
 }

@@ -1,4 +1,5 @@
-//! Observability: the access log and Prometheus metrics (tracing comes later).
+//! Observability: the access log, Prometheus metrics, W3C trace context.
 
 pub mod access_log;
 pub mod metrics;
+pub mod trace;

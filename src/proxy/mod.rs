@@ -3,6 +3,7 @@
 //! ```text
 //! serve            load the snapshot once; request id; access-log record
 //!  └ pipeline
+//!     ├ trace context      continue or start the W3C trace (traceparent)
 //!     ├ check_framing      refuse ambiguous Content-Length/Transfer-Encoding (smuggling)
 //!     ├ normalise          canonical path and host (http::normalize)
 //!     ├ route              Router::find: host -> path -> predicates, or 404
@@ -28,7 +29,7 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 
-use crate::config::model::{AccessLog, Action, Forward, Redirect, Route};
+use crate::config::model::{Action, Forward, LogFormat, Redirect, Route};
 use crate::gateway::Gateway;
 use crate::http::headers::{
     X_REQUEST_ID, framing_is_ambiguous, new_request_id, remove_hop_by_hop, set_forwarded,
@@ -36,6 +37,7 @@ use crate::http::headers::{
 };
 use crate::http::normalize::{normalize_host, normalize_path};
 use crate::observe::access_log::AccessRecord;
+use crate::observe::trace::{TRACEPARENT, TraceContext};
 use crate::router::RequestInfo;
 use crate::snapshot::Snapshot;
 use crate::upstream::Upstream;
@@ -89,9 +91,13 @@ pub async fn serve(
         Some(v) if valid_request_id(v) => v.clone(),
         _ => new_request_id(),
     };
-    let record = match (snapshot.config.server.access_log, &gw.access_log) {
-        (AccessLog::Json, Some(sink)) => Some(Box::new(AccessRecord {
+    let log = &snapshot.config.server.access_log;
+    let record = match (log.format, &gw.access_log) {
+        (LogFormat::Json | LogFormat::Ltsv, Some(sink)) => Some(Box::new(AccessRecord {
             sink: sink.clone(),
+            format: log.format,
+            fields: log.fields.clone(),
+            trace_id: [b'0'; 32],
             start: started,
             time: SystemTime::now(),
             request_id: request_id.to_str().unwrap_or("").to_string(),
@@ -134,6 +140,10 @@ async fn pipeline(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
+    let trace = TraceContext::from_headers(&mut parts.headers);
+    if let Some(r) = &mut ctx.record {
+        r.trace_id = trace.trace_id;
+    }
     check_framing(&parts.headers)?;
     let path = normalize_path(parts.uri.path()).map_err(|_| ProxyError::BadPath)?;
     let raw_host = host_of_parts(&parts.headers, &parts.uri).map(str::to_string);
@@ -172,6 +182,9 @@ async fn pipeline(
         raw_host.as_deref(),
         &ctx.request_id,
     );
+    parts
+        .headers
+        .insert(TRACEPARENT.clone(), trace.header_value());
     if let Some(h) = &fwd.host {
         parts.headers.insert(header::HOST, h.clone());
     }

@@ -8,6 +8,7 @@ mod bad_input;
 mod check;
 mod diff;
 mod filters;
+mod observe;
 mod proxying;
 mod reload;
 mod routing;

@@ -43,8 +43,10 @@ pub struct Gateway {
     logs: mpsc::Receiver<Value>,
     /// Every stderr line seen so far (for failure messages).
     pub seen: Arc<Mutex<Vec<String>>>,
-    /// Access-log lines from stdout.
+    /// Access-log lines from stdout that parse as JSON.
     pub access: Arc<Mutex<Vec<Value>>>,
+    /// Every stdout line, as written.
+    pub stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl Gateway {
@@ -101,13 +103,15 @@ impl Gateway {
             }
         });
         let access = Arc::new(Mutex::new(Vec::new()));
+        let stdout_lines = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().expect("stdout");
-        let access2 = access.clone();
+        let (access2, lines2) = (access.clone(), stdout_lines.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
                     access2.lock().unwrap().push(v);
                 }
+                lines2.lock().unwrap().push(line);
             }
         });
         let mut gw = Gateway {
@@ -119,6 +123,7 @@ impl Gateway {
             logs,
             seen,
             access,
+            stdout: stdout_lines,
         };
         let listening = gw.wait_log_blocking("listening");
         gw.addr = listening["fields"]["addr"]
@@ -204,6 +209,21 @@ impl Gateway {
                 "gateway did not exit within {within:?}"
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait until a stdout line satisfies `pred`; that line.
+    pub async fn wait_stdout(&self, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + SOON;
+        loop {
+            if let Some(l) = self.stdout.lock().unwrap().iter().find(|l| pred(l)) {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no matching stdout line within {SOON:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
