@@ -6,6 +6,7 @@ mod support;
 mod admin;
 mod bad_input;
 mod check;
+mod deploy;
 mod diff;
 mod filters;
 mod observe;
