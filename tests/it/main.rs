@@ -10,6 +10,7 @@ mod deploy;
 mod diff;
 mod filters;
 mod observe;
+mod prometheus;
 mod proxying;
 mod reload;
 mod routing;
