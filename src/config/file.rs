@@ -46,6 +46,10 @@ pub struct ListenFile {
 pub struct ServerFile {
     pub drain_timeout: Option<SStr>,
     pub header_read_timeout: Option<SStr>,
+    pub body_read_timeout: Option<SStr>,
+    /// `"32MiB"`, `"512KiB"` or a number of bytes.
+    pub max_body: Option<SStr>,
+    pub max_uri_bytes: Option<Spanned<i64>>,
     pub max_header_bytes: Option<Spanned<i64>>,
     pub max_headers: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<i64>>,
@@ -101,6 +105,8 @@ pub struct RouteFile {
     pub request_headers: Option<Spanned<HeaderFilterFile>>,
     pub response_headers: Option<Spanned<HeaderFilterFile>>,
     pub timeout: Option<SStr>,
+    /// Overrides `[server] max_body` for this route.
+    pub max_body: Option<SStr>,
 }
 
 /// `split = [{ service = "a", weight = 90 }, …]`.

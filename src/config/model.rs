@@ -38,6 +38,12 @@ pub struct Server {
     pub drain_timeout: Duration,
     /// A client must send its complete request head within this time (slowloris guard).
     pub header_read_timeout: Duration,
+    /// Longest pause between two pieces of a request body (slow-POST guard); 408.
+    pub body_read_timeout: Duration,
+    /// Largest request body in bytes, unless a route says otherwise; 413.
+    pub max_body: u64,
+    /// Longest request target (path and query) in bytes; 414.
+    pub max_uri_bytes: usize,
     /// Largest request head in bytes; larger ones get 431.
     pub max_header_bytes: usize,
     /// Most header fields in a request.
@@ -273,6 +279,8 @@ pub struct Forward {
     pub host: Option<HeaderValue>,
     /// Overrides `defaults.request_timeout`.
     pub timeout: Option<Duration>,
+    /// Overrides `[server] max_body`.
+    pub max_body: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -469,6 +477,7 @@ mod tests {
             path: PathRewrite::Keep,
             host: None,
             timeout: None,
+            max_body: None,
         };
         for _ in 0..1000 {
             assert_eq!(f.pick().map(|b| b.service), Some(1));

@@ -97,6 +97,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Parse `"512KiB"`, `"32MiB"`, `"1GiB"`, `"10MB"`, `"1000"` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size"))?;
+    let mult: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("unknown size unit `{other}` in `{s}`")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
 fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -141,6 +161,18 @@ impl Validator<'_> {
             Err(msg) => {
                 self.err("SY006", span(v), msg);
                 default
+            }
+        }
+    }
+
+    fn size(&mut self, v: &SStr) -> Option<u64> {
+        match parse_size(v.get_ref()) {
+            Ok(n) => Some(n),
+            Err(msg) => {
+                self.err("SY007", span(v), msg).help = Some(
+                    "write a size like \"512KiB\", \"32MiB\", \"1GiB\" or a number of bytes".into(),
+                );
+                None
             }
         }
     }
@@ -306,6 +338,13 @@ impl Validator<'_> {
         Server {
             drain_timeout: self.duration(&s.drain_timeout, Duration::from_secs(30)),
             header_read_timeout: self.duration(&s.header_read_timeout, Duration::from_secs(10)),
+            body_read_timeout: self.duration(&s.body_read_timeout, Duration::from_secs(30)),
+            max_body: s
+                .max_body
+                .as_ref()
+                .and_then(|v| self.size(v))
+                .unwrap_or(32 << 20),
+            max_uri_bytes: self.count(&s.max_uri_bytes, 8192, 256, 1 << 20),
             max_header_bytes: self.count(&s.max_header_bytes, 64 * 1024, 8192, 1 << 20),
             max_headers: self.count(&s.max_headers, 100, 1, 1000),
             max_connections: self.count(&s.max_connections, 10_000, 1, 1_000_000),
@@ -642,12 +681,14 @@ impl Validator<'_> {
             .timeout
             .as_ref()
             .map(|t| self.duration(&Some(t.clone()), Duration::from_secs(30)));
+        let max_body = r.max_body.as_ref().and_then(|v| self.size(v));
         Some(Action::Forward(Forward {
             backends,
             total_weight,
             path: path_rewrite,
             host,
             timeout,
+            max_body,
         }))
     }
 
@@ -1326,6 +1367,17 @@ mod tests {
     }
 
     const BASE: &str = "[services.users]\nendpoints = [\"127.0.0.1:9001\"]\n";
+
+    #[test]
+    fn sizes_have_binary_and_decimal_units() {
+        assert_eq!(parse_size("512KiB"), Ok(512 * 1024));
+        assert_eq!(parse_size("32MiB"), Ok(32 << 20));
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("1 MiB").is_err());
+        assert!(parse_size("1Mb").is_err());
+        assert!(parse_size("99999999999GiB").is_err());
+    }
 
     #[test]
     fn durations_need_units() {

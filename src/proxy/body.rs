@@ -1,10 +1,12 @@
 //! Body types of the two legs. Enums instead of boxed trait objects: the common case
 //! (stream the peer's body through) costs no allocation.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -12,33 +14,110 @@ use hyper::body::Incoming;
 
 use crate::observe::access_log::AccessRecord;
 
+/// Why the client's body stopped before its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// More bytes than the route allows.
+    TooLarge,
+    /// The client paused longer than `body_read_timeout` between two pieces.
+    Timeout,
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BodyError::TooLarge => "request body over the limit",
+            BodyError::Timeout => "request body stalled",
+        })
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+impl BodyError {
+    /// Find a `BodyError` in an error's source chain (the upstream client wraps it).
+    pub fn find(mut e: &(dyn std::error::Error + 'static)) -> Option<BodyError> {
+        loop {
+            if let Some(b) = e.downcast_ref::<BodyError>() {
+                return Some(*b);
+            }
+            e = e.source()?;
+        }
+    }
+}
+
+/// Limits on the client's body: a byte cap and an idle timeout between pieces.
+#[derive(Debug)]
+pub struct BodyLimits {
+    pub max: u64,
+    pub idle: Duration,
+    seen: u64,
+    /// Armed lazily, the first time the client makes us wait.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl BodyLimits {
+    pub fn new(max: u64, idle: Duration) -> Self {
+        Self {
+            max,
+            idle,
+            seen: 0,
+            timer: None,
+        }
+    }
+}
+
 /// Request body sent upstream.
 #[derive(Debug)]
 pub enum UpstreamBody {
     /// No body (or a retry of a bodiless request).
     Empty,
-    /// The client's body, streamed, with a counter of bytes passed for the access log.
-    Stream(Incoming, Option<Arc<AtomicU64>>),
+    /// The client's body, streamed, with its limits and a counter of bytes passed for
+    /// the access log.
+    Stream(Incoming, Box<BodyLimits>, Option<Arc<AtomicU64>>),
 }
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            UpstreamBody::Empty => Poll::Ready(None),
-            UpstreamBody::Stream(inner, counter) => {
-                let polled = Pin::new(inner).poll_frame(cx);
-                if let (Poll::Ready(Some(Ok(frame))), Some(c)) = (&polled, counter)
-                    && let Some(data) = frame.data_ref()
-                {
-                    c.fetch_add(data.len() as u64, Ordering::Relaxed);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let UpstreamBody::Stream(inner, limits, counter) = self.get_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    limits.seen += n;
+                    if limits.seen > limits.max {
+                        return Poll::Ready(Some(Err(Box::new(BodyError::TooLarge))));
+                    }
+                    if let Some(c) = counter {
+                        c.fetch_add(n, Ordering::Relaxed);
+                    }
                 }
-                polled
+                if let Some(t) = &mut limits.timer {
+                    t.as_mut().reset(tokio::time::Instant::now() + limits.idle);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let idle = limits.idle;
+                let timer = limits
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyError::Timeout)))),
+                    Poll::Pending => Poll::Pending,
+                }
             }
         }
     }
@@ -46,14 +125,14 @@ impl Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Empty => true,
-            UpstreamBody::Stream(inner, _) => inner.is_end_stream(),
+            UpstreamBody::Stream(inner, ..) => inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
-            UpstreamBody::Stream(inner, _) => inner.size_hint(),
+            UpstreamBody::Stream(inner, ..) => inner.size_hint(),
         }
     }
 }

@@ -30,6 +30,14 @@ pub enum ProxyError {
     /// Every backend of the route has weight 0 (500 `no_backend`, as the Gateway API
     /// prescribes).
     NoBackend,
+    /// The request target is longer than `max_uri_bytes` (414 `uri_too_long`).
+    UriTooLong,
+    /// The body is larger than the route allows, by `Content-Length` up front or while
+    /// streaming (413 `payload_too_large`; the connection is closed).
+    PayloadTooLarge,
+    /// The client stopped sending its body for longer than `body_read_timeout`
+    /// (408 `body_timeout`; the connection is closed).
+    BodyTimeout,
     /// The service has no address to send to (503 `no_healthy_upstream`).
     NoHealthyUpstream,
     /// Every connection attempt failed or timed out (502 `upstream_connect_failed`).
@@ -45,9 +53,12 @@ impl ProxyError {
     /// Side of the failure, for logs and metrics.
     pub fn side(self) -> Side {
         match self {
-            ProxyError::NoRoute | ProxyError::BadPath | ProxyError::AmbiguousFraming => {
-                Side::Downstream
-            }
+            ProxyError::NoRoute
+            | ProxyError::BadPath
+            | ProxyError::AmbiguousFraming
+            | ProxyError::UriTooLong
+            | ProxyError::PayloadTooLarge
+            | ProxyError::BodyTimeout => Side::Downstream,
             ProxyError::NoBackend
             | ProxyError::NoHealthyUpstream
             | ProxyError::ConnectFailed
@@ -61,6 +72,9 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadPath | ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoBackend => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed | ProxyError::BadUpstreamResponse => StatusCode::BAD_GATEWAY,
@@ -74,6 +88,9 @@ impl ProxyError {
             ProxyError::NoRoute => "no_route",
             ProxyError::BadPath => "bad_path",
             ProxyError::AmbiguousFraming => "bad_framing",
+            ProxyError::UriTooLong => "uri_too_long",
+            ProxyError::PayloadTooLarge => "payload_too_large",
+            ProxyError::BodyTimeout => "body_timeout",
             ProxyError::NoBackend => "no_backend",
             ProxyError::NoHealthyUpstream => "no_healthy_upstream",
             ProxyError::ConnectFailed => "upstream_connect_failed",
@@ -99,7 +116,11 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if self == ProxyError::AmbiguousFraming {
+        // The rest of the client's message is not read: the connection cannot be reused.
+        if matches!(
+            self,
+            ProxyError::AmbiguousFraming | ProxyError::PayloadTooLarge | ProxyError::BodyTimeout
+        ) {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
@@ -116,6 +137,9 @@ mod tests {
             ProxyError::NoRoute,
             ProxyError::BadPath,
             ProxyError::AmbiguousFraming,
+            ProxyError::UriTooLong,
+            ProxyError::PayloadTooLarge,
+            ProxyError::BodyTimeout,
             ProxyError::NoBackend,
             ProxyError::NoHealthyUpstream,
             ProxyError::ConnectFailed,

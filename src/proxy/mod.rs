@@ -41,7 +41,7 @@ use crate::observe::trace::{TRACEPARENT, TraceContext};
 use crate::router::RequestInfo;
 use crate::snapshot::Snapshot;
 use crate::upstream::Upstream;
-use body::{ResponseBody, UpstreamBody};
+use body::{BodyError, BodyLimits, ResponseBody, UpstreamBody};
 pub use error::ProxyError;
 
 /// Per-connection facts the phases need, computed once per connection.
@@ -145,6 +145,10 @@ async fn pipeline(
         r.trace_id = trace.trace_id;
     }
     check_framing(&parts.headers)?;
+    let server = &snap.config.server;
+    if parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > server.max_uri_bytes {
+        return Err(ProxyError::UriTooLong);
+    }
     let path = normalize_path(parts.uri.path()).map_err(|_| ProxyError::BadPath)?;
     let raw_host = host_of_parts(&parts.headers, &parts.uri).map(str::to_string);
     let host = raw_host.as_deref().and_then(normalize_host);
@@ -188,6 +192,10 @@ async fn pipeline(
     if let Some(h) = &fwd.host {
         parts.headers.insert(header::HOST, h.clone());
     }
+    let max_body = fwd.max_body.unwrap_or(server.max_body);
+    if declared_length(&parts.headers).is_some_and(|n| n > max_body) {
+        return Err(ProxyError::PayloadTooLarge);
+    }
     let body = if body.is_end_stream() {
         UpstreamBody::Empty
     } else {
@@ -196,7 +204,8 @@ async fn pipeline(
             r.bytes_in = Some(c.clone());
             c
         });
-        UpstreamBody::Stream(body, counter)
+        let limits = BodyLimits::new(max_body, server.body_read_timeout);
+        UpstreamBody::Stream(body, Box::new(limits), counter)
     };
     let head = UpstreamHead {
         method: parts.method,
@@ -207,6 +216,16 @@ async fn pipeline(
     let mut resp = downstream_response(resp);
     route.response_headers.apply(resp.headers_mut());
     Ok(resp)
+}
+
+/// `Content-Length`, when the client declared one.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Phase: refuse framing that two HTTP parsers could read differently.
@@ -401,6 +420,12 @@ async fn forward(
                     last = ProxyError::ConnectFailed;
                 }
                 Err(e) => {
+                    // The client's own body may be why the exchange failed.
+                    match BodyError::find(&e) {
+                        Some(BodyError::TooLarge) => return Err(ProxyError::PayloadTooLarge),
+                        Some(BodyError::Timeout) => return Err(ProxyError::BodyTimeout),
+                        None => {}
+                    }
                     tracing::debug!(service = %upstream.name, endpoint = %target.addr, error = %e, "upstream exchange failed");
                     return Err(ProxyError::BadUpstreamResponse);
                 }

@@ -9,6 +9,7 @@ mod check;
 mod deploy;
 mod diff;
 mod filters;
+mod limits;
 mod observe;
 mod prometheus;
 mod proxying;

@@ -63,7 +63,7 @@ where
 
 fn route_to(up: &Upstream) -> String {
     config(&format!(
-        "[server]\naccess_log = \"off\"\n[services.s]\nendpoints = [{}]\n[[routes]]\nname = \"r\"\npath = \"/\"\nservice = \"s\"\n",
+        "[server]\naccess_log = \"off\"\n[services.s]\nendpoints = [{}]\n[[routes]]\nname = \"r\"\npath = \"/\"\nservice = \"s\"\nmax_body = \"1GiB\"\n",
         up.endpoint()
     ))
 }
