@@ -78,7 +78,8 @@ async fn a_stalled_body_is_408_after_the_body_read_timeout() {
     let mut buf = Vec::new();
     tokio::time::timeout(SOON, s.read_to_end(&mut buf))
         .await
-        .expect("answered and closed");
+        .expect("answered and closed")
+        .expect("read");
     let resp = String::from_utf8_lossy(&buf);
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
     assert!(resp.contains("\"error\":\"body_timeout\""), "{resp}");
