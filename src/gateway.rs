@@ -8,14 +8,13 @@ use arc_swap::ArcSwap;
 
 use crate::observe::access_log::Sink;
 use crate::observe::metrics::Metrics;
-use crate::snapshot::Snapshot;
-use crate::upstream::Registry;
+use crate::snapshot::{Registry, Snapshot};
 
 /// Shared state of one gateway process.
 #[derive(Debug)]
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
-    /// Upstreams shared across snapshots (pools survive reloads).
+    /// Upstreams and rate limiters shared across snapshots (they survive reloads).
     pub registry: Registry,
     /// Access-log destination; `None` when logging to stdout is not wanted (tests of
     /// the library, benchmarks).

@@ -32,6 +32,7 @@ pub mod http;
 pub mod observe;
 pub mod proxy;
 pub mod reload;
+pub mod resilience;
 pub mod router;
 pub mod run;
 pub mod server;

@@ -12,8 +12,7 @@ use crate::admin::{self, AdminState};
 use crate::config::{self, LoadError};
 use crate::gateway::Gateway;
 use crate::observe::access_log::Sink;
-use crate::snapshot::Snapshot;
-use crate::upstream::Registry;
+use crate::snapshot::{Registry, Snapshot};
 use crate::{reload, server};
 
 /// What `run` needs from its caller.

@@ -8,8 +8,17 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::{Config, Loaded};
+use crate::resilience::rate_limit::{self, RouteLimiter};
 use crate::router::Router;
-use crate::upstream::{Registry, Upstream};
+use crate::upstream::{self, Upstream};
+
+/// State that outlives snapshots: pools and DNS (upstreams), token buckets (limiters).
+/// A reload reuses whatever did not change.
+#[derive(Debug, Default)]
+pub struct Registry {
+    pub upstreams: upstream::Registry,
+    pub limiters: rate_limit::Registry,
+}
 
 /// One loaded configuration, ready to serve.
 #[derive(Debug)]
@@ -20,6 +29,8 @@ pub struct Snapshot {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Route names as shared strings, for the access log (no copy per request).
     pub route_names: Vec<Arc<str>>,
+    /// Per route (same index as `config.routes`), its rate limiter.
+    pub limiters: Vec<Option<Arc<RouteLimiter>>>,
     /// Hash of the source text.
     pub hash: String,
     pub loaded_at: SystemTime,
@@ -31,8 +42,16 @@ impl Snapshot {
         let config = loaded.config;
         let mut upstreams = Vec::with_capacity(config.services.len());
         for s in &config.services {
-            upstreams.push(registry.get(s, &config.defaults).await);
+            upstreams.push(registry.upstreams.get(s, &config.defaults).await);
         }
+        let limiters = config
+            .routes
+            .iter()
+            .map(|r| {
+                let spec = r.forward()?.rate_limit.as_ref()?;
+                Some(registry.limiters.get(&r.name, spec))
+            })
+            .collect();
         let router = Router::new(&config);
         let route_names = config
             .routes
@@ -43,6 +62,7 @@ impl Snapshot {
             router,
             upstreams,
             route_names,
+            limiters,
             hash: loaded.hash,
             loaded_at: SystemTime::now(),
             config,

@@ -84,6 +84,10 @@ pub struct ServiceFile {
     pub load_balancing: Option<SStr>,
     pub connect_timeout: Option<SStr>,
     pub dns_refresh: Option<SStr>,
+    /// Most requests in flight to this service at once.
+    pub max_in_flight: Option<Spanned<i64>>,
+    /// Requests that may wait for a slot when `max_in_flight` is reached.
+    pub max_pending: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +111,16 @@ pub struct RouteFile {
     pub timeout: Option<SStr>,
     /// Overrides `[server] max_body` for this route.
     pub max_body: Option<SStr>,
+    pub rate_limit: Option<Spanned<RateLimitFile>>,
+}
+
+/// `rate_limit = { per_second = 100, burst = 200, key = "client_ip" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    pub per_second: Spanned<i64>,
+    pub burst: Option<Spanned<i64>>,
+    pub key: Option<SStr>,
 }
 
 /// `split = [{ service = "a", weight = 90 }, …]`.

@@ -150,6 +150,8 @@ pub struct Service {
     pub connect_timeout: Duration,
     /// How often DNS names among the endpoints are resolved again.
     pub dns_refresh: Duration,
+    /// Concurrency limit: (max in flight, max waiting). `None`: unlimited.
+    pub concurrency: Option<(u32, u32)>,
 }
 
 /// `host:port` of an upstream; the host is an IP literal or a DNS name.
@@ -281,6 +283,24 @@ pub struct Forward {
     pub timeout: Option<Duration>,
     /// Overrides `[server] max_body`.
     pub max_body: Option<u64>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket per key: `per_second` refill, `burst` capacity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+    pub key: RateLimitKey,
+}
+
+/// What identifies one bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RateLimitKey {
+    /// The client's IP address (after `trusted_proxies`: the connection's peer).
+    ClientIp,
+    /// A request header's value; requests without it share their client IP's bucket.
+    Header(HeaderName),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -478,6 +498,7 @@ mod tests {
             host: None,
             timeout: None,
             max_body: None,
+            rate_limit: None,
         };
         for _ in 0..1000 {
             assert_eq!(f.pick().map(|b| b.service), Some(1));

@@ -165,6 +165,31 @@ impl Validator<'_> {
         }
     }
 
+    fn rate_limit(&mut self, rl: &Spanned<file::RateLimitFile>) -> Option<RateLimit> {
+        let r = rl.get_ref();
+        let per_second = self.count(&Some(r.per_second.clone()), 0, 1, 1_000_000) as u32;
+        let burst = self.count(&r.burst, per_second as usize, 1, 10_000_000) as u32;
+        let key = match r.key.as_ref().map(|k| (k, k.get_ref().as_str())) {
+            None | Some((_, "client_ip")) => RateLimitKey::ClientIp,
+            Some((k, text)) => match text
+                .strip_prefix("header:")
+                .map(|h| HeaderName::from_bytes(h.as_bytes()))
+            {
+                Some(Ok(h)) => RateLimitKey::Header(h),
+                _ => {
+                    self.err("SY019", span(k), format!("unknown rate-limit key `{text}`"))
+                        .help = Some("use \"client_ip\" or \"header:NAME\"".into());
+                    return None;
+                }
+            },
+        };
+        (per_second > 0).then_some(RateLimit {
+            per_second,
+            burst,
+            key,
+        })
+    }
+
     fn size(&mut self, v: &SStr) -> Option<u64> {
         match parse_size(v.get_ref()) {
             Ok(n) => Some(n),
@@ -472,6 +497,13 @@ impl Validator<'_> {
                 endpoints,
                 connect_timeout: self.duration(&s.connect_timeout, d.connect_timeout),
                 dns_refresh: self.duration(&s.dns_refresh, Duration::from_secs(5)),
+                concurrency: match (&s.max_in_flight, &s.max_pending) {
+                    (None, None) => None,
+                    (mif, mp) => Some((
+                        self.count(mif, 1000, 1, 1_000_000) as u32,
+                        self.count(mp, 0, 0, 1_000_000) as u32,
+                    )),
+                },
             });
         }
         out
@@ -682,6 +714,7 @@ impl Validator<'_> {
             .as_ref()
             .map(|t| self.duration(&Some(t.clone()), Duration::from_secs(30)));
         let max_body = r.max_body.as_ref().and_then(|v| self.size(v));
+        let rate_limit = r.rate_limit.as_ref().and_then(|rl| self.rate_limit(rl));
         Some(Action::Forward(Forward {
             backends,
             total_weight,
@@ -689,6 +722,7 @@ impl Validator<'_> {
             host,
             timeout,
             max_body,
+            rate_limit,
         }))
     }
 

@@ -144,6 +144,8 @@ impl Body for UpstreamBody {
 pub struct ResponseBody {
     kind: Kind,
     record: Option<Box<AccessRecord>>,
+    /// The service's concurrency slot, released when the body is done.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 #[derive(Debug)]
@@ -158,6 +160,7 @@ impl ResponseBody {
         Self {
             kind: Kind::Full(Some(bytes.into())),
             record: None,
+            permit: None,
         }
     }
 
@@ -166,6 +169,7 @@ impl ResponseBody {
         Self {
             kind: Kind::Full(None),
             record: None,
+            permit: None,
         }
     }
 
@@ -174,7 +178,13 @@ impl ResponseBody {
         Self {
             kind: Kind::Stream(inner),
             record: None,
+            permit: None,
         }
+    }
+
+    /// Hold a concurrency slot until this body is dropped.
+    pub fn set_permit(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {
+        self.permit = Some(permit);
     }
 
     /// Attach the access-log record; it is written when this body is dropped.

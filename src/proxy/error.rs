@@ -38,6 +38,17 @@ pub enum ProxyError {
     /// The client stopped sending its body for longer than `body_read_timeout`
     /// (408 `body_timeout`; the connection is closed).
     BodyTimeout,
+    /// The route's rate limit for this key is used up (429 `rate_limited`, with
+    /// `Retry-After` and `RateLimit-*`).
+    RateLimited {
+        /// Seconds until the key's next request is admitted (rounded up).
+        retry_after: u32,
+        /// The bucket's size, for `RateLimit-Limit`.
+        limit: u32,
+    },
+    /// The service's concurrency limit and waiting room are full: shed at once
+    /// (503 `overloaded`, `Retry-After: 1`).
+    Overloaded,
     /// The service has no address to send to (503 `no_healthy_upstream`).
     NoHealthyUpstream,
     /// Every connection attempt failed or timed out (502 `upstream_connect_failed`).
@@ -58,8 +69,10 @@ impl ProxyError {
             | ProxyError::AmbiguousFraming
             | ProxyError::UriTooLong
             | ProxyError::PayloadTooLarge
-            | ProxyError::BodyTimeout => Side::Downstream,
-            ProxyError::NoBackend
+            | ProxyError::BodyTimeout
+            | ProxyError::RateLimited { .. } => Side::Downstream,
+            ProxyError::Overloaded
+            | ProxyError::NoBackend
             | ProxyError::NoHealthyUpstream
             | ProxyError::ConnectFailed
             | ProxyError::UpstreamTimeout
@@ -76,7 +89,10 @@ impl ProxyError {
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoBackend => StatusCode::INTERNAL_SERVER_ERROR,
-            ProxyError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::NoHealthyUpstream | ProxyError::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::ConnectFailed | ProxyError::BadUpstreamResponse => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -92,6 +108,8 @@ impl ProxyError {
             ProxyError::PayloadTooLarge => "payload_too_large",
             ProxyError::BodyTimeout => "body_timeout",
             ProxyError::NoBackend => "no_backend",
+            ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::Overloaded => "overloaded",
             ProxyError::NoHealthyUpstream => "no_healthy_upstream",
             ProxyError::ConnectFailed => "upstream_connect_failed",
             ProxyError::UpstreamTimeout => "upstream_timeout",
@@ -116,6 +134,18 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match self {
+            ProxyError::RateLimited { retry_after, limit } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                h.insert("ratelimit-limit", HeaderValue::from(limit));
+                h.insert("ratelimit-remaining", HeaderValue::from_static("0"));
+                h.insert("ratelimit-reset", HeaderValue::from(retry_after));
+            }
+            ProxyError::Overloaded => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
         // The rest of the client's message is not read: the connection cannot be reused.
         if matches!(
             self,
@@ -140,6 +170,11 @@ mod tests {
             ProxyError::UriTooLong,
             ProxyError::PayloadTooLarge,
             ProxyError::BodyTimeout,
+            ProxyError::RateLimited {
+                retry_after: 1,
+                limit: 10,
+            },
+            ProxyError::Overloaded,
             ProxyError::NoBackend,
             ProxyError::NoHealthyUpstream,
             ProxyError::ConnectFailed,

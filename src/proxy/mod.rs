@@ -7,6 +7,8 @@
 //!     ├ check_framing      refuse ambiguous Content-Length/Transfer-Encoding (smuggling)
 //!     ├ normalise          canonical path and host (http::normalize)
 //!     ├ route              Router::find: host -> path -> predicates, or 404
+//!     ├ rate_limit         the route's token bucket for this key, or 429
+//!     ├ concurrency        a slot of the service (bounded wait), or 503 shed
 //!     ├ upstream_request   hop-by-hop cleanup, forwarding headers, rewritten path
 //!     ├ forward            pick endpoint, pooled connection, timeout, connect retries
 //!     └ downstream_response hop-by-hop cleanup of the answer
@@ -38,6 +40,7 @@ use crate::http::headers::{
 use crate::http::normalize::{normalize_host, normalize_path};
 use crate::observe::access_log::AccessRecord;
 use crate::observe::trace::{TRACEPARENT, TraceContext};
+use crate::resilience::rate_limit::Decision;
 use crate::router::RequestInfo;
 use crate::snapshot::Snapshot;
 use crate::upstream::Upstream;
@@ -174,9 +177,18 @@ async fn pipeline(
             );
         }
     };
+    let rate = rate_limit(snap, route_id, conn, &parts.headers)?;
     let backend = fwd.pick().ok_or(ProxyError::NoBackend)?;
     let upstream = &snap.upstreams[backend.service];
     ctx.service = Some(upstream.name.clone());
+    let permit = match &upstream.concurrency {
+        None => None,
+        Some(c) => {
+            let wait = fwd.timeout.unwrap_or(snap.config.defaults.request_timeout);
+            let slot = tokio::time::timeout(wait, c.acquire()).await.ok().flatten();
+            Some(slot.ok_or(ProxyError::Overloaded)?)
+        }
+    };
     let path_and_query = upstream_path_and_query(route, &path, &parts.uri)?;
     route.request_headers.apply(&mut parts.headers);
     upstream_request_headers(
@@ -215,7 +227,37 @@ async fn pipeline(
     let resp = forward(snap, fwd, upstream, ctx, head, body).await?;
     let mut resp = downstream_response(resp);
     route.response_headers.apply(resp.headers_mut());
+    if let Some((limit, remaining)) = rate {
+        let h = resp.headers_mut();
+        h.insert("ratelimit-limit", HeaderValue::from(limit));
+        h.insert("ratelimit-remaining", HeaderValue::from(remaining));
+    }
+    if let Some(p) = permit {
+        // The service's slot is held until the response body is done.
+        resp.body_mut().set_permit(p);
+    }
     Ok(resp)
+}
+
+/// Phase: the route's rate limit for this request's key. `Some((limit, remaining))`
+/// for the `RateLimit-*` headers when the route has a limit.
+fn rate_limit(
+    snap: &Snapshot,
+    route_id: usize,
+    conn: &ConnInfo,
+    headers: &HeaderMap,
+) -> Result<Option<(u32, u32)>, ProxyError> {
+    let Some(limiter) = &snap.limiters[route_id] else {
+        return Ok(None);
+    };
+    let key = limiter.key(conn.peer.ip(), headers);
+    match limiter.check(&key) {
+        Decision::Allowed { remaining } => Ok(Some((limiter.spec.burst, remaining))),
+        Decision::Limited { retry_after } => Err(ProxyError::RateLimited {
+            retry_after: (retry_after.as_secs_f64().ceil() as u32).max(1),
+            limit: limiter.spec.burst,
+        }),
+    }
 }
 
 /// `Content-Length`, when the client declared one.

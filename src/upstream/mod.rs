@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::model::{Defaults, Endpoint, Service};
 use crate::proxy::body::UpstreamBody;
+use crate::resilience::concurrency::Concurrency;
 
 /// The pooled client type used for every upstream.
 pub type HttpClient = Client<HttpConnector, UpstreamBody>;
@@ -39,6 +40,8 @@ pub struct Upstream {
     targets: ArcSwap<Vec<Target>>,
     next: AtomicUsize,
     pub client: HttpClient,
+    /// `max_in_flight` / `max_pending`, when the service has them.
+    pub concurrency: Option<Concurrency>,
 }
 
 impl Upstream {
@@ -153,6 +156,9 @@ impl Registry {
             targets: ArcSwap::from_pointee(targets),
             next: AtomicUsize::new(0),
             client,
+            concurrency: service
+                .concurrency
+                .map(|(max, pending)| Concurrency::new(max, pending)),
         }
     }
 }

@@ -14,6 +14,7 @@ mod observe;
 mod prometheus;
 mod proxying;
 mod reload;
+mod resilience;
 mod routing;
 mod shutdown;
 mod streaming;

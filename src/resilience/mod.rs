@@ -1,0 +1,5 @@
+//! Limits that keep one client or one service from flooding another: per-route rate
+//! limits (token buckets per key) and per-service concurrency limits (load shedding).
+
+pub mod concurrency;
+pub mod rate_limit;
