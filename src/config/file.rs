@@ -74,6 +74,8 @@ pub struct RetryFile {
     pub attempts: Option<Spanned<i64>>,
     pub on: Option<Vec<SStr>>,
     pub budget_percent: Option<Spanned<i64>>,
+    pub per_try_timeout: Option<SStr>,
+    pub backoff: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -130,16 +130,25 @@ pub struct Defaults {
     pub retry: Retry,
 }
 
-/// Retry policy. Only connection failures are retried so far: they are safe for every
-/// method because no byte reached the upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Retry policy. Connection failures are retried for every method (no byte reached the
+/// upstream); resets, 502/503/504 and per-try timeouts only for idempotent methods.
+/// Only requests without a body are retried (a streamed body cannot be sent twice).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Retry {
     /// Total tries, the first included (1 = no retry).
     pub attempts: u32,
     /// Retry when the TCP connect fails.
     pub on_connect_failure: bool,
-    /// Retries may add at most this share on top of live requests.
+    /// Retry when the connection breaks before a response head arrives.
+    pub on_reset: bool,
+    /// Retry on these upstream statuses (502, 503, 504); 504 also covers per-try timeouts.
+    pub on_status: Vec<u16>,
+    /// Retries may add at most this share on top of live requests (per service).
     pub budget_percent: u32,
+    /// Time limit of one try; `None`: only the route timeout applies.
+    pub per_try_timeout: Option<Duration>,
+    /// Base of the jittered exponential backoff between tries.
+    pub backoff: Duration,
 }
 
 /// One upstream service.

@@ -383,21 +383,28 @@ impl Validator<'_> {
             None => Retry {
                 attempts: 2,
                 on_connect_failure: true,
+                on_reset: false,
+                on_status: Vec::new(),
                 budget_percent: 20,
+                per_try_timeout: None,
+                backoff: Duration::from_millis(25),
             },
             Some(r) => {
                 let r = r.get_ref();
                 let mut on_connect_failure = r.on.is_none();
+                let mut on_reset = false;
+                let mut on_status = Vec::new();
                 for cond in r.on.iter().flatten() {
                     match cond.get_ref().as_str() {
                         "connect-failure" => on_connect_failure = true,
+                        "reset" => on_reset = true,
+                        "502" => on_status.push(502),
+                        "503" => on_status.push(503),
+                        "504" => on_status.push(504),
                         other => {
-                            let known = ["connect-failure"];
-                            let help = did_you_mean(other, known).unwrap_or_else(|| {
-                                "only `connect-failure` is supported so far; retries on \
-                                 resets and 5xx come with retry budgets"
-                                    .into()
-                            });
+                            let known = ["connect-failure", "reset", "502", "503", "504"];
+                            let help = did_you_mean(other, known)
+                                .unwrap_or_else(|| format!("use {}", known.join(", ")));
                             self.err(
                                 "SY019",
                                 span(cond),
@@ -410,7 +417,14 @@ impl Validator<'_> {
                 Retry {
                     attempts: self.count(&r.attempts, 2, 1, 10) as u32,
                     on_connect_failure,
+                    on_reset,
+                    on_status,
                     budget_percent: self.count(&r.budget_percent, 20, 0, 100) as u32,
+                    per_try_timeout: r
+                        .per_try_timeout
+                        .as_ref()
+                        .map(|t| self.duration(&Some(t.clone()), Duration::from_secs(1))),
+                    backoff: self.duration(&r.backoff, Duration::from_millis(25)),
                 }
             }
         };

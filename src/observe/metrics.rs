@@ -66,6 +66,8 @@ pub struct Metrics {
     upstream_duration: Family<ServiceLabels, Histogram>,
     in_flight: Gauge,
     connect_failures: Family<ServiceLabels, Counter>,
+    retries: Family<ServiceLabels, Counter>,
+    budget_exhausted: Family<ServiceLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     config_info: Family<HashLabels, Gauge>,
@@ -127,6 +129,18 @@ impl Metrics {
             "Failed connection attempts to upstream endpoints, by service",
             connect_failures.clone(),
         );
+        let retries = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "upstream_retries",
+            "Retries sent, by service",
+            retries.clone(),
+        );
+        let budget_exhausted = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "retry_budget_exhausted",
+            "Retries not sent because the service's retry budget was used up",
+            budget_exhausted.clone(),
+        );
         let errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "errors",
@@ -164,6 +178,8 @@ impl Metrics {
             upstream_duration,
             in_flight,
             connect_failures,
+            retries,
+            budget_exhausted,
             errors,
             reloads,
             config_info,
@@ -219,6 +235,22 @@ impl Metrics {
 
     pub fn connect_failure(&self, service: &Arc<str>) {
         self.connect_failures
+            .get_or_create(&ServiceLabels {
+                service: Name(Some(service.clone())),
+            })
+            .inc();
+    }
+
+    pub fn retry(&self, service: &Arc<str>) {
+        self.retries
+            .get_or_create(&ServiceLabels {
+                service: Name(Some(service.clone())),
+            })
+            .inc();
+    }
+
+    pub fn budget_exhausted(&self, service: &Arc<str>) {
+        self.budget_exhausted
             .get_or_create(&ServiceLabels {
                 service: Name(Some(service.clone())),
             })

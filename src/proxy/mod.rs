@@ -41,6 +41,7 @@ use crate::http::normalize::{normalize_host, normalize_path};
 use crate::observe::access_log::AccessRecord;
 use crate::observe::trace::{TRACEPARENT, TraceContext};
 use crate::resilience::rate_limit::Decision;
+use crate::resilience::retry;
 use crate::router::RequestInfo;
 use crate::snapshot::Snapshot;
 use crate::upstream::Upstream;
@@ -78,6 +79,8 @@ struct RequestCtx {
     /// Time until the upstream's response head (or the failure), retries included.
     upstream_time: Option<std::time::Duration>,
     connect_failures: u32,
+    retries: u32,
+    budget_exhausted: bool,
 }
 
 /// Serve one request. Never fails: errors become the gateway's JSON answers.
@@ -127,6 +130,8 @@ pub async fn serve(
         service: None,
         upstream_time: None,
         connect_failures: 0,
+        retries: 0,
+        budget_exhausted: false,
     };
     let (mut resp, error) = match pipeline(&snapshot, conn, &mut ctx, req).await {
         Ok(resp) => (resp, None),
@@ -401,9 +406,13 @@ struct UpstreamHead {
     headers: HeaderMap,
 }
 
-/// Phase: send to an endpoint of the service, within the route's timeout. Connect
-/// failures are retried on the next endpoint when the request has no body (nothing
-/// reached the upstream, so this is safe for every method).
+/// Phase: send to an endpoint of the service, within the route's timeout, retrying
+/// as the policy allows. A retry needs: a request without a body (a streamed body
+/// cannot be sent twice), a condition the policy names (connect failures for every
+/// method; resets, per-try timeouts and 502/503/504 only for idempotent methods), and
+/// a token from the service's retry budget. It goes to another endpoint when there is
+/// one, after a jittered exponential backoff. When the tries run out on a retryable
+/// status, the last upstream answer is passed on as it is.
 async fn forward(
     snap: &Snapshot,
     route: &Forward,
@@ -414,21 +423,45 @@ async fn forward(
 ) -> Result<Response<Incoming>, ProxyError> {
     let defaults = &snap.config.defaults;
     let timeout = route.timeout.unwrap_or(defaults.request_timeout);
-    let retry = &defaults.retry;
-    let attempts = if retry.on_connect_failure && matches!(body, UpstreamBody::Empty) {
-        retry.attempts.min(upstream.len().max(1) as u32)
+    let policy = &defaults.retry;
+    let attempts = if matches!(body, UpstreamBody::Empty) {
+        policy.attempts
     } else {
         1
     };
+    let idempotent = matches!(
+        head.method,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::PUT
+            | http::Method::DELETE
+            | http::Method::TRACE
+    );
+    upstream.budget.deposit();
     let started = Instant::now();
     let record = &mut ctx.record;
     let connect_failures = &mut ctx.connect_failures;
+    let retries = &mut ctx.retries;
+    let budget_exhausted = &mut ctx.budget_exhausted;
     let tries = async {
         let mut body = Some(body);
         let mut head = Some(head);
-        let mut last = ProxyError::NoHealthyUpstream;
+        let mut last: Result<Response<Incoming>, ProxyError> = Err(ProxyError::NoHealthyUpstream);
+        let mut last_addr = None;
         for attempt in 1..=attempts {
-            let target = upstream.pick().ok_or(ProxyError::NoHealthyUpstream)?;
+            if attempt > 1 {
+                if !upstream.budget.try_withdraw() {
+                    *budget_exhausted = true;
+                    break;
+                }
+                *retries += 1;
+                tokio::time::sleep(retry::backoff(policy.backoff, attempt)).await;
+            }
+            let target = upstream
+                .pick_other(last_addr)
+                .ok_or(ProxyError::NoHealthyUpstream)?;
+            last_addr = Some(target.addr);
             if let Some(r) = record.as_mut() {
                 r.endpoint = Some(target.addr);
                 r.attempts = attempt;
@@ -454,14 +487,24 @@ async fn forward(
             *req.uri_mut() = uri;
             *req.version_mut() = Version::HTTP_11;
             *req.headers_mut() = h.headers;
-            match upstream.client.request(req).await {
-                Ok(resp) => return Ok(resp),
-                Err(e) if e.is_connect() => {
+            let sent = upstream.client.request(req);
+            let outcome = match policy.per_try_timeout {
+                Some(t) => tokio::time::timeout(t, sent).await.ok(),
+                None => Some(sent.await),
+            };
+            let retry_this = match outcome {
+                Some(Ok(resp)) => {
+                    let again = idempotent && policy.on_status.contains(&resp.status().as_u16());
+                    last = Ok(resp);
+                    again
+                }
+                Some(Err(e)) if e.is_connect() => {
                     *connect_failures += 1;
                     tracing::debug!(service = %upstream.name, endpoint = %target.addr, error = %e, "connect failed");
-                    last = ProxyError::ConnectFailed;
+                    last = Err(ProxyError::ConnectFailed);
+                    policy.on_connect_failure
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     // The client's own body may be why the exchange failed.
                     match BodyError::find(&e) {
                         Some(BodyError::TooLarge) => return Err(ProxyError::PayloadTooLarge),
@@ -469,11 +512,19 @@ async fn forward(
                         None => {}
                     }
                     tracing::debug!(service = %upstream.name, endpoint = %target.addr, error = %e, "upstream exchange failed");
-                    return Err(ProxyError::BadUpstreamResponse);
+                    last = Err(ProxyError::BadUpstreamResponse);
+                    idempotent && policy.on_reset
                 }
+                None => {
+                    last = Err(ProxyError::UpstreamTimeout);
+                    idempotent && policy.on_status.contains(&504)
+                }
+            };
+            if !retry_this {
+                break;
             }
         }
-        Err(last)
+        last
     };
     let result = match tokio::time::timeout(timeout, tries).await {
         Ok(r) => r,
@@ -518,6 +569,12 @@ fn finish(
         }
         for _ in 0..ctx.connect_failures {
             m.connect_failure(service);
+        }
+        for _ in 0..ctx.retries {
+            m.retry(service);
+        }
+        if ctx.budget_exhausted {
+            m.budget_exhausted(service);
         }
     }
     if let Some(mut record) = ctx.record {

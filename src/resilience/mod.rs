@@ -3,3 +3,4 @@
 
 pub mod concurrency;
 pub mod rate_limit;
+pub mod retry;

@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::config::model::{Defaults, Endpoint, Service};
 use crate::proxy::body::UpstreamBody;
 use crate::resilience::concurrency::Concurrency;
+use crate::resilience::retry::RetryBudget;
 
 /// The pooled client type used for every upstream.
 pub type HttpClient = Client<HttpConnector, UpstreamBody>;
@@ -42,9 +43,26 @@ pub struct Upstream {
     pub client: HttpClient,
     /// `max_in_flight` / `max_pending`, when the service has them.
     pub concurrency: Option<Concurrency>,
+    /// How many retries this service may still get.
+    pub budget: RetryBudget,
 }
 
 impl Upstream {
+    /// For a retry: another target than `avoid` when one exists, chosen at random
+    /// without moving the round-robin position (so a failing endpoint does not end up
+    /// with every first try).
+    pub fn pick_other(&self, avoid: Option<SocketAddr>) -> Option<Target> {
+        let Some(avoid) = avoid else {
+            return self.pick();
+        };
+        let targets = self.targets.load();
+        let n = targets.len();
+        match targets.iter().position(|t| t.addr == avoid) {
+            Some(pos) if n > 1 => Some(targets[(pos + 1 + fastrand::usize(..n - 1)) % n].clone()),
+            _ => targets.first().cloned(),
+        }
+    }
+
     /// The next target in round-robin order, `None` when no address is known.
     pub fn pick(&self) -> Option<Target> {
         let targets = self.targets.load();
@@ -104,6 +122,7 @@ struct Key {
     service: Service,
     pool_idle_timeout: Duration,
     pool_max_idle: usize,
+    budget_percent: u32,
 }
 
 /// Hands out `Upstream`s, reusing one when a reload did not change its service.
@@ -120,6 +139,7 @@ impl Registry {
             service: service.clone(),
             pool_idle_timeout: defaults.pool_idle_timeout,
             pool_max_idle: defaults.pool_max_idle,
+            budget_percent: defaults.retry.budget_percent,
         };
         if let Some(up) = self.lock().get(&key).and_then(Weak::upgrade) {
             return up;
@@ -159,6 +179,7 @@ impl Registry {
             concurrency: service
                 .concurrency
                 .map(|(max, pending)| Concurrency::new(max, pending)),
+            budget: RetryBudget::new(defaults.retry.budget_percent),
         }
     }
 }
