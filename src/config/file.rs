@@ -90,6 +90,29 @@ pub struct ServiceFile {
     pub max_in_flight: Option<Spanned<i64>>,
     /// Requests that may wait for a slot when `max_in_flight` is reached.
     pub max_pending: Option<Spanned<i64>>,
+    pub outlier: Option<Spanned<OutlierFile>>,
+    pub health_check: Option<Spanned<HealthCheckFile>>,
+}
+
+/// `outlier = { consecutive_failures = 5, base_ejection = "10s", max_ejection_percent = 50 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierFile {
+    pub enabled: Option<Spanned<bool>>,
+    pub consecutive_failures: Option<Spanned<i64>>,
+    pub base_ejection: Option<SStr>,
+    pub max_ejection_percent: Option<Spanned<i64>>,
+}
+
+/// `health_check = { path = "/healthz", interval = "5s", timeout = "1s", healthy = 2, unhealthy = 3 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    pub path: SStr,
+    pub interval: Option<SStr>,
+    pub timeout: Option<SStr>,
+    pub healthy: Option<Spanned<i64>>,
+    pub unhealthy: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

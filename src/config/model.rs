@@ -161,6 +161,32 @@ pub struct Service {
     pub dns_refresh: Duration,
     /// Concurrency limit: (max in flight, max waiting). `None`: unlimited.
     pub concurrency: Option<(u32, u32)>,
+    /// Passive outlier ejection; `None`: off.
+    pub outlier: Option<Outlier>,
+    /// Active health checks; `None`: off.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// Eject an endpoint after `consecutive_failures` failures in a row (5xx answers,
+/// connect failures, resets, timeouts) for `base_ejection` x 2^(times ejected before),
+/// at most 5 minutes; never more than `max_ejection_percent` of the endpoints (but one
+/// of two may go).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Outlier {
+    pub consecutive_failures: u32,
+    pub base_ejection: Duration,
+    pub max_ejection_percent: u32,
+}
+
+/// `GET path` on every endpoint every `interval`; `unhealthy` failures in a row take an
+/// endpoint out, `healthy` successes in a row bring it back.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy: u32,
+    pub unhealthy: u32,
 }
 
 /// `host:port` of an upstream; the host is an IP literal or a DNS name.

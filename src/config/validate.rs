@@ -165,6 +165,44 @@ impl Validator<'_> {
         }
     }
 
+    fn outlier(&mut self, o: Option<&Spanned<file::OutlierFile>>) -> Option<Outlier> {
+        let default = Outlier {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(10),
+            max_ejection_percent: 50,
+        };
+        let Some(o) = o else { return Some(default) };
+        let o = o.get_ref();
+        if o.enabled.as_ref().is_some_and(|e| !*e.get_ref()) {
+            return None;
+        }
+        Some(Outlier {
+            consecutive_failures: self.count(&o.consecutive_failures, 5, 1, 1000) as u32,
+            base_ejection: self.duration(&o.base_ejection, default.base_ejection),
+            max_ejection_percent: self.count(&o.max_ejection_percent, 50, 0, 100) as u32,
+        })
+    }
+
+    fn health_check(&mut self, h: &Spanned<file::HealthCheckFile>) -> Option<HealthCheck> {
+        let h = h.get_ref();
+        let path = h.path.get_ref();
+        if !path.starts_with('/') || path.contains(['#', ' ']) {
+            self.err(
+                "SY009",
+                span(&h.path),
+                format!("health check path `{path}` is not an absolute path"),
+            );
+            return None;
+        }
+        Some(HealthCheck {
+            path: path.clone(),
+            interval: self.duration(&h.interval, Duration::from_secs(5)),
+            timeout: self.duration(&h.timeout, Duration::from_secs(1)),
+            healthy: self.count(&h.healthy, 2, 1, 100) as u32,
+            unhealthy: self.count(&h.unhealthy, 3, 1, 100) as u32,
+        })
+    }
+
     fn rate_limit(&mut self, rl: &Spanned<file::RateLimitFile>) -> Option<RateLimit> {
         let r = rl.get_ref();
         let per_second = self.count(&Some(r.per_second.clone()), 0, 1, 1_000_000) as u32;
@@ -511,6 +549,8 @@ impl Validator<'_> {
                 endpoints,
                 connect_timeout: self.duration(&s.connect_timeout, d.connect_timeout),
                 dns_refresh: self.duration(&s.dns_refresh, Duration::from_secs(5)),
+                outlier: self.outlier(s.outlier.as_ref()),
+                health_check: s.health_check.as_ref().and_then(|h| self.health_check(h)),
                 concurrency: match (&s.max_in_flight, &s.max_pending) {
                     (None, None) => None,
                     (mif, mp) => Some((

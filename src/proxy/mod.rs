@@ -494,12 +494,14 @@ async fn forward(
             };
             let retry_this = match outcome {
                 Some(Ok(resp)) => {
+                    upstream.record(&target, !resp.status().is_server_error());
                     let again = idempotent && policy.on_status.contains(&resp.status().as_u16());
                     last = Ok(resp);
                     again
                 }
                 Some(Err(e)) if e.is_connect() => {
                     *connect_failures += 1;
+                    upstream.record(&target, false);
                     tracing::debug!(service = %upstream.name, endpoint = %target.addr, error = %e, "connect failed");
                     last = Err(ProxyError::ConnectFailed);
                     policy.on_connect_failure
@@ -512,10 +514,12 @@ async fn forward(
                         None => {}
                     }
                     tracing::debug!(service = %upstream.name, endpoint = %target.addr, error = %e, "upstream exchange failed");
+                    upstream.record(&target, false);
                     last = Err(ProxyError::BadUpstreamResponse);
                     idempotent && policy.on_reset
                 }
                 None => {
+                    upstream.record(&target, false);
                     last = Err(ProxyError::UpstreamTimeout);
                     idempotent && policy.on_status.contains(&504)
                 }

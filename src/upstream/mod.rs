@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
@@ -22,9 +22,12 @@ use crate::config::model::{Defaults, Endpoint, Service};
 use crate::proxy::body::UpstreamBody;
 use crate::resilience::concurrency::Concurrency;
 use crate::resilience::retry::RetryBudget;
+use health::{EndpointState, OutlierDetector};
 
 /// The pooled client type used for every upstream.
 pub type HttpClient = Client<HttpConnector, UpstreamBody>;
+
+pub mod health;
 
 /// One address to send requests to.
 #[derive(Debug, Clone)]
@@ -32,6 +35,8 @@ pub struct Target {
     pub addr: SocketAddr,
     /// `addr` as a URI authority, parsed once.
     pub authority: Authority,
+    /// Health and ejection state, shared across DNS refreshes while the address stays.
+    pub state: Arc<EndpointState>,
 }
 
 /// A service's endpoints and client.
@@ -45,32 +50,64 @@ pub struct Upstream {
     pub concurrency: Option<Concurrency>,
     /// How many retries this service may still get.
     pub budget: RetryBudget,
+    /// Passive outlier ejection, when on.
+    pub outlier: Option<OutlierDetector>,
+    epoch: Instant,
 }
 
 impl Upstream {
-    /// For a retry: another target than `avoid` when one exists, chosen at random
-    /// without moving the round-robin position (so a failing endpoint does not end up
-    /// with every first try).
+    /// For a retry: an available target other than `avoid` when one exists, chosen at
+    /// random without moving the round-robin position (so a failing endpoint does not
+    /// end up with every first try).
     pub fn pick_other(&self, avoid: Option<SocketAddr>) -> Option<Target> {
         let Some(avoid) = avoid else {
             return self.pick();
         };
         let targets = self.targets.load();
-        let n = targets.len();
-        match targets.iter().position(|t| t.addr == avoid) {
-            Some(pos) if n > 1 => Some(targets[(pos + 1 + fastrand::usize(..n - 1)) % n].clone()),
-            _ => targets.first().cloned(),
+        let others: Vec<&Target> = targets
+            .iter()
+            .filter(|t| t.addr != avoid && t.state.available())
+            .collect();
+        if others.is_empty() {
+            return targets
+                .iter()
+                .find(|t| t.addr == avoid && t.state.available())
+                .cloned();
         }
+        Some(others[fastrand::usize(..others.len())].clone())
     }
 
-    /// The next target in round-robin order, `None` when no address is known.
+    /// The next available target in round-robin order (ejected and unhealthy endpoints
+    /// are skipped); `None` when no address is known or none is available.
     pub fn pick(&self) -> Option<Target> {
         let targets = self.targets.load();
-        if targets.is_empty() {
+        let n = targets.len();
+        if n == 0 {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % targets.len();
-        Some(targets[i].clone())
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| &targets[(start + k) % n])
+            .find(|t| t.state.available())
+            .cloned()
+    }
+
+    /// Tell outlier detection how a try at `target` went.
+    pub fn record(&self, target: &Target, success: bool) {
+        if let Some(o) = &self.outlier {
+            let all: Vec<Arc<EndpointState>> = if success {
+                Vec::new()
+            } else {
+                self.targets
+                    .load()
+                    .iter()
+                    .map(|t| t.state.clone())
+                    .collect()
+            };
+            if o.record(&target.state, success, &all) {
+                tracing::warn!(service = %self.name, endpoint = %target.addr, "outlier: endpoint ejected");
+            }
+        }
     }
 
     /// Number of known addresses.
@@ -89,25 +126,38 @@ impl Upstream {
     }
 }
 
-fn target(addr: SocketAddr) -> Option<Target> {
+fn target(addr: SocketAddr, epoch: Instant) -> Option<Target> {
     let authority = Authority::try_from(addr.to_string().as_str()).ok()?;
-    Some(Target { addr, authority })
+    Some(Target {
+        addr,
+        authority,
+        state: Arc::new(EndpointState::new(epoch)),
+    })
+}
+
+/// New targets keep the state of the addresses that were already known.
+fn carry_state(new: &mut [Target], old: &[Target]) {
+    for t in new {
+        if let Some(o) = old.iter().find(|o| o.addr == t.addr) {
+            t.state = o.state.clone();
+        }
+    }
 }
 
 /// Resolve every endpoint; literal addresses need no lookup. Names that fail to resolve
 /// are reported in the error list and left out.
-async fn resolve(endpoints: &[Endpoint]) -> (Vec<Target>, Vec<String>) {
+async fn resolve(endpoints: &[Endpoint], epoch: Instant) -> (Vec<Target>, Vec<String>) {
     let mut out = Vec::new();
     let mut failed = Vec::new();
     for ep in endpoints {
         match ep.addr {
-            Some(a) => out.extend(target(a)),
+            Some(a) => out.extend(target(a, epoch)),
             None => match tokio::net::lookup_host((ep.host.as_str(), ep.port)).await {
                 Ok(addrs) => {
                     let mut addrs: Vec<SocketAddr> = addrs.collect();
                     addrs.sort();
                     addrs.dedup();
-                    out.extend(addrs.into_iter().filter_map(target));
+                    out.extend(addrs.into_iter().filter_map(|a| target(a, epoch)));
                 }
                 Err(e) => failed.push(format!("{ep}: {e}")),
             },
@@ -146,6 +196,20 @@ impl Registry {
         }
         let up = Arc::new(Self::build(service, defaults).await);
         spawn_dns_refresh(&up, service);
+        if let Some(check) = &service.health_check {
+            health::spawn_health_checks(
+                Arc::downgrade(&up),
+                check.clone(),
+                up.name.clone(),
+                |u: &Upstream| {
+                    u.targets
+                        .load()
+                        .iter()
+                        .map(|t| (t.addr, t.state.clone()))
+                        .collect()
+                },
+            );
+        }
         let mut live = self.lock();
         live.retain(|_, w| w.strong_count() > 0);
         live.insert(key, Arc::downgrade(&up));
@@ -167,7 +231,8 @@ impl Registry {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
-        let (targets, failed) = resolve(&service.endpoints).await;
+        let epoch = Instant::now();
+        let (targets, failed) = resolve(&service.endpoints, epoch).await;
         if !failed.is_empty() {
             tracing::warn!(service = %service.name, failed = ?failed, "endpoints did not resolve; retrying in the background");
         }
@@ -180,6 +245,11 @@ impl Registry {
                 .concurrency
                 .map(|(max, pending)| Concurrency::new(max, pending)),
             budget: RetryBudget::new(defaults.retry.budget_percent),
+            outlier: service
+                .outlier
+                .clone()
+                .map(|policy| OutlierDetector { policy }),
+            epoch,
         }
     }
 }
@@ -198,7 +268,8 @@ fn spawn_dns_refresh(up: &Arc<Upstream>, service: &Service) {
         loop {
             tokio::time::sleep(every).await;
             let Some(up) = weak.upgrade() else { return };
-            let (targets, failed) = resolve(&endpoints).await;
+            let (mut targets, failed) = resolve(&endpoints, up.epoch).await;
+            carry_state(&mut targets, &up.targets.load());
             if failed.is_empty() {
                 if failing {
                     tracing::info!(service = %up.name, "endpoints resolve again");

@@ -121,10 +121,12 @@ async fn always(status: u16) -> Upstream {
     .await
 }
 
+/// Outlier ejection is off here: these tests count retries, not ejections.
 fn retry_table(endpoints: &str, retry: &str) -> String {
     config(&format!(
         "[server]\naccess_log = \"off\"\n[defaults]\nretry = {retry}\n\
-         [services.s]\nendpoints = [{endpoints}]\n[[routes]]\nname = \"r\"\npath = \"/\"\nservice = \"s\"\n"
+         [services.s]\nendpoints = [{endpoints}]\noutlier = {{ enabled = false }}\n\
+         [[routes]]\nname = \"r\"\npath = \"/\"\nservice = \"s\"\n"
     ))
 }
 
@@ -231,4 +233,118 @@ async fn the_retry_budget_keeps_a_dead_service_near_its_own_traffic() {
         metrics.contains("switchyard_retry_budget_exhausted_total{service=\"s\"}"),
         "{metrics}"
     );
+}
+
+fn health_table(endpoints: &str, extra: &str) -> String {
+    config(&format!(
+        "[server]\naccess_log = \"off\"\n[defaults]\nretry = {{ attempts = 1 }}\n\
+         [services.s]\nendpoints = [{endpoints}]\n{extra}\n\
+         [[routes]]\nname = \"r\"\npath = \"/\"\nservice = \"s\"\n"
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoint_is_ejected_then_readmitted() {
+    let bad = always(503).await;
+    let good1 = always(200).await;
+    let good2 = always(200).await;
+    let gw = Gateway::start(&health_table(
+        &format!(
+            "{}, {}, {}",
+            bad.endpoint(),
+            good1.endpoint(),
+            good2.endpoint()
+        ),
+        "outlier = { consecutive_failures = 3, base_ejection = \"1s\", max_ejection_percent = 50 }",
+    ));
+    let c = client();
+    for _ in 0..30 {
+        get(&c, &gw.url("/x")).await;
+    }
+    assert_eq!(bad.hits(), 3, "ejected after its third failure in a row");
+    // After the ejection time it gets traffic again (and, still failing, is ejected
+    // again, for twice as long).
+    let deadline = Instant::now() + SOON;
+    while bad.hits() == 3 {
+        assert!(Instant::now() < deadline, "never readmitted");
+        get(&c, &gw.url("/x")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ejection_never_takes_more_than_the_max_share() {
+    let bad1 = always(503).await;
+    let bad2 = always(503).await;
+    let gw = Gateway::start(&health_table(
+        &format!("{}, {}", bad1.endpoint(), bad2.endpoint()),
+        "outlier = { consecutive_failures = 2, base_ejection = \"30s\", max_ejection_percent = 10 }",
+    ));
+    let c = client();
+    for _ in 0..20 {
+        // One of the two is ejected; the other keeps answering (503), never 'no_healthy_upstream'.
+        let a = get(&c, &gw.url("/x")).await;
+        assert_eq!(a.status, 503);
+        assert_eq!(a.body, "503");
+    }
+    assert!(bad1.hits().min(bad2.hits()) <= 2 && bad1.hits().max(bad2.hits()) >= 18);
+}
+
+/// An upstream whose /healthz answers `health`, everything else 200 naming itself.
+async fn with_health(name: &'static str, health: u16) -> Upstream {
+    Upstream::start(move |req| async move {
+        if req.uri().path() == "/healthz" {
+            let mut r = text("h");
+            *r.status_mut() = http::StatusCode::from_u16(health).unwrap();
+            return r;
+        }
+        text(name)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_health_checks_take_endpoints_out_and_all_down_is_fast_503() {
+    let sick = with_health("sick", 500).await;
+    let fine = with_health("fine", 200).await;
+    let gw = Gateway::start(&health_table(
+        &format!("{}, {}", sick.endpoint(), fine.endpoint()),
+        "health_check = { path = \"/healthz\", interval = \"100ms\", timeout = \"500ms\", healthy = 1, unhealthy = 2 }",
+    ));
+    let c = client();
+    // Once the checks have run twice, only `fine` gets traffic.
+    let deadline = Instant::now() + SOON;
+    loop {
+        let bodies: Vec<_> = bodies_of(&c, &gw, 6).await;
+        if bodies.iter().all(|b| b == "fine") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sick endpoint never taken out: {bodies:?}"
+        );
+    }
+    drop(fine);
+    // With every endpoint failing its checks, answers are immediate 503s.
+    let deadline = Instant::now() + SOON;
+    loop {
+        let started = Instant::now();
+        let a = get(&c, &gw.url("/x")).await;
+        if a.status == 503 && a.json()["error"] == "no_healthy_upstream" {
+            assert!(started.elapsed() < Duration::from_millis(500));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reported no_healthy_upstream"
+        );
+    }
+}
+
+async fn bodies_of(c: &TestClient, gw: &Gateway, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let a = get(c, &gw.url("/x")).await;
+        out.push(String::from_utf8_lossy(&a.body).into_owned());
+    }
+    out
 }
