@@ -37,20 +37,36 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
+    // Headers named in `Connection`. `keep-alive` and `close` are connection options
+    // (the `keep-alive` header is removed below anyway): no allocation for the usual
+    // `Connection: keep-alive`.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.to_str().ok().into_iter().flat_map(|v| v.split(',')) {
+            let t = token.trim();
+            if t.is_empty()
+                || t.eq_ignore_ascii_case("keep-alive")
+                || t.eq_ignore_ascii_case("close")
+            {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
+                named.push(n);
+            }
+        }
+    }
     for name in named {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP {
+    // Remove only the hop-by-hop headers that are present.
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    for name in present {
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
