@@ -27,6 +27,7 @@ pub mod config;
 pub mod demo;
 pub mod gateway;
 pub mod http;
+pub mod import;
 pub mod observe;
 pub mod proxy;
 pub mod reload;
