@@ -1,4 +1,4 @@
-//! Command line: `run` (default), `check`, `explain`, `demo`.
+//! Command line: `run` (default), `check`, `explain`, `import`, `demo`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -50,6 +50,8 @@ enum Command {
         /// `http://host/path?query` or `/path?query`.
         url: String,
     },
+    /// Translate an nginx configuration into a route table (stdout); notes on stderr.
+    Import { file: PathBuf },
     /// Run the shipped routes.toml with in-process demo backends for its services.
     Demo {
         #[arg(long, short, default_value = "routes.toml")]
@@ -66,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Run { config } => serve(config, false),
         Command::Demo { config } => serve(config, true),
         Command::Check { file } => check(&file),
+        Command::Import { file } => crate::import::run(&file),
         Command::Explain {
             config,
             json,
