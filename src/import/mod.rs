@@ -13,6 +13,7 @@
 //! service per server), `server` blocks give hosts, `location`s give routes, and the
 //! proxy/redirect directives give each route's action and filters.
 
+mod known;
 pub mod parse;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -35,7 +36,34 @@ pub struct Import {
 /// Read `path` (and its includes) and translate it.
 pub fn import_file(path: &Path) -> Result<Import, ParseError> {
     let tree = parse::parse_file(path)?;
+    check_known(&tree)?;
     Ok(translate(&tree, &path.display().to_string()))
+}
+
+/// nginx refuses a directive it does not know; so do we (a typo would otherwise only
+/// be a "not translated" note). The contents of blocks that hold data rather than
+/// directives (`types`, `map`, …) are not checked.
+pub fn check_known(tree: &[Directive]) -> Result<(), ParseError> {
+    for d in tree {
+        if !known::is_known(&d.name) {
+            let hint = known::suggest(&d.name)
+                .map(|k| format!(" (did you mean `{k}`?)"))
+                .unwrap_or_default();
+            return Err(ParseError {
+                file: d.file.to_string(),
+                line: d.line,
+                message: format!("unknown directive `{}`{hint}", d.name),
+            });
+        }
+        let data_block = matches!(
+            d.name.as_str(),
+            "types" | "map" | "geo" | "split_clients" | "charset_map" | "match"
+        );
+        if !data_block {
+            check_known(d.children())?;
+        }
+    }
+    Ok(())
 }
 
 /// The `switchyard import FILE` command: the table on stdout, the notes on stderr; exit

@@ -298,3 +298,17 @@ fn helpers() {
     assert_eq!(rewrite_prefixes("^/a/(.*)$", "/c/$1?x"), None);
     assert_eq!(regex_as_path("^/a.b/", false), None);
 }
+
+#[test]
+fn unknown_directives_are_errors_with_a_hint() {
+    let tree = parse::parse_str(
+        "http {\n types { text/html html; }\n server {\n  location / { proxy_pas http://a; }\n }\n}\n",
+        Path::new("n.conf"),
+    )
+    .unwrap();
+    let e = check_known(&tree).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "n.conf:4: error: unknown directive `proxy_pas` (did you mean `proxy_pass`?)"
+    );
+}
