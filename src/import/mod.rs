@@ -94,6 +94,10 @@ pub fn run(path: &Path) -> ExitCode {
 pub fn translate(tree: &[Directive], source: &str) -> Import {
     let mut t = Translator::default();
     t.run(tree);
+    sort_notes(&mut t.notes, tree);
+    // A setting inherited by several locations is reported once.
+    let mut seen = HashSet::new();
+    t.notes.retain(|n| seen.insert(n.clone()));
     Import {
         toml: t.render(source),
         notes: t.notes,
@@ -255,7 +259,7 @@ fn args_text(d: &Directive) -> String {
     for a in &d.args {
         s.push(' ');
         if a.is_empty() || a.contains(char::is_whitespace) {
-            s.push_str(&format!("\"{a}\""));
+            s.push_str(&format!("\"{}\"", a.escape_default()));
         } else {
             s.push_str(a);
         }
@@ -303,7 +307,16 @@ impl Translator {
         let defaults = default_servers(&servers);
         let mut hostless_seen = false;
         let mut no_root: Vec<(&Directive, String)> = Vec::new();
+        let https_redirects = https_redirect_servers(&servers);
         for (i, (server, settings)) in servers.iter().enumerate() {
+            if let Some((ret, tls)) = https_redirects.get(&i) {
+                let why = format!(
+                    "this plain-HTTP server only redirects to HTTPS, which the gateway does not terminate yet; the routes of the TLS server ({}) are translated instead",
+                    tls.at()
+                );
+                self.skip(ret, &why);
+                continue;
+            }
             let settings = settings.inherit(server.children());
             let (hostless, has_root, first) =
                 self.server(server, &settings, defaults.contains(&i), &servers);
@@ -448,7 +461,23 @@ impl Translator {
     }
 
     /// The gateway has one plain-HTTP listen address: the first `listen` in the file.
+    /// The first plain-HTTP `listen` (the gateway does not terminate TLS yet), else the
+    /// first `listen`.
     fn choose_listen(&mut self, servers: &[(&Directive, Settings)]) {
+        for (s, _) in servers {
+            for l in s.children().iter().filter(|d| d.name == "listen") {
+                if !l.args.iter().any(|a| a == "ssl")
+                    && let Some(addr) = l.args.first().and_then(|a| listen_addr(a))
+                {
+                    self.listen = Some((addr, l.at()));
+                    return;
+                }
+            }
+            if !s.children().iter().any(|d| d.name == "listen") {
+                self.listen = Some(("0.0.0.0:80".into(), s.at()));
+                return;
+            }
+        }
         for (s, _) in servers {
             for l in s.children().iter().filter(|d| d.name == "listen") {
                 if let Some(addr) = l.args.first().and_then(|a| listen_addr(a)) {
@@ -637,7 +666,7 @@ impl Translator {
             return (hosts.contains(&None), true, first);
         }
         for r in &server_rewrites {
-            self.server_rewrite(r, &hosts);
+            self.server_rewrite(r, &hosts, &locations);
         }
         for loc in &locations {
             self.location(loc, &locations, settings, &hosts, &names);
@@ -710,10 +739,24 @@ impl Translator {
 
     /// A server-level rewrite runs before location matching: only redirects (flag
     /// `permanent`/`redirect`) translate, as a route of their own.
-    fn server_rewrite(&mut self, d: &Directive, hosts: &[Option<String>]) {
+    fn server_rewrite(&mut self, d: &Directive, hosts: &[Option<String>], locations: &[Loc<'_>]) {
         let Some(rw) = self.simple_rewrite(d) else {
             return;
         };
+        // The rewrite runs before any location is chosen; as a route it would lose to
+        // longer locations below its prefix.
+        if let Some(o) = locations.iter().find(|o| {
+            let lit = o.path.trim_start_matches('^');
+            lit.starts_with(&rw.from) && lit.len() > rw.from.len()
+        }) {
+            let why = format!(
+                "`location {}` ({}) would take precedence over this redirect in the gateway",
+                o.path,
+                o.d.at()
+            );
+            self.skip(d, &why);
+            return;
+        }
         match rw.flag {
             RewriteFlag::Redirect(status) => {
                 let action = Action::Redirect(Redirect {
@@ -1435,6 +1478,32 @@ fn render_proxy(out: &mut String, p: &Proxy) {
 
 // === helpers (pure) ===
 
+/// Order notes by file (in the order the files were read) and line.
+fn sort_notes(notes: &mut [String], tree: &[Directive]) {
+    fn files(list: &[Directive], out: &mut Vec<String>) {
+        for d in list {
+            if !out.iter().any(|f| **f == *d.file) {
+                out.push(d.file.to_string());
+            }
+            files(d.children(), out);
+        }
+    }
+    let mut order = Vec::new();
+    files(tree, &mut order);
+    let key = |n: &String| -> (usize, usize) {
+        for (i, f) in order.iter().enumerate() {
+            if let Some(rest) = n.strip_prefix(f.as_str()).and_then(|r| r.strip_prefix(':')) {
+                let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+                if let Ok(line) = digits.parse() {
+                    return (i, line);
+                }
+            }
+        }
+        (usize::MAX, 0)
+    };
+    notes.sort_by_key(key);
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RewriteFlag {
     Break,
@@ -1518,6 +1587,63 @@ fn same_port(a: &str, b: &str) -> bool {
     port_of(a) == port_of(b)
         && (a.starts_with("0.0.0.0:") || a.starts_with("[::]:"))
         && (b.starts_with("0.0.0.0:") || b.starts_with("[::]:"))
+}
+
+/// The names a server answers to (`""` for none).
+fn names_of(s: &Directive) -> Vec<String> {
+    let names: Vec<String> = s
+        .children()
+        .iter()
+        .filter(|d| d.name == "server_name")
+        .flat_map(|d| d.args.iter())
+        .filter_map(|a| server_name(a).ok())
+        .flatten()
+        .collect();
+    if names.is_empty() {
+        vec![String::new()]
+    } else {
+        names
+    }
+}
+
+/// Plain-HTTP servers whose only job is `return 30x https://…` for a name that a TLS
+/// server also answers: index -> (the return, the TLS server).
+fn https_redirect_servers<'a>(
+    servers: &[(&'a Directive, Settings)],
+) -> HashMap<usize, (&'a Directive, &'a Directive)> {
+    let is_tls = |s: &Directive| {
+        s.children()
+            .iter()
+            .any(|d| d.name == "listen" && d.args.iter().any(|a| a == "ssl"))
+    };
+    let mut out = HashMap::new();
+    for (i, (s, _)) in servers.iter().enumerate() {
+        if is_tls(s) || s.children().iter().any(|d| d.name == "location") {
+            continue;
+        }
+        let Some(ret) = s.children().iter().find(|d| d.name == "return") else {
+            continue;
+        };
+        let redirects_to_https = match ret.args.as_slice() {
+            [code, url] => {
+                matches!(code.as_str(), "301" | "302" | "307" | "308")
+                    && url.starts_with("https://")
+            }
+            [url] => url.starts_with("https://"),
+            _ => false,
+        };
+        if !redirects_to_https {
+            continue;
+        }
+        let mine = names_of(s);
+        if let Some((tls, _)) = servers
+            .iter()
+            .find(|(o, _)| is_tls(o) && names_of(o).iter().any(|n| mine.contains(n)))
+        {
+            out.insert(i, (ret, *tls));
+        }
+    }
+    out
 }
 
 /// The index of every server that is the default for one of its ports.
@@ -1681,29 +1807,6 @@ fn regex_as_path(re: &str, case_insensitive: bool) -> Option<PathKind> {
 fn regex_conflict(p: &PathKind, this: &Loc<'_>, all: &[Loc<'_>]) -> Option<String> {
     let lit = p.text();
     for o in all {
-        if std::ptr::eq(o.d, this.d) {
-            break;
-        }
-        if o.modifier.starts_with('~') {
-            let overlaps = match regex_as_path(&o.path, o.modifier == "~*") {
-                Some(PathKind::Prefix(op)) => {
-                    lit.starts_with(&op) || op.starts_with(lit) && !matches!(p, PathKind::Exact(_))
-                }
-                Some(PathKind::Exact(op)) => match p {
-                    PathKind::Exact(_) => op == lit,
-                    PathKind::Prefix(_) => op.starts_with(lit),
-                },
-                None => true,
-            };
-            if overlaps {
-                return Some(format!(
-                    "the earlier regular-expression location ({}) is tried first in nginx and may match the same paths",
-                    o.d.at()
-                ));
-            }
-        }
-    }
-    for o in all {
         if o.modifier == "^~" && lit.starts_with(&o.path) {
             return Some(format!(
                 "`location ^~ {}` ({}) stops nginx from trying regular expressions for these paths",
@@ -1721,6 +1824,26 @@ fn regex_conflict(p: &PathKind, this: &Loc<'_>, all: &[Loc<'_>]) -> Option<Strin
                 o.path,
                 o.d.at()
             ));
+        }
+    }
+    for o in all {
+        if std::ptr::eq(o.d, this.d) {
+            break;
+        }
+        if o.modifier.starts_with('~') {
+            // An earlier regex wins in nginx. When it is itself a literal prefix or
+            // path, the gateway agrees unless it covers all of this one's paths.
+            let shadows = match regex_as_path(&o.path, o.modifier == "~*") {
+                Some(PathKind::Prefix(op)) => lit.starts_with(&op),
+                Some(PathKind::Exact(op)) => matches!(p, PathKind::Exact(_)) && op == lit,
+                None => true,
+            };
+            if shadows {
+                return Some(format!(
+                    "the earlier regular-expression location ({}) is tried first in nginx and may match the same paths",
+                    o.d.at()
+                ));
+            }
         }
     }
     None
@@ -1848,7 +1971,19 @@ fn parse_redirect_url(url: &str, names: &[String]) -> Result<Redirect, String> {
                 Some(v) => v.len(),
                 None => rest.find(['/', '$']).unwrap_or(rest.len()),
             };
-            let (authority, path) = rest.split_at(end);
+            let (authority, mut path) = rest.split_at(end);
+            if var.is_some()
+                && let Some(after) = path.strip_prefix(':')
+            {
+                let digits = after
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(after.len());
+                match after[..digits].parse::<u16>() {
+                    Ok(p) if p > 0 => r.port = Some(p),
+                    _ => return Err("invalid port in the redirect URL".into()),
+                }
+                path = &after[digits..];
+            }
             match authority {
                 "$host" | "$http_host" => {}
                 "$server_name" => match names.first() {

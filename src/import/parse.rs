@@ -5,7 +5,8 @@
 //! directives are `name args… ;`, blocks are `name args… { … }`, arguments may be
 //! quoted with `"` or `'` (with backslash escapes), `#` starts a comment only at the
 //! start of a token, `$var` and `${var}` stay text. `include` is expanded in place
-//! (glob patterns, relative to the including file's directory, recursively), so the
+//! (glob patterns, relative to the including file's directory or, failing that, to the
+//! main file's directory as nginx does it; recursively), so the
 //! translator sees one tree in which every directive still knows its file and line.
 //!
 //! Malformed input (unbalanced braces, unterminated quotes, include loops, missing
@@ -69,14 +70,17 @@ pub fn parse_file(path: &Path) -> Result<Vec<Directive>, ParseError> {
         line: 0,
         message: format!("cannot read: {e}"),
     })?;
-    let mut stack = vec![canonical(path)];
-    parse_source(&src, &name, path, &mut stack)
+    let mut stack = vec![(canonical(path), name.clone())];
+    let root = path.parent().unwrap_or(Path::new("")).to_path_buf();
+    parse_source(&src, &name, path, &root, &mut stack)
 }
 
 /// Parse text that claims to come from `path` (used for includes relative to it).
 pub fn parse_str(src: &str, path: &Path) -> Result<Vec<Directive>, ParseError> {
-    let mut stack = vec![canonical(path)];
-    parse_source(src, &path.display().to_string(), path, &mut stack)
+    let name = path.display().to_string();
+    let mut stack = vec![(canonical(path), name.clone())];
+    let root = path.parent().unwrap_or(Path::new("")).to_path_buf();
+    parse_source(src, &name, path, &root, &mut stack)
 }
 
 fn canonical(p: &Path) -> PathBuf {
@@ -87,7 +91,8 @@ fn parse_source(
     src: &str,
     name: &str,
     path: &Path,
-    stack: &mut Vec<PathBuf>,
+    root: &Path,
+    stack: &mut Vec<(PathBuf, String)>,
 ) -> Result<Vec<Directive>, ParseError> {
     let file: Arc<str> = Arc::from(name);
     let mut lexer = Lexer {
@@ -96,7 +101,7 @@ fn parse_source(
         line: 1,
         file: file.clone(),
     };
-    let mut ctx = Ctx { path, stack };
+    let mut ctx = Ctx { path, root, stack };
     let (list, end) = parse_block(&mut lexer, &mut ctx, None)?;
     debug_assert!(matches!(end, Tok::Eof));
     Ok(list)
@@ -104,7 +109,10 @@ fn parse_source(
 
 struct Ctx<'a> {
     path: &'a Path,
-    stack: &'a mut Vec<PathBuf>,
+    /// The main file's directory: nginx's own base for relative includes.
+    root: &'a Path,
+    /// The files being read (canonical path, name for messages), outermost first.
+    stack: &'a mut Vec<(PathBuf, String)>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -181,9 +189,10 @@ impl Lexer {
             Some(q @ ('"' | '\'')) => {
                 self.bump();
                 let word = self.quoted(q, line)?;
-                // nginx: a closing quote must be followed by a separator.
+                // nginx: a closing quote must be followed by a separator (`)` ends
+                // an `if` condition and becomes a token of its own).
                 match self.peek() {
-                    None | Some(';' | '{' | '}') => {}
+                    None | Some(';' | '{' | ')') => {}
                     Some(c) if c.is_whitespace() => {}
                     Some(c) => {
                         return Err(
@@ -353,23 +362,32 @@ fn include(
     let [pattern] = args else {
         return Err(lx.err(line, "`include` takes exactly one argument"));
     };
+    // Relative to the including file's directory; failing that, relative to the main
+    // file's directory, which is what nginx itself does (its conf prefix).
     let base = ctx.path.parent().unwrap_or(Path::new(""));
     let full = base.join(pattern);
+    let fallback = ctx.root.join(pattern);
     let files = if has_glob(pattern) {
-        glob(&full).map_err(|e| lx.err(line, format!("include `{pattern}`: {e}")))?
-    } else {
-        if !full.is_file() {
-            return Err(lx.err(
-                line,
-                format!("include `{pattern}`: no such file `{}`", full.display()),
-            ));
+        let found = glob(&full);
+        if found.is_empty() && fallback != full {
+            glob(&fallback)
+        } else {
+            found
         }
+    } else if full.is_file() {
         vec![full]
+    } else if fallback.is_file() {
+        vec![fallback]
+    } else {
+        return Err(lx.err(
+            line,
+            format!("include `{pattern}`: no such file `{}`", full.display()),
+        ));
     };
     let mut out = Vec::new();
     for f in files {
         let canon = canonical(&f);
-        if ctx.stack.contains(&canon) {
+        if ctx.stack.iter().any(|(p, _)| *p == canon) {
             return Err(lx.err(
                 line,
                 format!(
@@ -377,7 +395,7 @@ fn include(
                     f.display(),
                     ctx.stack
                         .iter()
-                        .map(|p| p.display().to_string())
+                        .map(|(_, name)| name.as_str())
                         .collect::<Vec<_>>()
                         .join(" -> ")
                 ),
@@ -391,8 +409,8 @@ fn include(
         }
         let src = std::fs::read_to_string(&f)
             .map_err(|e| lx.err(line, format!("include `{}`: {e}", f.display())))?;
-        ctx.stack.push(canon);
-        let parsed = parse_source(&src, &f.display().to_string(), &f, ctx.stack);
+        ctx.stack.push((canon, f.display().to_string()));
+        let parsed = parse_source(&src, &f.display().to_string(), &f, ctx.root, ctx.stack);
         ctx.stack.pop();
         out.extend(parsed?);
     }
@@ -405,7 +423,7 @@ fn has_glob(s: &str) -> bool {
 
 /// Expand a glob pattern component by component (like glob(3): `*` and `?` do not
 /// match a leading `.`), sorted, files only.
-fn glob(pattern: &Path) -> Result<Vec<PathBuf>, String> {
+fn glob(pattern: &Path) -> Vec<PathBuf> {
     let mut current: Vec<PathBuf> = vec![PathBuf::new()];
     let comps: Vec<_> = pattern.components().collect();
     for (i, comp) in comps.iter().enumerate() {
@@ -443,7 +461,7 @@ fn glob(pattern: &Path) -> Result<Vec<PathBuf>, String> {
         current = next;
     }
     current.retain(|p| p.is_file());
-    Ok(current)
+    current
 }
 
 /// `*`, `?` and `[…]` (with `!`/`^` negation and ranges) against a file name.
@@ -523,6 +541,8 @@ mod tests {
         assert_eq!(d[2].args, vec!["~", "^/a{2}$"]);
         // As in nginx, an unquoted `{` in a regex opens a block.
         assert!(parse("location ~ ^/a{2}$ { }").is_err());
+        let d = parse("if ($a = \"1\") { }").unwrap();
+        assert_eq!(d[0].args, vec!["($a", "=", "1", ")"]);
     }
 
     #[test]
@@ -611,6 +631,22 @@ mod tests {
     }
 
     #[test]
+    fn includes_fall_back_to_the_main_files_directory() {
+        let dir = tree(&[
+            ("main.conf", "include sites/a.conf;\n"),
+            (
+                "sites/a.conf",
+                "include snippets/p.conf;\ninclude snippets/*.glob;\n",
+            ),
+            ("snippets/p.conf", "p;\n"),
+            ("snippets/q.glob", "q;\n"),
+        ]);
+        let d = parse_file(&dir.path().join("main.conf")).unwrap();
+        let names: Vec<_> = d.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, vec!["p", "q"]);
+    }
+
+    #[test]
     fn an_empty_glob_is_fine() {
         let dir = tree(&[("main.conf", "include none/*.conf;\na;\n")]);
         let d = parse_file(&dir.path().join("main.conf")).unwrap();
@@ -639,6 +675,7 @@ mod tests {
         assert!(e.file.ends_with("sub/a.conf"), "{e}");
         assert_eq!(e.line, 3);
         assert!(e.message.starts_with("include loop:"), "{e}");
+        assert!(e.message.contains("main.conf -> "), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod support;
 mod bad_input;
 mod check;
 mod filters;
+mod import;
 mod proxying;
 mod reload;
 mod routing;
