@@ -942,6 +942,35 @@ impl Translator {
                 Action::Proxy(proxy.clone()),
             );
         }
+        // nginx answers `/api` with a 301 to `/api/` for a proxied `location /api/`,
+        // unless a location for `/api` itself exists.
+        if let PathKind::Prefix(p) = &path
+            && !from_regex
+            && p.len() > 1
+            && p.ends_with('/')
+        {
+            let bare = p.trim_end_matches('/');
+            if !all
+                .iter()
+                .any(|o| !o.modifier.starts_with('~') && o.path == bare)
+            {
+                let action = Action::Redirect(Redirect {
+                    path: Some(p.clone()),
+                    status: 301,
+                    ..Redirect::default()
+                });
+                let at = format!("{} (nginx redirects `{bare}` to `{p}`)", d.at());
+                for h in hosts {
+                    self.push_route(
+                        d,
+                        at.clone(),
+                        h.clone(),
+                        PathKind::Exact(bare.to_string()),
+                        action.clone(),
+                    );
+                }
+            }
+        }
         if let Some((rw, r)) = extra {
             let action = match rw.flag {
                 RewriteFlag::Break => Action::Proxy(Proxy {
@@ -1279,6 +1308,12 @@ impl Translator {
                 if r.scheme.is_none() && r.host.is_none() && r.port.is_none() && r.path.is_none() {
                     self.skip(d, "the redirect points at the request itself");
                     return None;
+                }
+                if r.path.is_some() {
+                    self.note(
+                        d,
+                        "the gateway appends the request's query string to the redirect; nginx does not for a fixed URL",
+                    );
                 }
                 Some(r)
             }

@@ -312,3 +312,18 @@ fn unknown_directives_are_errors_with_a_hint() {
         "n.conf:4: error: unknown directive `proxy_pas` (did you mean `proxy_pass`?)"
     );
 }
+
+#[test]
+fn a_proxied_location_with_a_slash_redirects_the_bare_path_like_nginx() {
+    let out = imp(
+        "server {\n location /api/ { proxy_pass http://a:1; }\n location /b/ { proxy_pass http://a:1; }\n location = /b { proxy_pass http://a:1; }\n location /c/ { return 301 /x; }\n}\n",
+    );
+    has(&out, "name = \"default-api-exact\"");
+    has(&out, "redirect = { path = \"/api/\", status = 301 }");
+    assert!(!out.toml.contains("path = \"/b/\", status"), "{}", out.toml);
+    assert!(!out.toml.contains("path = \"/c/\", status"), "{}", out.toml);
+    noted(
+        &out,
+        "n.conf:5: note: `return 301 /x`: the gateway appends the request's query string",
+    );
+}
