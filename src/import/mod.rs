@@ -244,6 +244,11 @@ struct Translator {
     route_names: HashSet<String>,
     route_keys: HashMap<(Option<String>, bool, String), (String, String)>,
     listen: Option<(String, String)>,
+    /// While one server is translated: each location's route action (by index).
+    actions: Vec<Option<(PathKind, Action)>>,
+    /// While one server is translated: prefix routes ending in `/` whose bare path
+    /// (`/api` for `/api/`) nginx does not send to them, with the directive to cite.
+    bare: Vec<(String, Directive)>,
 }
 
 /// Directives that are settings handled through [`Settings`].
@@ -665,12 +670,15 @@ impl Translator {
             }
             return (hosts.contains(&None), true, first);
         }
+        self.actions = vec![None; locations.len()];
+        self.bare.clear();
         for r in &server_rewrites {
             self.server_rewrite(r, &hosts, &locations);
         }
-        for loc in &locations {
-            self.location(loc, &locations, settings, &hosts, &names);
+        for (i, loc) in locations.iter().enumerate() {
+            self.location(i, loc, &locations, settings, &hosts, &names);
         }
+        self.bare_paths(&locations, &hosts);
         (hosts.contains(&None), has_root, first)
     }
 
@@ -765,8 +773,15 @@ impl Translator {
                     ..Redirect::default()
                 });
                 for h in hosts {
-                    self.push_route(d, d.at(), h.clone(), PathKind::Prefix(rw.from.clone()), action.clone());
+                    self.push_route(
+                        d,
+                        d.at(),
+                        h.clone(),
+                        PathKind::Prefix(rw.from.clone()),
+                        action.clone(),
+                    );
                 }
+                self.bare.push((rw.from.clone(), d.clone()));
             }
             RewriteFlag::Break => self.skip(
                 d,
@@ -777,6 +792,7 @@ impl Translator {
 
     fn location(
         &mut self,
+        idx: usize,
         loc: &Loc<'_>,
         all: &[Loc<'_>],
         settings: &Settings,
@@ -841,15 +857,8 @@ impl Translator {
             for c in d.children().iter().filter(|c| c.name == "add_header") {
                 self.skip(c, "a redirect route cannot set response headers");
             }
-            for h in hosts {
-                self.push_route(
-                    d,
-                    d.at(),
-                    h.clone(),
-                    path.clone(),
-                    Action::Redirect(action.clone()),
-                );
-            }
+            let action = Action::Redirect(action);
+            self.location_routes(idx, d, &path, from_regex, action, hosts);
             return;
         }
         // Rewrites: at most one simple one, applied to this location or to a
@@ -910,9 +919,7 @@ impl Translator {
             if let Some(pp) = proxy_pass {
                 self.skip(pp, "the redirecting `rewrite` answers first");
             }
-            for h in hosts {
-                self.push_route(d, d.at(), h.clone(), path.clone(), action.clone());
-            }
+            self.location_routes(idx, d, &path, from_regex, action, hosts);
             return;
         }
         let Some(pp) = proxy_pass else {
@@ -933,15 +940,14 @@ impl Translator {
                 PathKind::Prefix(_) => proxy.rewrite_prefix = Some(rw.to.clone()),
             }
         }
-        for h in hosts {
-            self.push_route(
-                d,
-                d.at(),
-                h.clone(),
-                path.clone(),
-                Action::Proxy(proxy.clone()),
-            );
-        }
+        self.location_routes(
+            idx,
+            d,
+            &path,
+            from_regex,
+            Action::Proxy(proxy.clone()),
+            hosts,
+        );
         // nginx answers `/api` with a 301 to `/api/` for a proxied `location /api/`,
         // unless a location for `/api` itself exists.
         if let PathKind::Prefix(p) = &path
@@ -992,6 +998,106 @@ impl Translator {
                     PathKind::Prefix(rw.from.clone()),
                     action.clone(),
                 );
+            }
+            self.bare.push((rw.from.clone(), r.clone()));
+        }
+    }
+
+    /// The routes of one location (one per host), remembered for the bare-path pass;
+    /// a prefix without a trailing `/` gets a note (nginx's prefixes are not
+    /// segment-bounded).
+    fn location_routes(
+        &mut self,
+        idx: usize,
+        d: &Directive,
+        path: &PathKind,
+        from_regex: bool,
+        action: Action,
+        hosts: &[Option<String>],
+    ) {
+        for h in hosts {
+            self.push_route(d, d.at(), h.clone(), path.clone(), action.clone());
+        }
+        if let PathKind::Prefix(p) = path
+            && p != "/"
+        {
+            if !p.ends_with('/') {
+                let msg = format!(
+                    "nginx also matches paths that merely start with `{p}` (`{p}x`, `{p}-y`); the gateway matches `{p}` on segment boundaries only"
+                );
+                self.note(d, &msg);
+            } else if from_regex || matches!(action, Action::Redirect(_)) {
+                // nginx's own 301 from `/api` to `/api/` exists only for proxied
+                // static prefixes (see `location`).
+                self.bare.push((p.clone(), d.clone()));
+            }
+        }
+        if let Some(slot) = self.actions.get_mut(idx) {
+            *slot = Some((path.clone(), action));
+        }
+    }
+
+    /// `/api/` also matches `/api` in the gateway; nginx sends `/api` wherever its
+    /// own location search leads. Give the bare path an exact route with that
+    /// location's action, or report that it cannot.
+    fn bare_paths(&mut self, locations: &[Loc<'_>], hosts: &[Option<String>]) {
+        for (slash, d) in std::mem::take(&mut self.bare) {
+            let bare = slash.trim_end_matches('/').to_string();
+            if bare.is_empty()
+                || locations
+                    .iter()
+                    .any(|o| !o.modifier.starts_with('~') && o.path == bare)
+            {
+                continue;
+            }
+            match nginx_location(&bare, locations) {
+                Choice::Loc(i) => match self.actions.get(i).cloned().flatten() {
+                    Some((lpath, action)) => match bare_action(&lpath, &action, &bare) {
+                        Some(a) => {
+                            let at = format!(
+                                "{} (nginx answers `{bare}` from the location at {})",
+                                d.at(),
+                                locations[i].d.at()
+                            );
+                            for h in hosts {
+                                self.push_route(
+                                    &d,
+                                    at.clone(),
+                                    h.clone(),
+                                    PathKind::Exact(bare.clone()),
+                                    a.clone(),
+                                );
+                            }
+                        }
+                        None => {
+                            let msg = format!(
+                                "nginx answers `{bare}` from the location at {}, whose rewrite of it is not a normalised path; the gateway answers it from the route for `{slash}`",
+                                locations[i].d.at()
+                            );
+                            self.note(&d, &msg);
+                        }
+                    },
+                    None => {
+                        let msg = format!(
+                            "nginx answers `{bare}` from the location at {}, which is not translated; the gateway answers it from the route for `{slash}`",
+                            locations[i].d.at()
+                        );
+                        self.note(&d, &msg);
+                    }
+                },
+                Choice::Regex(i) => {
+                    let msg = format!(
+                        "the regular-expression location at {} may answer `{bare}` in nginx; the gateway answers it from the route for `{slash}`",
+                        locations[i].d.at()
+                    );
+                    self.note(&d, &msg);
+                }
+                Choice::None => {
+                    let msg = format!(
+                        "nginx has no location for `{bare}`; the gateway answers it from the route for `{slash}` (a prefix also matches its path without the trailing `/`)"
+                    );
+                    self.note(&d, &msg);
+                }
             }
         }
     }
@@ -1054,8 +1160,6 @@ impl Translator {
                         self.note(pp, &format!("nginx maps `{lp}/x` to `{uri}/x` (a double slash); the gateway forwards `{}/x`", uri.trim_end_matches('/')));
                     } else if loc_slash && !uri_slash {
                         self.note(pp, &format!("nginx maps `{lp}x` to `{uri}x` (segments run together); the gateway forwards `{uri}/x`"));
-                    } else if !loc_slash && lp != "/" {
-                        self.note(pp, &format!("nginx also matches `{lp}x` and forwards `{uri}x`; the gateway matches `{lp}` on segment boundaries only"));
                     }
                     proxy.rewrite_prefix = Some(uri.to_string());
                 }
@@ -1512,6 +1616,120 @@ fn render_proxy(out: &mut String, p: &Proxy) {
 }
 
 // === helpers (pure) ===
+
+/// Which location nginx picks for a path.
+enum Choice {
+    Loc(usize),
+    /// A regular expression that may match (we do not evaluate regexes).
+    Regex(usize),
+    None,
+}
+
+/// nginx's location search: `=` exact, then the longest prefix; a `^~` prefix stops
+/// there, otherwise the first matching regex in file order wins over the prefix.
+fn nginx_location(path: &str, locs: &[Loc<'_>]) -> Choice {
+    if let Some(i) = locs
+        .iter()
+        .position(|l| l.modifier == "=" && l.path == path)
+    {
+        return Choice::Loc(i);
+    }
+    let prefix = locs
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| (l.modifier.is_empty() || l.modifier == "^~") && path.starts_with(&l.path))
+        .max_by_key(|(_, l)| l.path.len())
+        .map(|(i, _)| i);
+    if let Some(i) = prefix
+        && locs[i].modifier == "^~"
+    {
+        return Choice::Loc(i);
+    }
+    for (i, l) in locs.iter().enumerate() {
+        if !l.modifier.starts_with('~') {
+            continue;
+        }
+        match regex_as_path(&l.path, l.modifier == "~*") {
+            Some(PathKind::Prefix(lit)) if path.starts_with(&lit) => return Choice::Loc(i),
+            Some(PathKind::Exact(lit)) if path == lit => return Choice::Loc(i),
+            Some(_) => {}
+            None if regex_may_match(&l.path, path, l.modifier == "~*") => return Choice::Regex(i),
+            None => {}
+        }
+    }
+    prefix.map_or(Choice::None, Choice::Loc)
+}
+
+/// Conservative: false only when the regex surely does not match `path` (its
+/// anchored literal start differs, or it needs a literal `.` that `path` lacks).
+fn regex_may_match(re: &str, path: &str, case_insensitive: bool) -> bool {
+    let (re, path) = if case_insensitive {
+        (re.to_ascii_lowercase(), path.to_ascii_lowercase())
+    } else {
+        (re.to_string(), path.to_string())
+    };
+    if re.contains("\\.") && !path.contains('.') {
+        return false;
+    }
+    match re.strip_prefix('^') {
+        Some(body) => {
+            let mut lit = String::new();
+            let mut chars = body.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => match chars.next() {
+                        Some(n) if !n.is_ascii_alphanumeric() => lit.push(n),
+                        _ => break,
+                    },
+                    c if c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '~') => {
+                        lit.push(c)
+                    }
+                    // `x?`, `x*`, `x{0}` make the last literal optional.
+                    '?' | '*' | '{' => {
+                        lit.pop();
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+            path.starts_with(&lit)
+        }
+        None => true,
+    }
+}
+
+/// The action of a prefix location applied to one path it matches, as an exact route:
+/// nginx replaces the matched prefix with the URI, so `/v2/` + the rest.
+fn bare_action(lpath: &PathKind, action: &Action, path: &str) -> Option<Action> {
+    let PathKind::Prefix(p) = lpath else {
+        return Some(action.clone());
+    };
+    let Some(rest) = path.strip_prefix(p.as_str()) else {
+        return Some(action.clone());
+    };
+    let full = |u: &str| {
+        let f = format!("{u}{rest}");
+        is_route_path(&f).then_some(f)
+    };
+    Some(match action {
+        Action::Proxy(px) => match &px.rewrite_prefix {
+            Some(u) => Action::Proxy(Proxy {
+                rewrite_prefix: None,
+                rewrite_path: Some(full(u)?),
+                ..px.clone()
+            }),
+            None => action.clone(),
+        },
+        Action::Redirect(rd) => match &rd.prefix {
+            Some(u) => Action::Redirect(Redirect {
+                prefix: None,
+                path: Some(full(u)?),
+                ..rd.clone()
+            }),
+            None => action.clone(),
+        },
+    })
+}
 
 /// Order notes by file (in the order the files were read) and line.
 fn sort_notes(notes: &mut [String], tree: &[Directive]) {

@@ -75,7 +75,10 @@ fn slash_mismatches_are_reported() {
         &out,
         "n.conf:2: note: `proxy_pass http://h:1/v3/`: nginx maps `/b/x` to `/v3//x`",
     );
-    noted(&out, "nginx also matches `/cx`");
+    noted(
+        &out,
+        "n.conf:3: note: `location /c`: nginx also matches paths that merely start with `/c`",
+    );
 }
 
 #[test]
@@ -326,4 +329,37 @@ fn a_proxied_location_with_a_slash_redirects_the_bare_path_like_nginx() {
         &out,
         "n.conf:5: note: `return 301 /x`: the gateway appends the request's query string",
     );
+}
+
+#[test]
+fn bare_paths_of_slash_routes_go_where_nginx_sends_them() {
+    let out = imp(concat!(
+        "server {\n",
+        " location / { proxy_pass http://a:1/app/; }\n",
+        " location /blog/ { return 302 https://blog.example.com/; }\n",
+        " location ~ ^/api/v1/ { proxy_pass http://b:1; }\n",
+        " location ~ ^/im(g|ages)/ { proxy_pass http://b:1; }\n",
+        " location /img/ { return 301 /images/; }\n",
+        "}\n"
+    ));
+    // `/blog` and `/api/v1` are answered by `location /` in nginx.
+    has(
+        &out,
+        "# from n.conf:3 (nginx answers `/blog` from the location at n.conf:2)",
+    );
+    has(&out, "exact = \"/blog\"");
+    has(&out, "rewrite = { path = \"/app/blog\", host = \"a:1\" }");
+    has(&out, "exact = \"/api/v1\"");
+    has(&out, "rewrite = { path = \"/app/api/v1\", host = \"a:1\" }");
+    // `/img` may match the earlier regex, which is not evaluated: reported.
+    noted(
+        &out,
+        "n.conf:6: note: `location /img/`: the regular-expression location at n.conf:5 may answer `/img`",
+    );
+}
+
+#[test]
+fn a_bare_path_without_any_nginx_location_is_reported() {
+    let out = imp("server { location /blog/ { return 302 https://blog.example.com/; } }");
+    noted(&out, "nginx has no location for `/blog`");
 }

@@ -7,6 +7,7 @@ mod bad_input;
 mod check;
 mod filters;
 mod import;
+mod import_nginx;
 mod proxying;
 mod reload;
 mod routing;
