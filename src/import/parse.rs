@@ -20,6 +20,10 @@ use std::sync::Arc;
 /// games defeat path comparison).
 const MAX_INCLUDE_DEPTH: usize = 32;
 
+/// How deep blocks may nest: real configurations use a handful of levels; the bound
+/// keeps a hostile file from exhausting the stack.
+const MAX_BLOCK_DEPTH: usize = 64;
+
 /// One directive with its arguments and, for blocks, its children.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Directive {
@@ -72,7 +76,7 @@ pub fn parse_file(path: &Path) -> Result<Vec<Directive>, ParseError> {
     })?;
     let mut stack = vec![(canonical(path), name.clone())];
     let root = path.parent().unwrap_or(Path::new("")).to_path_buf();
-    parse_source(&src, &name, path, &root, &mut stack)
+    parse_source(&src, &name, path, &root, &mut stack, 0)
 }
 
 /// Parse text that claims to come from `path` (used for includes relative to it).
@@ -80,7 +84,7 @@ pub fn parse_str(src: &str, path: &Path) -> Result<Vec<Directive>, ParseError> {
     let name = path.display().to_string();
     let mut stack = vec![(canonical(path), name.clone())];
     let root = path.parent().unwrap_or(Path::new("")).to_path_buf();
-    parse_source(src, &name, path, &root, &mut stack)
+    parse_source(src, &name, path, &root, &mut stack, 0)
 }
 
 fn canonical(p: &Path) -> PathBuf {
@@ -93,6 +97,7 @@ fn parse_source(
     path: &Path,
     root: &Path,
     stack: &mut Vec<(PathBuf, String)>,
+    depth: usize,
 ) -> Result<Vec<Directive>, ParseError> {
     let file: Arc<str> = Arc::from(name);
     let mut lexer = Lexer {
@@ -102,7 +107,7 @@ fn parse_source(
         file: file.clone(),
     };
     let mut ctx = Ctx { path, root, stack };
-    let (list, end) = parse_block(&mut lexer, &mut ctx, None)?;
+    let (list, end) = parse_block(&mut lexer, &mut ctx, None, depth)?;
     debug_assert!(matches!(end, Tok::Eof));
     Ok(list)
 }
@@ -281,7 +286,14 @@ fn parse_block(
     lx: &mut Lexer,
     ctx: &mut Ctx<'_>,
     open: Option<usize>,
+    depth: usize,
 ) -> Result<(Vec<Directive>, Tok), ParseError> {
+    if depth > MAX_BLOCK_DEPTH {
+        return Err(lx.err(
+            lx.line,
+            format!("blocks nest deeper than {MAX_BLOCK_DEPTH} levels"),
+        ));
+    }
     let mut out = Vec::new();
     loop {
         let (tok, line) = lx.next()?;
@@ -312,7 +324,7 @@ fn parse_block(
                 Tok::Word(w) => args.push(w),
                 Tok::Semi => {
                     if name == "include" {
-                        out.extend(include(lx, ctx, &args, line)?);
+                        out.extend(include(lx, ctx, &args, line, depth)?);
                     } else {
                         out.push(Directive {
                             name,
@@ -325,7 +337,7 @@ fn parse_block(
                     break;
                 }
                 Tok::Open => {
-                    let (children, _) = parse_block(lx, ctx, Some(tline))?;
+                    let (children, _) = parse_block(lx, ctx, Some(tline), depth + 1)?;
                     out.push(Directive {
                         name,
                         args,
@@ -358,6 +370,7 @@ fn include(
     ctx: &mut Ctx<'_>,
     args: &[String],
     line: usize,
+    depth: usize,
 ) -> Result<Vec<Directive>, ParseError> {
     let [pattern] = args else {
         return Err(lx.err(line, "`include` takes exactly one argument"));
@@ -410,7 +423,15 @@ fn include(
         let src = std::fs::read_to_string(&f)
             .map_err(|e| lx.err(line, format!("include `{}`: {e}", f.display())))?;
         ctx.stack.push((canon, f.display().to_string()));
-        let parsed = parse_source(&src, &f.display().to_string(), &f, ctx.root, ctx.stack);
+        // An included file's blocks count towards the including block's depth.
+        let parsed = parse_source(
+            &src,
+            &f.display().to_string(),
+            &f,
+            ctx.root,
+            ctx.stack,
+            depth,
+        );
         ctx.stack.pop();
         out.extend(parsed?);
     }
@@ -707,6 +728,15 @@ mod tests {
         assert!(fnmatch("site-[a-c]?.conf", "site-b1.conf"));
         assert!(!fnmatch("site-[!a-c].conf", "site-b.conf"));
         assert!(fnmatch("x[", "x["));
+    }
+
+    #[test]
+    fn error_deep_nesting() {
+        let src = "a {".repeat(10_000);
+        assert_eq!(
+            err(&src),
+            "t.conf:1: error: blocks nest deeper than 64 levels"
+        );
     }
 
     #[test]
