@@ -363,3 +363,111 @@ fn a_bare_path_without_any_nginx_location_is_reported() {
     let out = imp("server { location /blog/ { return 302 https://blog.example.com/; } }");
     noted(&out, "nginx has no location for `/blog`");
 }
+
+/// Random nginx configurations built from the pieces the translator knows (and some
+/// it does not): whatever it makes of them must be a table that `config::parse`
+/// accepts, and nothing may panic.
+#[test]
+fn random_configurations_always_give_a_valid_table() {
+    const NAMES: [&str; 8] = [
+        "a.example.com",
+        "*.example.com",
+        ".example.org",
+        "_",
+        "\"\"",
+        "~^x\\.example$",
+        "www.*",
+        "B.Example.COM",
+    ];
+    const PATHS: [&str; 12] = [
+        "/", "/api", "/api/", "/api/v1/", "/a_b", "/x.y", "/%41", "/a//b", "/u/{id}", "/ü",
+        "/api/v1", "/static/",
+    ];
+    const MODS: [&str; 6] = ["", "=", "^~", "~", "~*", "@"];
+    const BODIES: [&str; 18] = [
+        "proxy_pass http://up;",
+        "proxy_pass http://up/v2/;",
+        "proxy_pass http://up/v2;",
+        "proxy_pass http://10.0.0.9:81;",
+        "proxy_pass http://10.0.0.9:81/;",
+        "proxy_pass https://up;",
+        "proxy_pass http://$host;",
+        "proxy_pass http://bad_host:1;",
+        "return 301 https://$host$request_uri;",
+        "return 302 /moved;",
+        "return 404;",
+        "rewrite ^/api/(.*)$ /new/$1 break; proxy_pass http://up;",
+        "rewrite ^/api/(.*)$ /new/$1 permanent;",
+        "proxy_set_header X-A b; proxy_set_header Host h.example; add_header X-B c;",
+        "proxy_set_header Host $proxy_host; proxy_read_timeout 1m30s;",
+        "proxy_connect_timeout 250ms; proxy_pass http://up;",
+        "add_header X-B c; add_header X-B d;",
+        "root /srv;",
+    ];
+    let mut rng = fastrand::Rng::with_seed(
+        std::env::var("SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(7),
+    );
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(400);
+    let mut routes = 0;
+    for round in 0..rounds {
+        let mut src = String::from("http {\n");
+        src.push_str("upstream up { server 10.0.0.1:80 weight=2; server 10.0.0.2:80; server 10.0.0.1:80; }\n");
+        for _ in 0..rng.usize(1..4) {
+            src.push_str("server {\n");
+            src.push_str(&format!(
+                "listen {}{};\n",
+                ["80", "8080", "127.0.0.1:81", "443 ssl"][rng.usize(0..4)],
+                if rng.bool() { " default_server" } else { "" }
+            ));
+            if rng.bool() {
+                src.push_str(&format!(
+                    "server_name {};\n",
+                    NAMES[rng.usize(0..NAMES.len())]
+                ));
+            }
+            if rng.u8(0..8) == 0 {
+                src.push_str("return 301 https://$host$request_uri;\n");
+            }
+            if rng.u8(0..8) == 0 {
+                src.push_str("rewrite ^/old/(.*)$ /new/$1 permanent;\n");
+            }
+            for _ in 0..rng.usize(0..6) {
+                let m = MODS[rng.usize(0..MODS.len())];
+                let p = PATHS[rng.usize(0..PATHS.len())];
+                let p = if m.starts_with('~') {
+                    format!("\"^{p}\"")
+                } else {
+                    format!("\"{p}\"")
+                };
+                src.push_str(&format!(
+                    "location {m} {p} {{ {} }}\n",
+                    BODIES[rng.usize(0..BODIES.len())]
+                ));
+            }
+            src.push_str("}\n");
+        }
+        src.push_str("}\n");
+        let Ok(tree) = parse::parse_str(&src, Path::new("r.conf")) else {
+            continue;
+        };
+        let out = translate(&tree, "r.conf");
+        routes += out.toml.matches("[[routes]]").count();
+        if let Err(e) = crate::config::parse(&out.toml) {
+            panic!(
+                "round {round}: invalid table\n--- nginx\n{src}\n--- table\n{}\n--- errors\n{}",
+                out.toml,
+                e.render("t", &out.toml)
+            );
+        }
+    }
+    assert!(
+        routes > rounds,
+        "the generator should produce routes ({routes})"
+    );
+}
