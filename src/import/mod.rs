@@ -310,7 +310,6 @@ impl Translator {
         }
         self.choose_listen(&servers);
         let defaults = default_servers(&servers);
-        let mut hostless_seen = false;
         let mut no_root: Vec<(&Directive, String)> = Vec::new();
         let https_redirects = https_redirect_servers(&servers);
         for (i, (server, settings)) in servers.iter().enumerate() {
@@ -323,20 +322,21 @@ impl Translator {
                 continue;
             }
             let settings = settings.inherit(server.children());
-            let (hostless, has_root, first) =
+            let (named, has_root, first) =
                 self.server(server, &settings, defaults.contains(&i), &servers);
-            hostless_seen |= hostless;
-            if !hostless
+            if named
                 && !has_root
                 && let Some(name) = first
             {
                 no_root.push((server, name));
             }
         }
-        if hostless_seen {
+        // A request for a named host whose path no route of that host matches falls
+        // through to wildcard-host and host-less routes in the gateway.
+        if servers.len() > 1 {
             for (server, name) in no_root {
                 self.notes.push(format!(
-                    "{}: note: server `{name}` has no `location /`: the gateway sends its other paths to the host-less routes, nginx answers them from this server",
+                    "{}: note: server `{name}` has no `location /`: the gateway sends its other paths to less specific routes (wildcard hosts, host-less routes), nginx answers them from this server",
                     server.at()
                 ));
             }
@@ -552,7 +552,7 @@ impl Translator {
         });
     }
 
-    /// Translate one server block. Returns (emits host-less routes, has `location /`,
+    /// Translate one server block. Returns (emits routes with a host, has `location /`,
     /// first name).
     fn server(
         &mut self,
@@ -668,7 +668,7 @@ impl Translator {
                     ),
                 );
             }
-            return (hosts.contains(&None), true, first);
+            return (hosts.iter().any(Option::is_some), true, first);
         }
         self.actions = vec![None; locations.len()];
         self.bare.clear();
@@ -679,7 +679,7 @@ impl Translator {
             self.location(i, loc, &locations, settings, &hosts, &names);
         }
         self.bare_paths(&locations, &hosts);
-        (hosts.contains(&None), has_root, first)
+        (hosts.iter().any(Option::is_some), has_root, first)
     }
 
     fn listen_directive(&mut self, d: &Directive) {
@@ -858,7 +858,7 @@ impl Translator {
                 self.skip(c, "a redirect route cannot set response headers");
             }
             let action = Action::Redirect(action);
-            self.location_routes(idx, d, &path, from_regex, action, hosts);
+            self.location_routes(idx, d, &path, from_regex, action, hosts, all);
             return;
         }
         // Rewrites: at most one simple one, applied to this location or to a
@@ -919,7 +919,7 @@ impl Translator {
             if let Some(pp) = proxy_pass {
                 self.skip(pp, "the redirecting `rewrite` answers first");
             }
-            self.location_routes(idx, d, &path, from_regex, action, hosts);
+            self.location_routes(idx, d, &path, from_regex, action, hosts, all);
             return;
         }
         let Some(pp) = proxy_pass else {
@@ -947,10 +947,11 @@ impl Translator {
             from_regex,
             Action::Proxy(proxy.clone()),
             hosts,
+            all,
         );
-        // nginx answers `/api` with a 301 to `/api/` for a proxied `location /api/`,
-        // unless a location for `/api` itself exists.
-        if let PathKind::Prefix(p) = &path
+        // nginx answers `/api` with a 301 to `/api/` for a proxied `location /api/`
+        // (also `location = /api/`), unless a location for `/api` itself exists.
+        if let PathKind::Prefix(p) | PathKind::Exact(p) = &path
             && !from_regex
             && p.len() > 1
             && p.ends_with('/')
@@ -1006,6 +1007,7 @@ impl Translator {
     /// The routes of one location (one per host), remembered for the bare-path pass;
     /// a prefix without a trailing `/` gets a note (nginx's prefixes are not
     /// segment-bounded).
+    #[allow(clippy::too_many_arguments)]
     fn location_routes(
         &mut self,
         idx: usize,
@@ -1014,9 +1016,36 @@ impl Translator {
         from_regex: bool,
         action: Action,
         hosts: &[Option<String>],
+        all: &[Loc<'_>],
     ) {
+        // `location /api` next to `location /api/`: nginx sends `/api/…` to the
+        // latter, so the former answers `/api` itself (exactly, for the gateway).
+        let sibling = match path {
+            PathKind::Prefix(p) if !from_regex && !p.ends_with('/') => {
+                let slash = format!("{p}/");
+                all.iter()
+                    .any(|o| (o.modifier.is_empty() || o.modifier == "^~") && o.path == slash)
+            }
+            _ => false,
+        };
+        let (route_path, route_action) = match path {
+            PathKind::Prefix(p) if sibling => match bare_action(path, &action, p) {
+                Some(a) => (PathKind::Exact(p.clone()), a),
+                None => {
+                    self.skip(d, &format!("next to `location {p}/` this location answers only `{p}` (and `{p}x`), and its rewrite of `{p}` is not a normalised path"));
+                    return;
+                }
+            },
+            _ => (path.clone(), action.clone()),
+        };
         for h in hosts {
-            self.push_route(d, d.at(), h.clone(), path.clone(), action.clone());
+            self.push_route(
+                d,
+                d.at(),
+                h.clone(),
+                route_path.clone(),
+                route_action.clone(),
+            );
         }
         if let PathKind::Prefix(p) = path
             && p != "/"

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use crate::support::BIN;
 
-fn fixtures_dir() -> std::path::PathBuf {
+pub fn fixtures_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nginx")
 }
 
@@ -28,10 +28,15 @@ pub fn fixtures() -> Vec<String> {
 
 /// Run `switchyard import FILE` in the fixtures directory.
 pub fn import(file: &str) -> (Option<i32>, String, String) {
+    import_in(&fixtures_dir(), file)
+}
+
+/// Run `switchyard import FILE` in `dir`: exit code, stdout, stderr.
+pub fn import_in(dir: &Path, file: &str) -> (Option<i32>, String, String) {
     let out = Command::new(BIN)
         .arg("import")
         .arg(file)
-        .current_dir(fixtures_dir())
+        .current_dir(dir)
         .output()
         .expect("run import");
     (

@@ -28,7 +28,7 @@ use http::Request;
 use switchyard::http::normalize::normalize_path;
 use switchyard::import::parse::{self, Directive};
 
-use crate::import::{fixtures, import};
+use crate::import::{fixtures, fixtures_dir, import, import_in};
 use crate::support::*;
 
 fn find_nginx() -> Option<PathBuf> {
@@ -180,6 +180,8 @@ struct Loc {
     skip_query: bool,
     /// Reported: nginx also matches `{path}x`; skip those continuations only.
     skip_nonboundary: bool,
+    /// Has `proxy_pass` (so nginx redirects the path without its trailing `/`).
+    proxied: bool,
 }
 
 #[derive(Debug)]
@@ -189,15 +191,25 @@ struct Server {
     lines: BTreeSet<(String, usize)>,
     locs: Vec<Loc>,
     skip: bool,
+    /// Reported: paths no location matches fall through to other routes.
+    skip_unmatched: bool,
 }
 
-/// File names as the import prints them: relative to the fixtures directory.
+/// File names as the import prints them (set by [`strip_files`]).
 fn rel(d: &Directive) -> String {
-    let dir = format!("{}/tests/fixtures/nginx/", env!("CARGO_MANIFEST_DIR"));
-    d.file
-        .strip_prefix(dir.as_str())
-        .unwrap_or(&d.file)
-        .to_string()
+    d.file.to_string()
+}
+
+/// Name files relative to the directory the import ran in, as its notes do.
+fn strip_files(list: &mut [Directive], dir: &str) {
+    for d in list {
+        if let Some(rest) = d.file.strip_prefix(dir) {
+            d.file = Arc::from(rest);
+        }
+        if let Some(children) = d.block.as_mut() {
+            strip_files(children, dir);
+        }
+    }
 }
 
 fn lines_of(d: &Directive, out: &mut BTreeSet<(String, usize)>) {
@@ -241,6 +253,7 @@ fn servers_of(tree: &[Directive], out: &mut Vec<Server>) {
                             skip: false,
                             skip_query: false,
                             skip_nonboundary: false,
+                            proxied: c.children().iter().any(|x| x.name == "proxy_pass"),
                         });
                     } else {
                         lines.insert((rel(c), c.line));
@@ -252,6 +265,7 @@ fn servers_of(tree: &[Directive], out: &mut Vec<Server>) {
                     lines,
                     locs,
                     skip: false,
+                    skip_unmatched: false,
                 });
             }
             _ => {}
@@ -316,7 +330,11 @@ fn apply_notes(servers: &mut [Server], notes: &str) {
                     l.skip = true;
                 }
             } else if s.lines.contains(&key) {
-                s.skip = true;
+                if rest.contains("has no `location /`") {
+                    s.skip_unmatched = true;
+                } else {
+                    s.skip = true;
+                }
             }
         }
     }
@@ -385,13 +403,17 @@ fn location_for<'a>(s: &'a Server, path: &str) -> Option<&'a Loc> {
         .iter()
         .filter(|l| (l.modifier.is_empty() || l.modifier == "^~") && path.starts_with(&l.path))
         .max_by_key(|l| l.path.len());
-    // The 301 from `/api` to `/api/`.
+    // The 301 from `/api` to `/api/` (proxied static locations, when no location is
+    // `/api` itself).
     let slash = format!("{path}/");
-    if let Some(l) = s
+    if let Some(l) = s.locs.iter().find(|l| {
+        (l.modifier.is_empty() || l.modifier == "^~" || l.modifier == "=")
+            && l.path == slash
+            && l.proxied
+    }) && !s
         .locs
         .iter()
-        .find(|l| l.modifier.is_empty() && l.path == slash)
-        && prefix.is_none_or(|p| p.path.len() < l.path.len())
+        .any(|o| !o.modifier.starts_with('~') && o.path == path)
     {
         return Some(l);
     }
@@ -416,7 +438,11 @@ fn location_for<'a>(s: &'a Server, path: &str) -> Option<&'a Loc> {
 /// reported non-slash prefix off a segment boundary; or it is the bare path of a
 /// reported `/x/` location (the gateway's prefix also matches `/x`).
 fn skipped_request(s: &Server, path: &str, has_query: bool) -> bool {
-    if let Some(l) = location_for(s, path) {
+    let found = location_for(s, path);
+    if found.is_none() && s.skip_unmatched {
+        return true;
+    }
+    if let Some(l) = found {
         let continuation = path != l.path && !path.starts_with(&format!("{}/", l.path));
         if l.skip || (l.skip_query && has_query) || (l.skip_nonboundary && continuation) {
             return true;
@@ -579,7 +605,13 @@ fn hosts(servers: &[Server], table: &toml::Value) -> Vec<String> {
             add_name(n);
         }
     }
-    for r in table["routes"].as_array().into_iter().flatten() {
+    for r in table
+        .get("routes")
+        .unwrap_or(&toml::Value::Boolean(false))
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         if let Some(h) = r.get("host").and_then(|h| h.as_str()) {
             add_name(h);
         }
@@ -602,7 +634,13 @@ fn paths(servers: &[Server], table: &toml::Value, want: usize, hosts: usize) -> 
             }
         }
     }
-    for r in table["routes"].as_array().into_iter().flatten() {
+    for r in table
+        .get("routes")
+        .unwrap_or(&toml::Value::Boolean(false))
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         for k in ["path", "exact"] {
             if let Some(p) = r.get(k).and_then(|p| p.as_str()) {
                 bases.insert(p.to_string());
@@ -662,7 +700,7 @@ async fn imported_tables_route_like_real_nginx() {
             report.push(format!("{f}: skipped (servers on several ports)"));
             continue;
         }
-        match diff_fixture(&nginx, f, &toml_text, &notes).await {
+        match diff_fixture(&nginx, &fixtures_dir(), f, &toml_text, &notes).await {
             Ok(line) => report.push(line),
             Err(e) => failures.push(e),
         }
@@ -673,23 +711,32 @@ async fn imported_tables_route_like_real_nginx() {
 
 async fn diff_fixture(
     nginx_bin: &Path,
+    src_dir: &Path,
     f: &str,
     toml_text: &str,
     notes: &str,
 ) -> Result<String, String> {
-    let src_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nginx");
-    let tree = parse::parse_file(&src_dir.join(f)).map_err(|e| e.to_string())?;
+    let mut tree = parse::parse_file(&src_dir.join(f)).map_err(|e| e.to_string())?;
+    strip_files(&mut tree, &format!("{}/", src_dir.display()));
     let table: toml::Value = toml::from_str(toml_text).map_err(|e| e.to_string())?;
 
     // Endpoints: the table's and nginx's (upstream servers, inline proxy_pass hosts).
     let mut endpoints = BTreeSet::new();
     let mut groups = HashMap::new();
-    for s in table["services"]
+    for s in table
+        .get("services")
+        .unwrap_or(&toml::Value::Boolean(false))
         .as_table()
         .into_iter()
         .flat_map(|t| t.values())
     {
-        for e in s["endpoints"].as_array().into_iter().flatten() {
+        for e in s
+            .get("endpoints")
+            .unwrap_or(&toml::Value::Boolean(false))
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             endpoints.insert(e.as_str().unwrap_or("").to_string());
         }
     }
@@ -742,7 +789,7 @@ async fn diff_fixture(
 
     // nginx on a copy of the fixture tree.
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    copy_dir(&src_dir, dir.path());
+    copy_dir(src_dir, dir.path());
     let port = free_port();
     let mut files = Vec::new();
     conf_files(dir.path(), &mut files);
@@ -819,8 +866,9 @@ async fn diff_fixture(
     }
     drop(nginx);
     assert!(sent >= 500, "{f}: only {sent} requests generated");
+    // The fixtures are meant to proxy; a random configuration may only redirect.
     assert!(
-        proxied > 0,
+        proxied > 0 || !src_dir.ends_with("fixtures/nginx"),
         "{f}: nginx proxied none of the compared requests"
     );
     if !mismatches.is_empty() {
@@ -833,4 +881,138 @@ async fn diff_fixture(
     Ok(format!(
         "{f}: {sent} requests, {compared} compared and equal ({proxied} proxied, {redirected} redirects), {skipped} skipped (reported as not exact)"
     ))
+}
+
+/// A random nginx configuration that nginx accepts: one port, upstreams with and
+/// without weights, up to three servers, locations of every kind with proxy_pass
+/// (with and without URI), returns, rewrites and headers.
+fn random_nginx(rng: &mut fastrand::Rng) -> String {
+    const NAMES: [&str; 5] = [
+        "a.example.com",
+        "*.example.com",
+        ".example.org",
+        "b.example.com",
+        "c.example.net",
+    ];
+    const PATHS: [&str; 10] = [
+        "/",
+        "/api",
+        "/api/",
+        "/api/v1/",
+        "/static/",
+        "/static",
+        "/login",
+        "/x/y/",
+        "/apix",
+        "/api/v1/users/",
+    ];
+    const BODIES: [&str; 13] = [
+        "proxy_pass http://up;",
+        "proxy_pass http://eq;",
+        "proxy_pass http://10.1.0.9:83;",
+        "proxy_pass http://up/v2/;",
+        "proxy_pass http://eq/;",
+        "proxy_pass http://eq/v3;",
+        "return 301 /moved;",
+        "return 302 https://$host$request_uri;",
+        "rewrite ^/api/(.*)$ /new/$1 break; proxy_pass http://eq;",
+        "rewrite ^/static/(.*)$ /assets/$1 permanent;",
+        "proxy_set_header X-Team t; proxy_pass http://eq;",
+        "add_header X-Frame-Options DENY; proxy_pass http://up;",
+        "proxy_set_header Host $host; proxy_pass http://up/p/;",
+    ];
+    let mut src = String::from("events {}\nhttp {\n");
+    src.push_str(&format!(
+        "upstream up {{ server 10.1.0.1:81 weight={}; server 10.1.0.2:81 weight={}; }}\n",
+        rng.u8(1..4),
+        rng.u8(1..4)
+    ));
+    src.push_str("upstream eq { server 10.1.0.3:82; server 10.1.0.4:82; }\n");
+    let mut names: Vec<&str> = NAMES.to_vec();
+    rng.shuffle(&mut names);
+    let servers = rng.usize(1..4);
+    let default = rng.usize(0..servers + 1);
+    for i in 0..servers {
+        src.push_str("server {\n");
+        src.push_str(if i == default {
+            "listen 80 default_server;\n"
+        } else {
+            "listen 80;\n"
+        });
+        let take = rng
+            .usize(if i == default { 0 } else { 1 }..3)
+            .min(names.len());
+        let mine: Vec<&str> = names.drain(..take).collect();
+        if !mine.is_empty() {
+            src.push_str(&format!("server_name {};\n", mine.join(" ")));
+        }
+        if rng.u8(0..4) == 0 {
+            src.push_str("proxy_set_header X-Env prod;\n");
+        }
+        let mut used = BTreeSet::new();
+        for _ in 0..rng.usize(1..8) {
+            let path = PATHS[rng.usize(0..PATHS.len())];
+            let modifier = ["", "=", "^~", "~"][rng.usize(0..4)];
+            let kind = match modifier {
+                "" | "^~" => "prefix",
+                m => m,
+            };
+            if !used.insert((kind, path)) {
+                continue;
+            }
+            let mut body = BODIES[rng.usize(0..BODIES.len())];
+            let regex = modifier == "~";
+            // nginx refuses a URI part in proxy_pass inside a regex location.
+            if regex && body.contains("proxy_pass http://") && body.matches('/').count() > 2 {
+                body = "proxy_pass http://up;";
+            }
+            let arg = if regex {
+                if rng.bool() {
+                    format!("^{path}$")
+                } else {
+                    format!("^{path}")
+                }
+            } else {
+                path.to_string()
+            };
+            src.push_str(&format!("location {modifier} {arg} {{ {body} }}\n"));
+        }
+        src.push_str("}\n");
+    }
+    src.push_str("}\n");
+    src
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_configurations_route_like_real_nginx() {
+    let Some(nginx) = find_nginx() else {
+        eprintln!("import_nginx: skipped: no nginx binary found (PATH, /usr/sbin; or set NGINX)");
+        return;
+    };
+    let seed: u64 = std::env::var("SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let count: u64 = std::env::var("RANDOM_NGINX_CONFIGS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    let mut report = Vec::new();
+    let mut failures = Vec::new();
+    for n in seed..seed + count {
+        let mut rng = fastrand::Rng::with_seed(n);
+        let conf = random_nginx(&mut rng);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("random.conf"), &conf).unwrap();
+        let (code, toml_text, notes) = import_in(dir.path(), "random.conf");
+        assert_eq!(code, Some(0), "seed {n}: {notes}\n{conf}");
+        match diff_fixture(&nginx, dir.path(), "random.conf", &toml_text, &notes).await {
+            Ok(line) => report.push(format!("seed {n}: {line}")),
+            Err(e) => failures.push(format!(
+                "seed {n}: {e}\n--- nginx.conf\n{conf}--- notes\n{notes}--- table\n{toml_text}"
+            )),
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
