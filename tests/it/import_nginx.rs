@@ -894,7 +894,7 @@ fn random_nginx(rng: &mut fastrand::Rng) -> String {
         "b.example.com",
         "c.example.net",
     ];
-    const PATHS: [&str; 10] = [
+    const PATHS: [&str; 13] = [
         "/",
         "/api",
         "/api/",
@@ -905,8 +905,17 @@ fn random_nginx(rng: &mut fastrand::Rng) -> String {
         "/x/y/",
         "/apix",
         "/api/v1/users/",
+        "/old/",
+        "/old/sub/",
+        "/new/",
     ];
-    const BODIES: [&str; 13] = [
+    const BODIES: [&str; 19] = [
+        "proxy_pass http://10.1.0.9:83/inline/;",
+        "proxy_set_header Accept-Encoding \"\"; proxy_pass http://eq;",
+        "proxy_set_header Host backend.internal; proxy_pass http://up;",
+        "return 308 https://$server_name/elsewhere;",
+        "rewrite ^/old/(.*)$ /new/$1 redirect;",
+        "rewrite ^/old/(.*)$ /new/$1 break; proxy_pass http://up/ignored/;",
         "proxy_pass http://up;",
         "proxy_pass http://eq;",
         "proxy_pass http://10.1.0.9:83;",
@@ -949,10 +958,18 @@ fn random_nginx(rng: &mut fastrand::Rng) -> String {
         if rng.u8(0..4) == 0 {
             src.push_str("proxy_set_header X-Env prod;\n");
         }
+        if rng.u8(0..4) == 0 {
+            src.push_str("add_header X-Frame-Options SAMEORIGIN always;\n");
+        }
+        match rng.u8(0..10) {
+            0 => src.push_str("return 301 https://$host$request_uri;\n"),
+            1 => src.push_str("rewrite ^/old/(.*)$ /new/$1 permanent;\n"),
+            _ => {}
+        }
         let mut used = BTreeSet::new();
         for _ in 0..rng.usize(1..8) {
             let path = PATHS[rng.usize(0..PATHS.len())];
-            let modifier = ["", "=", "^~", "~"][rng.usize(0..4)];
+            let modifier = ["", "=", "^~", "~", "", "~*"][rng.usize(0..6)];
             let kind = match modifier {
                 "" | "^~" => "prefix",
                 m => m,
@@ -961,7 +978,7 @@ fn random_nginx(rng: &mut fastrand::Rng) -> String {
                 continue;
             }
             let mut body = BODIES[rng.usize(0..BODIES.len())];
-            let regex = modifier == "~";
+            let regex = modifier.starts_with('~');
             // nginx refuses a URI part in proxy_pass inside a regex location.
             if regex && body.contains("proxy_pass http://") && body.matches('/').count() > 2 {
                 body = "proxy_pass http://up;";
