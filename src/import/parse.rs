@@ -54,13 +54,19 @@ impl Directive {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
     pub file: String,
+    /// 1-based; 0 when the file itself could not be read.
     pub line: usize,
     pub message: String,
 }
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: error: {}", self.file, self.line, self.message)
+        if self.line == 0 {
+            // The file itself (could not be read): no line to point at.
+            write!(f, "{}: error: {}", self.file, self.message)
+        } else {
+            write!(f, "{}:{}: error: {}", self.file, self.line, self.message)
+        }
     }
 }
 

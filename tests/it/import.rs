@@ -105,7 +105,7 @@ fn a_missing_file_is_an_error() {
     assert_eq!(code, Some(1));
     assert!(stdout.is_empty());
     assert!(
-        stderr.starts_with("does-not-exist.conf:0: error: cannot read"),
+        stderr.starts_with("does-not-exist.conf: error: cannot read"),
         "{stderr}"
     );
 }
