@@ -58,7 +58,7 @@ pub fn check_known(tree: &[Directive]) -> Result<(), ParseError> {
         let data_block = matches!(
             d.name.as_str(),
             "types" | "map" | "geo" | "split_clients" | "charset_map" | "match"
-        );
+        ) || d.name.ends_with("_by_lua_block");
         if !data_block {
             check_known(d.children())?;
         }
