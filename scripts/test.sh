@@ -12,11 +12,14 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchyard-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-# Debian packages the tests use, as "command:package".
-needs=(curl:curl prometheus:prometheus)
+# Debian packages the tests use, as "command:package". nginx: the differential test of
+# `switchyard import` (tests/it/import_nginx.rs) runs real nginx; prometheus: the
+# scrape test (tests/it/prometheus.rs). Both skip with a message when missing.
+needs=(curl:curl nginx:nginx prometheus:prometheus)
 missing=()
 for pair in "${needs[@]}"; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  cmd="${pair%%:*}"
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${pair#*:}")
 done
 if ((${#missing[@]})); then
   echo "installing test dependencies: ${missing[*]}"

@@ -1,4 +1,4 @@
-//! Command line: `run` (default), `check`, `explain`, `demo`.
+//! Command line: `run` (default), `check`, `explain`, `import`, `demo`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -89,6 +89,8 @@ enum Command {
         #[arg(long = "fail-on-change", value_name = "PATH")]
         fail_on_change: Vec<String>,
     },
+    /// Translate an nginx configuration into a route table (stdout); notes on stderr.
+    Import { file: PathBuf },
     /// Run the shipped routes.toml with in-process demo backends for its services.
     Demo {
         #[arg(long, short, default_value = "routes.toml")]
@@ -123,6 +125,7 @@ pub fn main() -> ExitCode {
             format,
             &fail_on_change,
         ),
+        Command::Import { file } => crate::import::run(&file),
         Command::Explain {
             config,
             json,

@@ -29,6 +29,7 @@ pub mod demo;
 pub mod diff;
 pub mod gateway;
 pub mod http;
+pub mod import;
 pub mod observe;
 pub mod proxy;
 pub mod reload;

@@ -285,10 +285,14 @@ impl Validator<'_> {
         self.lint(&routes, &defaults);
         for s in &services {
             let used = f.routes.iter().any(|r| {
-                r.get_ref()
-                    .service
-                    .as_ref()
-                    .is_some_and(|n| n.get_ref() == &s.name)
+                let r = r.get_ref();
+                r.service.as_ref().is_some_and(|n| n.get_ref() == &s.name)
+                    || r.split.as_ref().is_some_and(|split| {
+                        split
+                            .get_ref()
+                            .iter()
+                            .any(|b| b.get_ref().service.get_ref() == &s.name)
+                    })
             });
             if !used {
                 let key = f.services.keys().find(|k| k.get_ref() == &s.name);
@@ -1465,6 +1469,13 @@ mod tests {
         assert!(parse_size("1 MiB").is_err());
         assert!(parse_size("1Mb").is_err());
         assert!(parse_size("99999999999GiB").is_err());
+    }
+
+    #[test]
+    fn a_service_used_only_in_a_split_is_used() {
+        let src = "[services.a]\nendpoints = [\"127.0.0.1:1\"]\n[services.b]\nendpoints = [\"127.0.0.1:2\"]\n[[routes]]\nname = \"r\"\npath = \"/\"\nsplit = [{ service = \"a\", weight = 1 }, { service = \"b\", weight = 1 }]\n";
+        let (_, warnings) = parse(src).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]

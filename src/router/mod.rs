@@ -241,13 +241,14 @@ impl HostTable {
         if self.nodes.is_empty() {
             return None;
         }
-        if let Ok(m) = self.prefixes.at(path) {
-            return Some(*m.value);
-        }
-        // `/a/` : the catch-all does not match an empty rest; try without the slash.
-        let trimmed = path.strip_suffix('/')?;
-        let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
-        self.prefixes.at(trimmed).ok().map(|m| *m.value)
+        // `/a/`: a prefix matches it exactly when it matches `/a`, and `/a/{*rest}` does
+        // not match an empty rest, so look up `/a`. (Looking up `/a/` first would let
+        // the root's `/{*rest}` answer before `/a` is tried.)
+        let lookup = match path.strip_suffix('/') {
+            Some(t) if !t.is_empty() => t,
+            _ => path,
+        };
+        self.prefixes.at(lookup).ok().map(|m| *m.value)
     }
 }
 

@@ -68,6 +68,20 @@ fn trailing_slash_of_a_prefix_is_ignored() {
 }
 
 #[test]
+fn a_trailing_slash_request_is_not_captured_by_the_root_prefix() {
+    let r = router(&format!(
+        "{}{}",
+        route("root", "path = \"/\""),
+        route("assets", "path = \"/assets/\"")
+    ));
+    assert_eq!(get(&r, "/assets/").as_deref(), Some("assets"));
+    assert_eq!(get(&r, "/assets").as_deref(), Some("assets"));
+    assert_eq!(get(&r, "/assets/x/").as_deref(), Some("assets"));
+    assert_eq!(get(&r, "/other/").as_deref(), Some("root"));
+    assert_eq!(get(&r, "/").as_deref(), Some("root"));
+}
+
+#[test]
 fn root_prefix_matches_everything() {
     let r = router(&route("root", "path = \"/\""));
     assert_eq!(get(&r, "/").as_deref(), Some("root"));

@@ -9,6 +9,8 @@ mod check;
 mod deploy;
 mod diff;
 mod filters;
+mod import;
+mod import_nginx;
 mod limits;
 mod observe;
 mod prometheus;
