@@ -76,6 +76,8 @@ pub struct RetryFile {
     pub budget_percent: Option<Spanned<i64>>,
     pub per_try_timeout: Option<SStr>,
     pub backoff: Option<SStr>,
+    /// Bodies up to this size are buffered so that they can be retried.
+    pub buffer_body: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize)]

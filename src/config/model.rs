@@ -132,7 +132,9 @@ pub struct Defaults {
 
 /// Retry policy. Connection failures are retried for every method (no byte reached the
 /// upstream); resets, 502/503/504 and per-try timeouts only for idempotent methods.
-/// Only requests without a body are retried (a streamed body cannot be sent twice).
+/// A request body can be sent again only if it was buffered: bodies with a declared
+/// length up to `buffer_body` are read whole first; larger or chunked ones stream and
+/// are not retried.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Retry {
     /// Total tries, the first included (1 = no retry).
@@ -149,6 +151,8 @@ pub struct Retry {
     pub per_try_timeout: Option<Duration>,
     /// Base of the jittered exponential backoff between tries.
     pub backoff: Duration,
+    /// Largest declared body that is buffered for retries (0: never buffer).
+    pub buffer_body: u64,
 }
 
 /// One upstream service.

@@ -430,6 +430,7 @@ impl Validator<'_> {
                 budget_percent: 20,
                 per_try_timeout: None,
                 backoff: Duration::from_millis(25),
+                buffer_body: 64 << 10,
             },
             Some(r) => {
                 let r = r.get_ref();
@@ -467,6 +468,11 @@ impl Validator<'_> {
                         .as_ref()
                         .map(|t| self.duration(&Some(t.clone()), Duration::from_secs(1))),
                     backoff: self.duration(&r.backoff, Duration::from_millis(25)),
+                    buffer_body: r
+                        .buffer_body
+                        .as_ref()
+                        .and_then(|v| self.size(v))
+                        .unwrap_or(64 << 10),
                 }
             }
         };

@@ -75,6 +75,8 @@ pub enum UpstreamBody {
     /// The client's body, streamed, with its limits and a counter of bytes passed for
     /// the access log.
     Stream(Incoming, Box<BodyLimits>, Option<Arc<AtomicU64>>),
+    /// A buffered body (small bodies, so that a retry can send them again).
+    Full(Option<Bytes>),
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -87,8 +89,10 @@ impl Body for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let UpstreamBody::Stream(inner, limits, counter) = self.get_mut() else {
-            return Poll::Ready(None);
+        let (inner, limits, counter) = match self.get_mut() {
+            UpstreamBody::Stream(inner, limits, counter) => (inner, limits, counter),
+            UpstreamBody::Full(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            UpstreamBody::Empty => return Poll::Ready(None),
         };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -126,6 +130,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Empty => true,
             UpstreamBody::Stream(inner, ..) => inner.is_end_stream(),
+            UpstreamBody::Full(b) => b.is_none(),
         }
     }
 
@@ -133,6 +138,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
             UpstreamBody::Stream(inner, ..) => inner.size_hint(),
+            UpstreamBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
 }

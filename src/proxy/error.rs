@@ -30,6 +30,9 @@ pub enum ProxyError {
     /// Every backend of the route has weight 0 (500 `no_backend`, as the Gateway API
     /// prescribes).
     NoBackend,
+    /// The client's body ended or broke before its declared length while the gateway
+    /// read it (400 `bad_request_body`).
+    BadRequestBody,
     /// The request target is longer than `max_uri_bytes` (414 `uri_too_long`).
     UriTooLong,
     /// The body is larger than the route allows, by `Content-Length` up front or while
@@ -68,6 +71,7 @@ impl ProxyError {
             | ProxyError::BadPath
             | ProxyError::AmbiguousFraming
             | ProxyError::UriTooLong
+            | ProxyError::BadRequestBody
             | ProxyError::PayloadTooLarge
             | ProxyError::BodyTimeout
             | ProxyError::RateLimited { .. } => Side::Downstream,
@@ -84,7 +88,9 @@ impl ProxyError {
     pub fn status(self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::BadPath | ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
+            ProxyError::BadPath | ProxyError::AmbiguousFraming | ProxyError::BadRequestBody => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -105,6 +111,7 @@ impl ProxyError {
             ProxyError::BadPath => "bad_path",
             ProxyError::AmbiguousFraming => "bad_framing",
             ProxyError::UriTooLong => "uri_too_long",
+            ProxyError::BadRequestBody => "bad_request_body",
             ProxyError::PayloadTooLarge => "payload_too_large",
             ProxyError::BodyTimeout => "body_timeout",
             ProxyError::NoBackend => "no_backend",
@@ -149,7 +156,10 @@ impl ProxyError {
         // The rest of the client's message is not read: the connection cannot be reused.
         if matches!(
             self,
-            ProxyError::AmbiguousFraming | ProxyError::PayloadTooLarge | ProxyError::BodyTimeout
+            ProxyError::AmbiguousFraming
+                | ProxyError::PayloadTooLarge
+                | ProxyError::BodyTimeout
+                | ProxyError::BadRequestBody
         ) {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -168,6 +178,7 @@ mod tests {
             ProxyError::BadPath,
             ProxyError::AmbiguousFraming,
             ProxyError::UriTooLong,
+            ProxyError::BadRequestBody,
             ProxyError::PayloadTooLarge,
             ProxyError::BodyTimeout,
             ProxyError::RateLimited {

@@ -222,7 +222,14 @@ async fn pipeline(
             c
         });
         let limits = BodyLimits::new(max_body, server.body_read_timeout);
-        UpstreamBody::Stream(body, Box::new(limits), counter)
+        let stream = UpstreamBody::Stream(body, Box::new(limits), counter);
+        let retry = &snap.config.defaults.retry;
+        let small = declared_length(&parts.headers).is_some_and(|n| n <= retry.buffer_body);
+        if retry.attempts > 1 && small {
+            buffer(stream).await?
+        } else {
+            stream
+        }
     };
     let head = UpstreamHead {
         method: parts.method,
@@ -261,6 +268,21 @@ fn rate_limit(
         Decision::Limited { retry_after } => Err(ProxyError::RateLimited {
             retry_after: (retry_after.as_secs_f64().ceil() as u32).max(1),
             limit: limiter.spec.burst,
+        }),
+    }
+}
+
+/// Read a small body whole, so that a retry can send it again. The body's limits and
+/// idle timeout apply while reading.
+async fn buffer(body: UpstreamBody) -> Result<UpstreamBody, ProxyError> {
+    use http_body_util::BodyExt as _;
+    match body.collect().await {
+        Ok(collected) => Ok(UpstreamBody::Full(Some(collected.to_bytes()))),
+        Err(e) => Err(match BodyError::find(e.as_ref()) {
+            Some(BodyError::TooLarge) => ProxyError::PayloadTooLarge,
+            Some(BodyError::Timeout) => ProxyError::BodyTimeout,
+            // The client went away or broke its own framing mid-body.
+            None => ProxyError::BadRequestBody,
         }),
     }
 }
@@ -424,10 +446,14 @@ async fn forward(
     let defaults = &snap.config.defaults;
     let timeout = route.timeout.unwrap_or(defaults.request_timeout);
     let policy = &defaults.retry;
-    let attempts = if matches!(body, UpstreamBody::Empty) {
-        policy.attempts
-    } else {
-        1
+    // Only a body that can be sent again may be retried.
+    let attempts = match body {
+        UpstreamBody::Empty | UpstreamBody::Full(_) => policy.attempts,
+        UpstreamBody::Stream(..) => 1,
+    };
+    let resend = match &body {
+        UpstreamBody::Full(Some(b)) => Some(b.clone()),
+        _ => None,
     };
     let idempotent = matches!(
         head.method,
@@ -482,7 +508,12 @@ async fn forward(
                 .path_and_query(h.path_and_query)
                 .build()
                 .map_err(|_| ProxyError::BadPath)?;
-            let mut req = Request::new(body.take().unwrap_or(UpstreamBody::Empty));
+            let this_body = match (&resend, body.take()) {
+                (Some(b), _) => UpstreamBody::Full(Some(b.clone())),
+                (None, Some(b)) => b,
+                (None, None) => UpstreamBody::Empty,
+            };
+            let mut req = Request::new(this_body);
             *req.method_mut() = h.method;
             *req.uri_mut() = uri;
             *req.version_mut() = Version::HTTP_11;

@@ -153,3 +153,62 @@ async fn a_slowloris_connection_is_closed_after_the_header_timeout() {
     );
     still_serves(&gw).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_slowloris_connections_are_closed_and_others_keep_their_latency() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_up, gw) = setup("[server]\nheader_read_timeout = \"2s\"\naccess_log = \"off\"\n").await;
+    let addr = gw.addr;
+    // The ordinary client's keep-alive connection exists before the attack starts (the
+    // kernel's accept queue, not the gateway, decides how a connect storm is admitted).
+    let c = client();
+    assert_eq!(get(&c, &gw.url("/ok")).await.status, 200);
+    // 300 clients, each dribbling one header byte every 300 ms and never finishing.
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        slow.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+            let started = Instant::now();
+            s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await.ok()?;
+            let mut tick = tokio::time::interval(Duration::from_millis(300));
+            let mut buf = [0u8; 512];
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if s.write_all(b"x").await.is_err() {
+                            return Some(started.elapsed());
+                        }
+                    }
+                    _ = s.read(&mut buf) => {
+                        // Closed, reset or answered: either way the server gave up on us.
+                        return Some(started.elapsed());
+                    }
+                }
+                if started.elapsed() > SOON {
+                    return None;
+                }
+            }
+        }));
+    }
+    // Meanwhile, ordinary requests keep a short latency.
+    let mut worst = Duration::ZERO;
+    for _ in 0..50 {
+        let started = Instant::now();
+        assert_eq!(get(&c, &gw.url("/ok")).await.status, 200);
+        worst = worst.max(started.elapsed());
+    }
+    assert!(
+        worst < Duration::from_millis(500),
+        "a normal request took {worst:?} during the attack"
+    );
+    for t in slow {
+        let closed_after = t
+            .await
+            .unwrap()
+            .expect("a slowloris connection stayed open");
+        assert!(
+            closed_after >= Duration::from_millis(1500),
+            "closed too early: {closed_after:?}"
+        );
+    }
+}

@@ -348,3 +348,126 @@ async fn bodies_of(c: &TestClient, gw: &Gateway, n: usize) -> Vec<String> {
     }
     out
 }
+
+/// 4 clients GET for `secs`; one of two endpoints is killed after `kill_at`.
+/// Returns (requests, failures, failures later than 1 s after the kill).
+async fn load_with_a_kill(retry: &str, secs: u64, kill_at: u64) -> (usize, usize, usize) {
+    let a = Upstream::echo("a").await;
+    let b = Upstream::echo("b").await;
+    let gw = Gateway::start(&config(&format!(
+        "[server]\naccess_log = \"off\"\n[defaults]\nretry = {retry}\n\
+         [services.s]\nendpoints = [{}, {}]\n[[routes]]\nname = \"r\"\npath = \"/\"\nservice = \"s\"\n",
+        a.endpoint(),
+        b.endpoint()
+    )));
+    let started = Instant::now();
+    let url = gw.url("/x");
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let url = url.clone();
+        workers.push(tokio::spawn(async move {
+            let c = client();
+            let mut out = Vec::new();
+            while started.elapsed() < Duration::from_secs(secs) {
+                let at = started.elapsed();
+                let r = c
+                    .request(http::Request::get(&url).body(empty()).unwrap())
+                    .await;
+                let ok = match r {
+                    Ok(resp) => {
+                        let s = resp.status();
+                        http_body_util::BodyExt::collect(resp.into_body())
+                            .await
+                            .is_ok()
+                            && s == 200
+                    }
+                    Err(_) => false,
+                };
+                out.push((at, ok));
+            }
+            out
+        }));
+    }
+    let kill_time = Duration::from_secs(kill_at);
+    tokio::time::sleep_until(tokio::time::Instant::from_std(started + kill_time)).await;
+    b.kill();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    let failures: Vec<_> = all.iter().filter(|(_, ok)| !ok).collect();
+    let late = failures
+        .iter()
+        .filter(|(at, _)| *at > kill_time + Duration::from_secs(1))
+        .count();
+    (all.len(), failures.len(), late)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_killed_under_load_costs_nothing_with_retries() {
+    let (n, failed, _) = load_with_a_kill(
+        "{ attempts = 2, on = [\"connect-failure\", \"reset\", \"502\", \"503\"], backoff = \"1ms\" }",
+        10,
+        3,
+    )
+    .await;
+    assert!(n > 1000, "only {n} requests in 10 s");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {n} GETs failed although retries were on"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_killed_under_load_without_retries_fails_little_and_briefly() {
+    let (n, failed, late) = load_with_a_kill("{ attempts = 1 }", 6, 2).await;
+    assert!(n > 600, "only {n} requests");
+    assert!(failed as f64 <= 0.01 * n as f64, "{failed} of {n} failed");
+    assert_eq!(
+        late, 0,
+        "failures went on for more than a second after the kill"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_bodies_are_buffered_and_retried_large_ones_stream_once() {
+    let bad = always(503).await;
+    let good = Upstream::start(|req| async move {
+        let n = http_body_util::BodyExt::collect(req.into_body())
+            .await
+            .map(|b| b.to_bytes().len())
+            .unwrap_or(0);
+        text(n.to_string())
+    })
+    .await;
+    let gw = Gateway::start(&retry_table(
+        &format!("{}, {}", bad.endpoint(), good.endpoint()),
+        "{ attempts = 2, on = [\"503\"], backoff = \"1ms\", buffer_body = \"1KiB\" }",
+    ));
+    let c = client();
+    for _ in 0..6 {
+        let req = http::Request::put(gw.url("/x"))
+            .body(full(vec![b'a'; 1000]))
+            .unwrap();
+        let a = send(&c, req).await;
+        assert_eq!(
+            (a.status.as_u16(), a.body.as_ref()),
+            (200, &b"1000"[..]),
+            "the retry carried the whole body"
+        );
+    }
+    // Over the cap: streamed, so a 503 from the bad endpoint is passed on.
+    let mut passed_on = 0;
+    for _ in 0..6 {
+        let req = http::Request::put(gw.url("/x"))
+            .body(full(vec![b'a'; 2000]))
+            .unwrap();
+        if send(&c, req).await.status == 503 {
+            passed_on += 1;
+        }
+    }
+    assert_eq!(
+        passed_on, 3,
+        "round robin: every other large PUT lands on the bad endpoint"
+    );
+}

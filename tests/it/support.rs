@@ -260,6 +260,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
+    /// Connection tasks, so `kill` can close every open connection too.
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Upstream {
@@ -276,6 +278,8 @@ impl Upstream {
         let hits = Arc::new(AtomicUsize::new(0));
         let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
         let hits2 = hits.clone();
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let conns2 = conns.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -283,7 +287,7 @@ impl Upstream {
                 };
                 let handler = handler.clone();
                 let hits = hits2.clone();
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         hits.fetch_add(1, Ordering::SeqCst);
                         let fut = handler(req);
@@ -294,9 +298,23 @@ impl Upstream {
                         .with_upgrades()
                         .await;
                 });
+                conns2.lock().unwrap().push(conn.abort_handle());
             }
         });
-        Upstream { addr, hits, task }
+        Upstream {
+            addr,
+            hits,
+            task,
+            conns,
+        }
+    }
+
+    /// Stop like a crashed process: the listener and every open connection close.
+    pub fn kill(&self) {
+        self.task.abort();
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
     }
 
     /// An upstream that answers JSON naming itself and echoing the request head.
@@ -316,7 +334,7 @@ impl Upstream {
 
 impl Drop for Upstream {
     fn drop(&mut self) {
-        self.task.abort();
+        self.kill();
     }
 }
 
