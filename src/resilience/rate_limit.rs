@@ -154,13 +154,13 @@ mod tests {
 
     #[test]
     fn idle_keys_are_forgotten_so_memory_follows_active_keys() {
-        // 200,000 distinct keys, one request each; once their buckets have refilled
+        // 1,000,000 distinct keys, one request each; once their buckets have refilled
         // (1 ms at 1,000/s), eviction leaves nothing behind.
         let l = limiter(1000, 1);
-        for i in 0..200_000u32 {
+        for i in 0..1_000_000u32 {
             l.check(&format!("ip:{i}"));
         }
-        assert_eq!(l.keys(), 200_000);
+        assert_eq!(l.keys(), 1_000_000);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while l.keys() > 0 {
             assert!(
