@@ -1345,6 +1345,16 @@ enum Direction {
 
 /// Headers a route filter must not touch, and why.
 fn owned_by_gateway(n: &HeaderName, dir: Direction) -> Option<&'static str> {
+    if dir == Direction::Request && n == http::header::HOST {
+        return Some("use `rewrite = { host = \"…\" }`");
+    }
+    gateway_owned_header(n.as_str(), dir == Direction::Request)
+}
+
+/// Headers no route filter (and no imported nginx directive) may set or remove, with
+/// the reason; `lname` is lower-case. `host` is not among them: routes change it with
+/// `rewrite.host`. The one list both `check` and `import` use.
+pub fn gateway_owned_header(lname: &str, request: bool) -> Option<&'static str> {
     const HOP: [&str; 10] = [
         "connection",
         "keep-alive",
@@ -1357,24 +1367,20 @@ fn owned_by_gateway(n: &HeaderName, dir: Direction) -> Option<&'static str> {
         "upgrade",
         "content-length",
     ];
-    let s = n.as_str();
-    if HOP.contains(&s) {
+    if HOP.contains(&lname) {
         return Some("it describes the connection or the framing, which the gateway owns");
     }
-    if s == "x-request-id" {
+    if lname == "x-request-id" {
         return Some("the gateway sets the request id");
     }
-    if dir == Direction::Request {
+    if request {
         if matches!(
-            s,
+            lname,
             "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "forwarded"
         ) {
             return Some("the gateway sets the forwarding headers");
         }
-        if s == "host" {
-            return Some("use `rewrite = { host = \"…\" }`");
-        }
-        if s == "traceparent" {
+        if lname == "traceparent" {
             return Some("the gateway continues the W3C trace context");
         }
     }

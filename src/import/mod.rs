@@ -2199,31 +2199,10 @@ fn valid_host_value(h: &str) -> Option<String> {
     ok.then(|| h.to_ascii_lowercase())
 }
 
-/// Headers that a route filter may not touch (see `config::validate`), with the reason
-/// as an import note.
+/// Headers that a route filter may not touch, with the reason as an import note: the
+/// validator's own list, so an imported table never fails `check` on them.
 fn gateway_owned(lname: &str, request: bool) -> Option<&'static str> {
-    const HOP: [&str; 10] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-    ];
-    if HOP.contains(&lname) {
-        return Some("the gateway owns connection and framing headers");
-    }
-    if lname == "x-request-id" {
-        return Some("the gateway sets x-request-id itself");
-    }
-    if request && (lname.starts_with("x-forwarded-") || lname == "forwarded") {
-        return Some("the gateway sets the X-Forwarded-* headers itself (see `trusted_proxies`)");
-    }
-    None
+    crate::config::validate::gateway_owned_header(lname, request)
 }
 
 /// `https://$host$request_uri`, `https://new.example.com/x`, `/relative` -> redirect.
