@@ -217,7 +217,7 @@ fn headers_and_timeouts_follow_nginx_inheritance() {
     );
     noted(
         &out,
-        "X-Forwarded-For $proxy_add_x_forwarded_for`: the gateway sets the X-Forwarded-*",
+        "X-Forwarded-For $proxy_add_x_forwarded_for`: the gateway sets the forwarding headers",
     );
     noted(&out, "X-Real-IP $remote_addr`: the value uses variables");
 }
