@@ -30,6 +30,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::{Body as _, Incoming};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::model::{Action, Forward, LogFormat, Redirect, Route};
 use crate::gateway::Gateway;
@@ -186,14 +187,7 @@ async fn pipeline(
     let backend = fwd.pick().ok_or(ProxyError::NoBackend)?;
     let upstream = &snap.upstreams[backend.service];
     ctx.service = Some(upstream.name.clone());
-    let permit = match &upstream.concurrency {
-        None => None,
-        Some(c) => {
-            let wait = fwd.timeout.unwrap_or(snap.config.defaults.request_timeout);
-            let slot = tokio::time::timeout(wait, c.acquire()).await.ok().flatten();
-            Some(slot.ok_or(ProxyError::Overloaded)?)
-        }
-    };
+    let permit = concurrency_slot(snap, fwd, upstream).await?;
     let path_and_query = upstream_path_and_query(route, &path, &parts.uri)?;
     route.request_headers.apply(&mut parts.headers);
     upstream_request_headers(
@@ -209,46 +203,63 @@ async fn pipeline(
     if let Some(h) = &fwd.host {
         parts.headers.insert(header::HOST, h.clone());
     }
-    let max_body = fwd.max_body.unwrap_or(server.max_body);
-    if declared_length(&parts.headers).is_some_and(|n| n > max_body) {
-        return Err(ProxyError::PayloadTooLarge);
-    }
-    let body = if body.is_end_stream() {
-        UpstreamBody::Empty
-    } else {
-        let counter = ctx.record.as_mut().map(|r| {
-            let c = Arc::new(AtomicU64::new(0));
-            r.bytes_in = Some(c.clone());
-            c
-        });
-        let limits = BodyLimits::new(max_body, server.body_read_timeout);
-        let stream = UpstreamBody::Stream(body, Box::new(limits), counter);
-        let retry = &snap.config.defaults.retry;
-        let small = declared_length(&parts.headers).is_some_and(|n| n <= retry.buffer_body);
-        if retry.attempts > 1 && small {
-            buffer(stream).await?
-        } else {
-            stream
-        }
-    };
+    let body = upstream_body(snap, fwd, ctx, &parts.headers, body).await?;
     let head = UpstreamHead {
         method: parts.method,
         path_and_query,
         headers: parts.headers,
     };
     let resp = forward(snap, fwd, upstream, ctx, head, body).await?;
-    let mut resp = downstream_response(resp);
-    route.response_headers.apply(resp.headers_mut());
-    if let Some((limit, remaining)) = rate {
-        let h = resp.headers_mut();
-        h.insert("ratelimit-limit", HeaderValue::from(limit));
-        h.insert("ratelimit-remaining", HeaderValue::from(remaining));
+    Ok(downstream_response(resp, route, rate, permit))
+}
+
+/// Phase: a slot of the service's concurrency limit, waiting at most the route's
+/// timeout in the bounded queue; `Overloaded` when there is none.
+async fn concurrency_slot(
+    snap: &Snapshot,
+    fwd: &Forward,
+    upstream: &Upstream,
+) -> Result<Option<OwnedSemaphorePermit>, ProxyError> {
+    let Some(c) = &upstream.concurrency else {
+        return Ok(None);
+    };
+    let wait = fwd.timeout.unwrap_or(snap.config.defaults.request_timeout);
+    let slot = tokio::time::timeout(wait, c.acquire()).await.ok().flatten();
+    slot.map(Some).ok_or(ProxyError::Overloaded)
+}
+
+/// Phase: the body towards the upstream. Refused up front when the declared length is
+/// over the route's limit; otherwise streamed under the limit and the idle timeout, or
+/// read whole first when it is small enough to be retried.
+async fn upstream_body(
+    snap: &Snapshot,
+    fwd: &Forward,
+    ctx: &mut RequestCtx,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<UpstreamBody, ProxyError> {
+    let server = &snap.config.server;
+    let max_body = fwd.max_body.unwrap_or(server.max_body);
+    let declared = declared_length(headers);
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(ProxyError::PayloadTooLarge);
     }
-    if let Some(p) = permit {
-        // The service's slot is held until the response body is done.
-        resp.body_mut().set_permit(p);
+    if body.is_end_stream() {
+        return Ok(UpstreamBody::Empty);
     }
-    Ok(resp)
+    let counter = ctx.record.as_mut().map(|r| {
+        let c = Arc::new(AtomicU64::new(0));
+        r.bytes_in = Some(c.clone());
+        c
+    });
+    let limits = BodyLimits::new(max_body, server.body_read_timeout);
+    let stream = UpstreamBody::Stream(body, Box::new(limits), counter);
+    let retry = &snap.config.defaults.retry;
+    if retry.attempts > 1 && declared.is_some_and(|n| n <= retry.buffer_body) {
+        buffer(stream).await
+    } else {
+        Ok(stream)
+    }
 }
 
 /// Phase: the route's rate limit for this request's key. `Some((limit, remaining))`
@@ -569,11 +580,31 @@ async fn forward(
     result
 }
 
-/// Phase: the upstream's answer, cleaned of hop-by-hop headers, body streamed.
-fn downstream_response(resp: Response<Incoming>) -> Response<ResponseBody> {
+/// Phase: the upstream's answer, cleaned of hop-by-hop headers, with the route's
+/// response filter and `RateLimit-*` headers; the body streams back and holds the
+/// service's concurrency slot until it is done.
+fn downstream_response(
+    resp: Response<Incoming>,
+    route: &Route,
+    rate: Option<(u32, u32)>,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
     remove_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, ResponseBody::stream(body))
+    route.response_headers.apply(&mut parts.headers);
+    if let Some((limit, remaining)) = rate {
+        parts
+            .headers
+            .insert("ratelimit-limit", HeaderValue::from(limit));
+        parts
+            .headers
+            .insert("ratelimit-remaining", HeaderValue::from(remaining));
+    }
+    let mut body = ResponseBody::stream(body);
+    if let Some(p) = permit {
+        body.set_permit(p);
+    }
+    Response::from_parts(parts, body)
 }
 
 /// Last phase: metrics; the request id goes back to the client; the log record rides
