@@ -1,18 +1,22 @@
 //! One exchange, end to end. Each phase is a named function, called in this order:
 //!
 //! ```text
-//! serve            load the snapshot once; request id; access-log record
+//! serve                     load the snapshot once; request id; access-log record
 //!  └ pipeline
-//!     ├ trace context      continue or start the W3C trace (traceparent)
-//!     ├ check_framing      refuse ambiguous Content-Length/Transfer-Encoding (smuggling)
-//!     ├ normalise          canonical path and host (http::normalize)
-//!     ├ route              Router::find: host -> path -> predicates, or 404
-//!     ├ rate_limit         the route's token bucket for this key, or 429
-//!     ├ concurrency        a slot of the service (bounded wait), or 503 shed
-//!     ├ upstream_request   hop-by-hop cleanup, forwarding headers, rewritten path
-//!     ├ forward            pick endpoint, pooled connection, timeout, connect retries
-//!     └ downstream_response hop-by-hop cleanup of the answer
-//! finish           x-request-id on the answer; the record rides on the body to the log
+//!     ├ TraceContext        continue or start the W3C trace (traceparent)
+//!     ├ check_framing       refuse ambiguous Content-Length/Transfer-Encoding
+//!     ├ (limits)            request target length (414)
+//!     ├ normalize_*         canonical path and host (http::normalize)
+//!     ├ Router::find        host -> path -> predicates, or 404; redirect routes answer here
+//!     ├ rate_limit          the route's token bucket for this key, or 429
+//!     ├ Forward::pick       weighted backend (500 when every weight is 0)
+//!     ├ concurrency_slot    a slot of the service (bounded wait), or 503 shed
+//!     ├ upstream_request_headers  filters, hop-by-hop cleanup, forwarding headers
+//!     ├ upstream_body       size limit (413), idle timeout (408), buffering for retries
+//!     ├ forward             endpoint pick, pooled connection, per-try and route
+//!     │                     timeouts, retries within the budget, outlier feedback
+//!     └ downstream_response hop-by-hop cleanup, response filter, RateLimit-* headers
+//! finish                    metrics; x-request-id; the log record rides on the body
 //! ```
 //!
 //! Every failure is a [`ProxyError`], turned into the JSON answer in one place
