@@ -83,6 +83,7 @@ async fn a_256_mib_upload_streams_with_flat_memory() {
     assert_eq!(a.status, 200);
     assert_eq!(a.body, SIZE.to_string());
     let rss = gw.peak_rss_kib();
+    eprintln!("256 MiB upload: gateway peak RSS {rss} KiB");
     assert!(rss < RSS_LIMIT_KIB, "gateway peak RSS {rss} KiB");
 }
 
@@ -104,5 +105,6 @@ async fn a_256_mib_download_streams_with_flat_memory() {
     assert_eq!(resp.headers()["content-length"], SIZE.to_string());
     assert_eq!(count(resp.into_body()).await, SIZE);
     let rss = gw.peak_rss_kib();
+    eprintln!("256 MiB download: gateway peak RSS {rss} KiB");
     assert!(rss < RSS_LIMIT_KIB, "gateway peak RSS {rss} KiB");
 }
