@@ -614,3 +614,141 @@ fn route_outcome(config: &Config, route: &Route, path: &str) -> Outcome {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::import::{parse, translate_with_model};
+
+    const CONF: &str = "
+upstream api { server 10.0.0.1:8080; }
+upstream web { server 10.0.0.2:8080; }
+server {
+    listen 80;
+    location /api/ { proxy_pass http://api; }
+    location / { proxy_pass http://web; }
+}
+server {
+    listen 80;
+    server_name example.com;
+    location /api/ { proxy_pass http://api/v2/; }
+    location / { proxy_pass http://web; }
+}
+";
+
+    fn import(src: &str) -> (String, Model) {
+        let tree = parse::parse_str(src, Path::new("n.conf")).expect("parses");
+        let (import, model) = translate_with_model(&tree, "n.conf");
+        (import.toml, model)
+    }
+
+    /// `toml` with `from` replaced by `to` inside the route named `route` only.
+    fn patch_route(toml: &str, route: &str, from: &str, to: &str) -> String {
+        let name = format!("name = \"{route}\"\n");
+        toml.split_inclusive("[[routes]]")
+            .map(|chunk| {
+                if chunk.starts_with(&format!("\n{name}")) {
+                    assert!(chunk.contains(from), "`{from}` not in route {route}");
+                    chunk.replacen(from, to, 1)
+                } else {
+                    chunk.to_string()
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_import_agrees_with_its_nginx_model() {
+        let (toml, model) = import(CONF);
+        let report = verify(&model, &toml).expect("valid table");
+        assert!(report.requests >= 10, "{report:?}");
+        assert_eq!(report.agree, report.requests, "{report:?}");
+        assert!(report.differences.is_empty() && report.noted.is_empty());
+    }
+
+    #[test]
+    fn a_route_pointing_elsewhere_is_exactly_the_difference() {
+        let (toml, model) = import(CONF);
+        let wrong = patch_route(
+            &toml,
+            "example-com-api",
+            "service = \"api\"",
+            "service = \"web\"",
+        );
+        assert_ne!(wrong, toml);
+        let report = verify(&model, &wrong).expect("valid table");
+        let got: Vec<(&str, &str, &str, Option<&str>)> = report
+            .differences
+            .iter()
+            .map(|d| {
+                (
+                    d.host.as_str(),
+                    d.path.as_str(),
+                    d.nginx_at.as_str(),
+                    d.route.as_deref(),
+                )
+            })
+            .collect();
+        let route = Some("example-com-api");
+        assert_eq!(
+            got,
+            [
+                ("example.com", "/api/", "n.conf:12", route),
+                ("example.com", "/api/deeper/x", "n.conf:12", route),
+            ],
+            "{report:?}"
+        );
+        let d = &report.differences[0];
+        let proxy = |ep: &str, path: &str| Outcome::Proxy {
+            endpoints: BTreeMap::from([(ep.to_string(), 1_000_000)]),
+            path: path.to_string(),
+        };
+        assert_eq!(d.nginx, proxy("10.0.0.1:8080", "/v2/"));
+        assert_eq!(d.gateway, proxy("10.0.0.2:8080", "/v2/"));
+        assert!(report.noted.is_empty());
+        assert_eq!(report.agree + 2, report.requests);
+        assert!(
+            d.to_string().starts_with(
+                "verify: differ: GET http://example.com/api/: nginx: proxy to [10.0.0.1:8080] path `/v2/` (from n.conf:12); gateway: proxy to [10.0.0.2:8080] path `/v2/` (route `example-com-api`)"
+            ),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_forwarded_path_is_a_difference() {
+        let (toml, model) = import(CONF);
+        let wrong = patch_route(&toml, "example-com-api", "prefix = \"/v2/\", ", "");
+        let report = verify(&model, &wrong).expect("valid table");
+        let paths: Vec<&str> = report.differences.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(paths, ["/api/", "/api/deeper/x"], "{report:?}");
+    }
+
+    #[test]
+    fn not_translated_locations_are_skipped_and_noted_differences_kept_apart() {
+        let conf = "
+server {
+    listen 80;
+    location /old { proxy_pass http://10.0.0.3:80; }
+    location ~ \\.php$ { proxy_pass http://10.0.0.4:80; }
+    location /static/ { root /var/www; }
+    location / { proxy_pass http://10.0.0.5:80; }
+}
+";
+        let (toml, model) = import(conf);
+        let report = verify(&model, &toml).expect("valid table");
+        assert!(report.differences.is_empty(), "{report:?}");
+        // `/oldx`: nginx's prefix is not segment-bounded, as the import notes.
+        let noted: Vec<&str> = report.noted.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(noted, ["/oldx"], "{report:?}");
+        assert_eq!(report.noted[0].noted.as_deref(), Some("n.conf:4"));
+        // `/static/`, `/static/deeper/x`: nginx serves files there, not translated.
+        assert_eq!(report.skipped, 2, "{report:?}");
+        assert_eq!(
+            report.agree + report.skipped + report.noted.len(),
+            report.requests
+        );
+    }
+}
