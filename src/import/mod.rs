@@ -884,12 +884,16 @@ impl Translator {
                         .children()
                         .iter()
                         .any(|c| c.name == "rewrite" && self.skipped_at.contains(&c.at()));
-                let noted = std::iter::once(l.d)
-                    .chain(l.d.children().iter().filter(|c| c.name == "proxy_pass"))
-                    .map(Directive::at)
-                    .find(|at| self.routing_notes.contains(at));
+                let noted =
+                    |d: &Directive| Some(d.at()).filter(|at| self.routing_notes.contains(at));
                 verify::LocModel {
-                    noted,
+                    unbounded_note: noted(l.d),
+                    slash_note: l
+                        .d
+                        .children()
+                        .iter()
+                        .filter(|c| c.name == "proxy_pass")
+                        .find_map(noted),
                     d: l.d.clone(),
                     modifier: l.modifier.to_string(),
                     path: l.path.clone(),

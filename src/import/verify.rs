@@ -80,9 +80,10 @@ pub struct LocModel {
     pub proxied: bool,
     /// What nginx does there; `None` when the location is not translated.
     pub action: Option<NginxAction>,
-    /// `file:line` of a note on a routing difference here (a prefix that is not
-    /// segment-bounded, a slash mismatch in `proxy_pass`).
-    pub noted: Option<String>,
+    /// `file:line` of the note that nginx's prefix is not segment-bounded here.
+    pub unbounded_note: Option<String>,
+    /// `file:line` of the note on a slash mismatch in this location's `proxy_pass`.
+    pub slash_note: Option<String>,
 }
 
 /// A location's handling in nginx: `return` first, else a matching `rewrite`, else
@@ -143,8 +144,11 @@ impl fmt::Display for Outcome {
                 port,
                 path,
             } => {
-                let scheme = scheme.as_deref().unwrap_or("(scheme)");
-                let host = host.as_deref().unwrap_or("(host)");
+                if scheme.is_none() && host.is_none() && port.is_none() {
+                    return write!(f, "redirect {status} to {path}");
+                }
+                let scheme = scheme.as_deref().unwrap_or("(request's scheme)");
+                let host = host.as_deref().unwrap_or("(request's host)");
                 let port = port.map(|p| format!(":{p}")).unwrap_or_default();
                 write!(f, "redirect {status} to {scheme}://{host}{port}{path}")
             }
@@ -235,6 +239,7 @@ pub fn verify(model: &Model, toml: &str) -> Result<Report, String> {
             report.agree += 1;
             continue;
         }
+        let noted = nginx.stated(&path, &gateway);
         let d = Difference {
             host,
             path,
@@ -242,7 +247,7 @@ pub fn verify(model: &Model, toml: &str) -> Result<Report, String> {
             nginx_at: nginx.at,
             gateway,
             route,
-            noted: nginx.noted,
+            noted,
         };
         if d.noted.is_some() {
             report.noted.push(d);
@@ -344,8 +349,23 @@ pub struct NginxAnswer {
     pub outcome: Outcome,
     /// The `file:line` that decides it (a location, a server, a `return`).
     pub at: String,
-    /// `file:line` of an import note that states a difference for this request.
-    pub noted: Option<String>,
+    /// Import notes that state a difference for this request.
+    pub notes: Vec<Stated>,
+}
+
+/// A note of the import that states a routing difference, and which differences it
+/// explains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stated {
+    /// Any difference for this request (a bare path, a server without `location /`
+    /// whose request nginx answers with 404).
+    Request(String),
+    /// nginx's prefix `location` (of this length) is not segment-bounded: explains a
+    /// path that continues it without a `/`.
+    Unbounded(String, usize),
+    /// A slash mismatch in `proxy_pass`: explains a forwarded path that differs only
+    /// in its slashes.
+    Slashes(String),
 }
 
 impl NginxAnswer {
@@ -353,8 +373,33 @@ impl NginxAnswer {
         NginxAnswer {
             outcome,
             at,
-            noted: None,
+            notes: Vec::new(),
         }
+    }
+
+    /// The `file:line` of a note that explains why the gateway answers `path` with
+    /// `gateway` instead.
+    pub fn stated(&self, path: &str, gateway: &Outcome) -> Option<String> {
+        self.notes.iter().find_map(|n| {
+            let explains = match n {
+                Stated::Request(_) => true,
+                Stated::Unbounded(_, len) => path
+                    .get(*len..)
+                    .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/')),
+                Stated::Slashes(_) => match (&self.outcome, gateway) {
+                    (
+                        Outcome::Proxy { endpoints, path: a },
+                        Outcome::Proxy {
+                            endpoints: e2,
+                            path: b,
+                        },
+                    ) => endpoints == e2 && a.replace('/', "") == b.replace('/', ""),
+                    _ => false,
+                },
+            };
+            let (Stated::Request(at) | Stated::Unbounded(at, _) | Stated::Slashes(at)) = n;
+            explains.then(|| at.clone())
+        })
     }
 }
 
@@ -365,12 +410,10 @@ pub fn nginx_outcome(model: &Model, host: &str, path: &str) -> Option<NginxAnswe
         return Some(NginxAnswer::new(Outcome::NotFound, "(no server)".into()));
     };
     let mut answer = server_outcome(server, path)?;
-    if answer.noted.is_none() {
-        answer.noted = server
-            .noted_paths
-            .iter()
-            .find(|(p, _)| p == path)
-            .map(|(_, at)| at.clone());
+    for (p, at) in &server.noted_paths {
+        if p == path {
+            answer.notes.push(Stated::Request(at.clone()));
+        }
     }
     Some(answer)
 }
@@ -422,17 +465,26 @@ fn server_outcome(server: &ServerModel, path: &str) -> Option<NginxAnswer> {
         Choice::Loc(i) => {
             let l = server.locations.get(i)?;
             let o = location_outcome(l, l.action.as_ref()?, path)?;
+            let unbounded = l
+                .unbounded_note
+                .clone()
+                .map(|at| Stated::Unbounded(at, l.path.len()));
+            let slashes = l.slash_note.clone().map(Stated::Slashes);
             Some(NginxAnswer {
                 outcome: o,
                 at: l.d.at(),
-                noted: l.noted.clone(),
+                notes: unbounded.into_iter().chain(slashes).collect(),
             })
         }
         Choice::Regex(_) => None,
         Choice::None => Some(NginxAnswer {
             outcome: Outcome::NotFound,
             at: server.at.clone(),
-            noted: server.no_root_note.then(|| server.at.clone()),
+            notes: server
+                .no_root_note
+                .then(|| Stated::Request(server.at.clone()))
+                .into_iter()
+                .collect(),
         }),
     }
 }
@@ -750,5 +802,29 @@ server {
             report.agree + report.skipped + report.noted.len(),
             report.requests
         );
+    }
+
+    #[test]
+    fn a_note_explains_only_the_difference_it_states() {
+        let conf = "
+server {
+    listen 80;
+    location /old { proxy_pass http://10.0.0.3:80; }
+    location / { proxy_pass http://10.0.0.5:80; }
+}
+";
+        let (toml, model) = import(conf);
+        // The note on `location /old` explains `/oldx`, not a wrong service.
+        let wrong = patch_route(
+            &toml,
+            "default-old",
+            "service = \"10-0-0-3-80\"",
+            "service = \"10-0-0-5-80\"",
+        );
+        let report = verify(&model, &wrong).expect("valid table");
+        let differ: Vec<&str> = report.differences.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(differ, ["/old", "/old/", "/old/deeper/x"], "{report:?}");
+        let noted: Vec<&str> = report.noted.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(noted, ["/oldx"], "{report:?}");
     }
 }
