@@ -682,7 +682,10 @@ impl Translator {
                 "{}: not translated: server: it has no usable server_name and is not the default server for its port, so only requests without a matching Host reach it in nginx",
                 server.at()
             ));
-            self.model.push(verify::ServerModel::excluded(server));
+            self.model.push(verify::ServerModel {
+                bad_names,
+                ..verify::ServerModel::excluded(server)
+            });
             return (false, false, None);
         } else {
             hosts.extend(names.iter().cloned().map(Some));

@@ -296,9 +296,11 @@ fn sample_paths(model: &Model) -> BTreeSet<String> {
                 bases.push(p);
             }
         }
-        for (_, rw) in &s.rewrites {
-            if let Some(rw) = rw {
-                bases.push(rw.from.clone());
+        for (d, rw) in &s.rewrites {
+            let re = d.args.first().map(String::as_str).unwrap_or_default();
+            match rw {
+                Some(rw) => bases.push(rw.from.clone()),
+                None => bases.extend(location_literal("~", re)),
             }
         }
     }
