@@ -706,6 +706,11 @@ impl Translator {
             // The server rewrite phase runs before any location is chosen.
             let action = self.return_action(ret, &names);
             model.ret = Some((ret.clone(), action.clone()));
+            // Reported as not translated below; nginx runs them in file order.
+            model.rewrites = server_rewrites
+                .iter()
+                .map(|r| ((*r).clone(), None))
+                .collect();
             if let Some(action) = action {
                 for h in &hosts {
                     self.push_route(
