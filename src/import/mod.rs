@@ -12,6 +12,10 @@
 //! tree: `upstream` blocks become services (unequal weights become a `split` over one
 //! service per server), `server` blocks give hosts, `location`s give routes, and the
 //! proxy/redirect directives give each route's action and filters.
+//!
+//! While translating, the importer records its model of how nginx answers requests
+//! (servers, locations and their actions); `--verify` ([`verify`]) runs sample
+//! requests through that model and through the router on the produced table.
 
 mod known;
 pub mod parse;
