@@ -90,7 +90,13 @@ enum Command {
         fail_on_change: Vec<String>,
     },
     /// Translate an nginx configuration into a route table (stdout); notes on stderr.
-    Import { file: PathBuf },
+    Import {
+        file: PathBuf,
+        /// Also run sample requests through nginx's location rules (as the importer
+        /// models them) and through the imported table; exit 1 on any difference.
+        #[arg(long)]
+        verify: bool,
+    },
     /// Run the shipped routes.toml with in-process demo backends for its services.
     Demo {
         #[arg(long, short, default_value = "routes.toml")]
@@ -125,7 +131,7 @@ pub fn main() -> ExitCode {
             format,
             &fail_on_change,
         ),
-        Command::Import { file } => crate::import::run(&file),
+        Command::Import { file, verify } => crate::import::run(&file, verify),
         Command::Explain {
             config,
             json,

@@ -12,9 +12,14 @@
 //! tree: `upstream` blocks become services (unequal weights become a `split` over one
 //! service per server), `server` blocks give hosts, `location`s give routes, and the
 //! proxy/redirect directives give each route's action and filters.
+//!
+//! While translating, the importer records its model of how nginx answers requests
+//! (servers, locations and their actions); `--verify` ([`verify`]) runs sample
+//! requests through that model and through the router on the produced table.
 
 mod known;
 pub mod parse;
+mod verify;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -66,17 +71,20 @@ pub fn check_known(tree: &[Directive]) -> Result<(), ParseError> {
     Ok(())
 }
 
-/// The `switchyard import FILE` command: the table on stdout, the notes on stderr; exit
-/// 1 when the file cannot be parsed (or, which would be a bug here, when the produced
-/// table does not validate).
-pub fn run(path: &Path) -> ExitCode {
-    let import = match import_file(path) {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
+/// The `switchyard import [--verify] FILE` command: the table on stdout, the notes on
+/// stderr; exit 1 when the file cannot be parsed (or, which would be a bug here, when
+/// the produced table does not validate). With `verify`, the table is still printed,
+/// the verification's summary and differences follow the notes on stderr, and the
+/// exit code is 1 when nginx's model and the gateway differ on any sample request.
+pub fn run(path: &Path, verify: bool) -> ExitCode {
+    let (import, model) =
+        match parse::parse_file(path).and_then(|tree| check_known(&tree).map(|()| tree)) {
+            Ok(tree) => translate_with_model(&tree, &path.display().to_string()),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
     for n in &import.notes {
         eprintln!("{n}");
     }
@@ -87,21 +95,50 @@ pub fn run(path: &Path) -> ExitCode {
         return ExitCode::FAILURE;
     }
     print!("{}", import.toml);
-    ExitCode::SUCCESS
+    if !verify {
+        return ExitCode::SUCCESS;
+    }
+    match verify::verify(&model, &import.toml) {
+        Ok(report) => {
+            eprintln!("{}", report.summary());
+            for d in &report.differences {
+                eprintln!("{d}");
+            }
+            for d in &report.noted {
+                eprintln!("{d}");
+            }
+            if report.differences.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Translate a parsed tree. `source` names the top file in the header comment.
 pub fn translate(tree: &[Directive], source: &str) -> Import {
+    translate_with_model(tree, source).0
+}
+
+/// [`translate`], and the importer's model of nginx's request handling for `--verify`.
+fn translate_with_model(tree: &[Directive], source: &str) -> (Import, verify::Model) {
     let mut t = Translator::default();
     t.run(tree);
     sort_notes(&mut t.notes, tree);
     // A setting inherited by several locations is reported once.
     let mut seen = HashSet::new();
     t.notes.retain(|n| seen.insert(n.clone()));
-    Import {
+    let import = Import {
         toml: t.render(source),
         notes: t.notes,
-    }
+    };
+    let model = verify::Model { servers: t.model };
+    (import, model)
 }
 
 // === model of the output ===
@@ -249,6 +286,18 @@ struct Translator {
     /// While one server is translated: prefix routes ending in `/` whose bare path
     /// (`/api` for `/api/`) nginx does not send to them, with the directive to cite.
     bare: Vec<(String, Directive)>,
+    /// While one server is translated: what nginx does in each location (by index).
+    loc_models: Vec<Option<verify::NginxAction>>,
+    /// `file:line` of every directive reported as not translated.
+    skipped_at: HashSet<String>,
+    /// `file:line` of every directive with a note on a routing difference (which
+    /// location answers, or the forwarded path).
+    routing_notes: HashSet<String>,
+    /// While one server is translated: bare paths (`/api`) noted as answered
+    /// differently, with the directive that has the note.
+    noted_paths: Vec<(String, String)>,
+    /// nginx's request handling as the importer understands it, for `--verify`.
+    model: Vec<verify::ServerModel>,
 }
 
 /// Directives that are settings handled through [`Settings`].
@@ -274,6 +323,7 @@ fn args_text(d: &Directive) -> String {
 
 impl Translator {
     fn skip(&mut self, d: &Directive, reason: &str) {
+        self.skipped_at.insert(d.at());
         self.notes.push(format!(
             "{}: not translated: directive `{}`: {reason}",
             d.at(),
@@ -319,6 +369,7 @@ impl Translator {
                     tls.at()
                 );
                 self.skip(ret, &why);
+                self.model.push(verify::ServerModel::excluded(server));
                 continue;
             }
             let settings = settings.inherit(server.children());
@@ -335,6 +386,9 @@ impl Translator {
         // through to wildcard-host and host-less routes in the gateway.
         if servers.len() > 1 {
             for (server, name) in no_root {
+                if let Some(m) = self.model.iter_mut().find(|m| m.at == server.at()) {
+                    m.no_root_note = true;
+                }
                 self.notes.push(format!(
                     "{}: note: server `{name}` has no `location /`: the gateway sends its other paths to less specific routes (wildcard hosts, host-less routes), nginx answers them from this server",
                     server.at()
@@ -562,6 +616,7 @@ impl Translator {
         all: &[(&Directive, Settings)],
     ) -> (bool, bool, Option<String>) {
         let mut names: Vec<String> = Vec::new();
+        let mut bad_names = false;
         let mut locations: Vec<Loc<'_>> = Vec::new();
         let mut server_return: Option<&Directive> = None;
         let mut server_rewrites: Vec<&Directive> = Vec::new();
@@ -572,10 +627,13 @@ impl Translator {
                     for n in &d.args {
                         match server_name(n) {
                             Ok(list) => names.extend(list),
-                            Err(reason) => self.notes.push(format!(
-                                "{}: not translated: server name `{n}`: {reason}",
-                                d.at()
-                            )),
+                            Err(reason) => {
+                                bad_names = true;
+                                self.notes.push(format!(
+                                    "{}: not translated: server name `{n}`: {reason}",
+                                    d.at()
+                                ));
+                            }
                         }
                     }
                 }
@@ -628,6 +686,10 @@ impl Translator {
                 "{}: not translated: server: it has no usable server_name and is not the default server for its port, so only requests without a matching Host reach it in nginx",
                 server.at()
             ));
+            self.model.push(verify::ServerModel {
+                bad_names,
+                ..verify::ServerModel::excluded(server)
+            });
             return (false, false, None);
         } else {
             hosts.extend(names.iter().cloned().map(Some));
@@ -636,10 +698,24 @@ impl Translator {
         let has_root = locations
             .iter()
             .any(|l| l.path == "/" && (l.modifier.is_empty() || l.modifier == "^~"));
+        let mut model = verify::ServerModel {
+            at: server.at(),
+            names: names.clone(),
+            is_default,
+            bad_names,
+            ..verify::ServerModel::default()
+        };
 
         if let Some(ret) = server_return {
             // The server rewrite phase runs before any location is chosen.
-            if let Some(action) = self.return_action(ret, &names) {
+            let action = self.return_action(ret, &names);
+            model.ret = Some((ret.clone(), action.clone()));
+            // Reported as not translated below; nginx runs them in file order.
+            model.rewrites = server_rewrites
+                .iter()
+                .map(|r| ((*r).clone(), None))
+                .collect();
+            if let Some(action) = action {
                 for h in &hosts {
                     self.push_route(
                         ret,
@@ -668,17 +744,24 @@ impl Translator {
                     ),
                 );
             }
+            self.model.push(model);
             return (hosts.iter().any(Option::is_some), true, first);
         }
         self.actions = vec![None; locations.len()];
+        self.loc_models = vec![None; locations.len()];
         self.bare.clear();
+        self.noted_paths.clear();
         for r in &server_rewrites {
-            self.server_rewrite(r, &hosts, &locations);
+            let rw = self.server_rewrite(r, &hosts, &locations);
+            model.rewrites.push(((*r).clone(), rw));
         }
         for (i, loc) in locations.iter().enumerate() {
             self.location(i, loc, &locations, settings, &hosts, &names);
         }
         self.bare_paths(&locations, &hosts);
+        model.locations = self.location_models(&locations);
+        model.noted_paths = std::mem::take(&mut self.noted_paths);
+        self.model.push(model);
         (hosts.iter().any(Option::is_some), has_root, first)
     }
 
@@ -746,11 +829,15 @@ impl Translator {
     }
 
     /// A server-level rewrite runs before location matching: only redirects (flag
-    /// `permanent`/`redirect`) translate, as a route of their own.
-    fn server_rewrite(&mut self, d: &Directive, hosts: &[Option<String>], locations: &[Loc<'_>]) {
-        let Some(rw) = self.simple_rewrite(d) else {
-            return;
-        };
+    /// `permanent`/`redirect`) translate, as a route of their own. Returns the rewrite
+    /// when it was translated.
+    fn server_rewrite(
+        &mut self,
+        d: &Directive,
+        hosts: &[Option<String>],
+        locations: &[Loc<'_>],
+    ) -> Option<SimpleRewrite> {
+        let rw = self.simple_rewrite(d)?;
         // The rewrite runs before any location is chosen; as a route it would lose to
         // longer locations below its prefix.
         if let Some(o) = locations.iter().find(|o| {
@@ -763,7 +850,7 @@ impl Translator {
                 o.d.at()
             );
             self.skip(d, &why);
-            return;
+            return None;
         }
         match rw.flag {
             RewriteFlag::Redirect(status) => {
@@ -782,12 +869,56 @@ impl Translator {
                     );
                 }
                 self.bare.push((rw.from.clone(), d.clone()));
+                Some(rw)
             }
-            RewriteFlag::Break => self.skip(
-                d,
-                "a server-level rewrite changes the path before the location is chosen; only redirects translate",
-            ),
+            RewriteFlag::Break => {
+                self.skip(
+                    d,
+                    "a server-level rewrite changes the path before the location is chosen; only redirects translate",
+                );
+                None
+            }
         }
+    }
+
+    /// The verification model of one server's locations: a location counts as
+    /// translated when it produced routes and neither it nor one of its rewrites was
+    /// reported as not translated.
+    fn location_models(&self, locations: &[Loc<'_>]) -> Vec<verify::LocModel> {
+        locations
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let translated = self.actions.get(i).is_some_and(Option::is_some)
+                    && !self.skipped_at.contains(&l.d.at())
+                    && !l
+                        .d
+                        .children()
+                        .iter()
+                        .any(|c| c.name == "rewrite" && self.skipped_at.contains(&c.at()));
+                let noted =
+                    |d: &Directive| Some(d.at()).filter(|at| self.routing_notes.contains(at));
+                verify::LocModel {
+                    unbounded_note: noted(l.d),
+                    slash_note: l
+                        .d
+                        .children()
+                        .iter()
+                        .filter(|c| c.name == "proxy_pass")
+                        .find_map(noted),
+                    d: l.d.clone(),
+                    modifier: l.modifier.to_string(),
+                    path: l.path.clone(),
+                    proxied: l.d.children().iter().any(|c| c.name == "proxy_pass"),
+                    action: self
+                        .loc_models
+                        .get(i)
+                        .cloned()
+                        .flatten()
+                        .filter(|_| translated),
+                }
+            })
+            .collect()
     }
 
     fn location(
@@ -857,6 +988,13 @@ impl Translator {
             for c in d.children().iter().filter(|c| c.name == "add_header") {
                 self.skip(c, "a redirect route cannot set response headers");
             }
+            self.set_loc_model(
+                idx,
+                verify::NginxAction {
+                    ret: Some(action.clone()),
+                    ..verify::NginxAction::default()
+                },
+            );
             let action = Action::Redirect(action);
             self.location_routes(idx, d, &path, from_regex, action, hosts, all);
             return;
@@ -865,6 +1003,8 @@ impl Translator {
         // narrower route of its own.
         let mut own_rewrite: Option<SimpleRewrite> = None;
         let mut extra: Option<(SimpleRewrite, &Directive)> = None;
+        // The rewrite as written, for nginx's model.
+        let mut raw_rewrite: Option<SimpleRewrite> = None;
         for (i, r) in rewrites.iter().enumerate() {
             if i > 0 {
                 self.skip(r, "only one rewrite per location is translated");
@@ -873,6 +1013,7 @@ impl Translator {
             let Some(rw) = self.simple_rewrite(r) else {
                 continue;
             };
+            raw_rewrite = Some(rw.clone());
             let lp = path.text();
             let applies_to_all = lp.starts_with(&rw.from);
             match &path {
@@ -919,6 +1060,11 @@ impl Translator {
             if let Some(pp) = proxy_pass {
                 self.skip(pp, "the redirecting `rewrite` answers first");
             }
+            let model = verify::NginxAction {
+                rewrite: raw_rewrite,
+                ..verify::NginxAction::default()
+            };
+            self.set_loc_model(idx, model);
             self.location_routes(idx, d, &path, from_regex, action, hosts, all);
             return;
         }
@@ -940,6 +1086,12 @@ impl Translator {
                 PathKind::Prefix(_) => proxy.rewrite_prefix = Some(rw.to.clone()),
             }
         }
+        let model = verify::NginxAction {
+            rewrite: raw_rewrite,
+            proxy: self.nginx_proxy(pp),
+            ..verify::NginxAction::default()
+        };
+        self.set_loc_model(idx, model);
         self.location_routes(
             idx,
             d,
@@ -1004,6 +1156,26 @@ impl Translator {
         }
     }
 
+    fn set_loc_model(&mut self, idx: usize, action: verify::NginxAction) {
+        if let Some(slot) = self.loc_models.get_mut(idx) {
+            *slot = Some(action);
+        }
+    }
+
+    /// What nginx does with `proxy_pass URL` (already translated): the upstream's
+    /// servers with their weights, and the URI part.
+    fn nginx_proxy(&self, pp: &Directive) -> Option<verify::NginxProxy> {
+        let (authority, uri) = split_proxy_url(pp.args.first()?)?;
+        let servers = match self.upstreams.get(authority) {
+            Some(up) => up.servers.clone(),
+            None => vec![(with_default_port(authority), 1)],
+        };
+        Some(verify::NginxProxy {
+            servers,
+            uri: uri.map(str::to_string),
+        })
+    }
+
     /// The routes of one location (one per host), remembered for the bare-path pass;
     /// a prefix without a trailing `/` gets a note (nginx's prefixes are not
     /// segment-bounded).
@@ -1055,6 +1227,7 @@ impl Translator {
                     "nginx also matches paths that merely start with `{p}` (`{p}x`, `{p}-y`); the gateway matches `{p}` on segment boundaries only"
                 );
                 self.note(d, &msg);
+                self.routing_notes.insert(d.at());
             } else if from_regex || matches!(action, Action::Redirect(_)) {
                 // nginx's own 301 from `/api` to `/api/` exists only for proxied
                 // static prefixes (see `location`).
@@ -1103,7 +1276,7 @@ impl Translator {
                                 "nginx answers `{bare}` from the location at {}, whose rewrite of it is not a normalised path; the gateway answers it from the route for `{slash}`",
                                 locations[i].d.at()
                             );
-                            self.note(&d, &msg);
+                            self.bare_note(&d, &bare, &msg);
                         }
                     },
                     None => {
@@ -1111,7 +1284,7 @@ impl Translator {
                             "nginx answers `{bare}` from the location at {}, which is not translated; the gateway answers it from the route for `{slash}`",
                             locations[i].d.at()
                         );
-                        self.note(&d, &msg);
+                        self.bare_note(&d, &bare, &msg);
                     }
                 },
                 Choice::Regex(i) => {
@@ -1119,16 +1292,22 @@ impl Translator {
                         "the regular-expression location at {} may answer `{bare}` in nginx; the gateway answers it from the route for `{slash}`",
                         locations[i].d.at()
                     );
-                    self.note(&d, &msg);
+                    self.bare_note(&d, &bare, &msg);
                 }
                 Choice::None => {
                     let msg = format!(
                         "nginx has no location for `{bare}`; the gateway answers it from the route for `{slash}` (a prefix also matches its path without the trailing `/`)"
                     );
-                    self.note(&d, &msg);
+                    self.bare_note(&d, &bare, &msg);
                 }
             }
         }
+    }
+
+    /// A note on a bare path that the gateway answers differently (for `--verify`).
+    fn bare_note(&mut self, d: &Directive, bare: &str, msg: &str) {
+        self.note(d, msg);
+        self.noted_paths.push((bare.to_string(), d.at()));
     }
 
     /// `proxy_pass` with the location's settings.
@@ -1148,18 +1327,13 @@ impl Translator {
             self.skip(pp, "a proxy_pass with variables is not translated");
             return None;
         }
-        let rest = if let Some(r) = url.strip_prefix("http://") {
-            r
-        } else if url.starts_with("https://") {
-            self.skip(pp, "TLS to upstreams is not supported yet");
+        let Some((authority, uri)) = split_proxy_url(url) else {
+            if url.starts_with("https://") {
+                self.skip(pp, "TLS to upstreams is not supported yet");
+            } else {
+                self.skip(pp, "only http:// upstreams are translated");
+            }
             return None;
-        } else {
-            self.skip(pp, "only http:// upstreams are translated");
-            return None;
-        };
-        let (authority, uri) = match rest.find('/') {
-            Some(i) => (&rest[..i], Some(&rest[i..])),
-            None => (rest, None),
         };
         let (target, proxy_host) = self.target(pp, authority)?;
         let mut proxy = Proxy {
@@ -1185,6 +1359,9 @@ impl Translator {
                 PathKind::Prefix(lp) => {
                     let loc_slash = lp.ends_with('/');
                     let uri_slash = uri.ends_with('/');
+                    if loc_slash != uri_slash {
+                        self.routing_notes.insert(pp.at());
+                    }
                     if !loc_slash && uri_slash {
                         self.note(pp, &format!("nginx maps `{lp}/x` to `{uri}/x` (a double slash); the gateway forwards `{}/x`", uri.trim_end_matches('/')));
                     } else if loc_slash && !uri_slash {
@@ -2129,6 +2306,15 @@ fn regex_conflict(p: &PathKind, this: &Loc<'_>, all: &[Loc<'_>]) -> Option<Strin
         }
     }
     None
+}
+
+/// `http://AUTHORITY[/URI]` -> (authority, URI); `None` for other schemes.
+fn split_proxy_url(url: &str) -> Option<(&str, Option<&str>)> {
+    let rest = url.strip_prefix("http://")?;
+    Some(match rest.find('/') {
+        Some(i) => (&rest[..i], Some(&rest[i..])),
+        None => (rest, None),
+    })
 }
 
 /// `^/a/(.*)$` + `/b/$1` -> (`/a/`, `/b/`).

@@ -115,3 +115,49 @@ fn a_missing_file_is_an_error() {
         "{stderr}"
     );
 }
+
+/// `N`, `M`, `K`, `S`, `D` of `verify: N requests, M agree, K differ, S skipped (not
+/// translated), D noted (…)`.
+fn verify_counts(stderr: &str) -> Option<[usize; 5]> {
+    let line = stderr.lines().find(|l| l.contains(" requests, "))?;
+    let nums: Vec<usize> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    nums.try_into().ok()
+}
+
+#[test]
+fn verify_finds_no_difference_on_any_fixture() {
+    for f in fixtures().iter().filter(|f| !f.contains("-error-")) {
+        let out = Command::new(BIN)
+            .args(["import", "--verify", f])
+            .current_dir(fixtures_dir())
+            .output()
+            .expect("run import --verify");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{f}:\n{stderr}");
+        // stdout is the table, as without --verify.
+        let (_, plain, _) = import(f);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), plain, "{f}");
+        let Some([n, agree, differ, skipped, noted]) = verify_counts(&stderr) else {
+            panic!("{f}: no summary line:\n{stderr}");
+        };
+        assert!(
+            stderr.contains(&format!(
+                "verify: {n} requests, {agree} agree, 0 differ, {skipped} skipped (not translated), {noted} noted"
+            )),
+            "{f}:\n{stderr}"
+        );
+        assert_eq!(differ, 0, "{f}:\n{stderr}");
+        assert_eq!(agree + skipped + noted, n, "{f}:\n{stderr}");
+        assert!((6..=4000).contains(&n), "{f}: {n} requests");
+        assert!(agree * 3 >= n, "{f}: too few requests checked:\n{stderr}");
+        assert!(!stderr.contains("verify: differ: "), "{f}:\n{stderr}");
+        assert_eq!(
+            stderr.matches("verify: noted: ").count(),
+            noted,
+            "{f}: every noted difference is listed:\n{stderr}"
+        );
+    }
+}
