@@ -36,7 +36,7 @@ pub async fn start_backends(config_path: &Path) -> Result<(), String> {
     if let Some(http) = loaded.config.listen.http {
         let port = http.port();
         eprintln!(
-            "\nSwitchyard demo. Try:\n  curl -s localhost:{port}/api/users/7\n  curl -s localhost:{port}/api/orders/42\n  curl -s -i localhost:{port}/nowhere\n"
+            "\nSwitchyard demo. Try:\n  curl -s localhost:{port}/api/users/7\n  curl -s localhost:{port}/api/orders/42\n  curl -s -i localhost:{port}/nowhere\n  curl -s -i localhost:{port}/v1/users/3\n"
         );
     }
     Ok(())
