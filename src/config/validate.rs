@@ -28,8 +28,12 @@ pub fn parse(src: &str) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
             });
         }
     };
+    let line_starts = std::iter::once(0)
+        .chain(src.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
     let mut v = Validator {
         src,
+        line_starts,
         errors: Vec::new(),
     };
     let config = v.config(file);
@@ -129,15 +133,17 @@ fn span<T>(s: &Spanned<T>) -> Option<Range<usize>> {
 
 struct Validator<'s> {
     src: &'s str,
+    /// Byte offsets where lines start, for `line()` (a table of 10,000 routes may
+    /// produce thousands of messages).
+    line_starts: Vec<usize>,
     errors: Vec<ConfigError>,
 }
 
 impl Validator<'_> {
     /// 1-based line of a byte offset, for messages that point at a second place.
     fn line(&self, offset: usize) -> usize {
-        self.src
-            .get(..offset)
-            .map_or(0, |s| s.matches('\n').count() + 1)
+        let offset = offset.min(self.src.len());
+        self.line_starts.partition_point(|&start| start <= offset)
     }
 
     fn err(
@@ -1235,16 +1241,25 @@ impl Validator<'_> {
     /// before it and matches every request it could match (SY012), most plainly when
     /// both have identical match conditions (SY013).
     fn unreachable_routes(&mut self, routes: &[Route]) {
-        for l in routes {
-            let Some(e) = routes.iter().find(|e| {
-                e.order != l.order
-                    && e.host == l.host
-                    && e.path == l.path
-                    && tried_before(e, l)
-                    && covers(e, l)
-            }) else {
-                continue;
-            };
+        // Only routes with the same host and path can shadow each other: compare within
+        // those groups, not every pair of the table.
+        let mut groups: HashMap<(&Option<HostMatch>, &PathMatch), Vec<&Route>> = HashMap::new();
+        for r in routes {
+            groups.entry((&r.host, &r.path)).or_default().push(r);
+        }
+        let mut shadowed: Vec<(&Route, &Route)> = Vec::new();
+        for group in groups.values().filter(|g| g.len() > 1) {
+            for l in group {
+                if let Some(e) = group
+                    .iter()
+                    .find(|e| e.order != l.order && tried_before(e, l) && covers(e, l))
+                {
+                    shadowed.push((e, l));
+                }
+            }
+        }
+        shadowed.sort_by_key(|(_, l)| l.order);
+        for (e, l) in shadowed {
             let line = self.line(e.span.start);
             if covers(l, e) {
                 self.err(
@@ -1272,36 +1287,46 @@ impl Validator<'_> {
 
     /// Warnings about tables that are valid but probably not what was meant.
     fn lint(&mut self, routes: &[Route], defaults: &Defaults) {
-        for a in routes {
-            let PathMatch::Prefix(pa) = &a.path else {
+        // Prefix traps: `/api/user` next to `/api/users`. For each prefix, look up every
+        // shorter string prefix of it that does not end on a segment boundary, so the
+        // cost follows the length of the paths, not the square of the table.
+        let mut prefixes: HashMap<(&Option<HostMatch>, &str), Vec<&Route>> = HashMap::new();
+        for r in routes {
+            if let PathMatch::Prefix(p) = &r.path {
+                prefixes.entry((&r.host, p.as_str())).or_default().push(r);
+            }
+        }
+        let mut traps: Vec<(&Route, &Route)> = Vec::new();
+        for b in routes {
+            let PathMatch::Prefix(pb) = &b.path else {
                 continue;
             };
-            for b in routes {
-                let PathMatch::Prefix(pb) = &b.path else {
+            for (i, c) in pb.char_indices().skip(2) {
+                if c == '/' || pb.as_bytes()[i - 1] == b'/' {
                     continue;
-                };
-                let trap = a.host == b.host
-                    && pa != "/"
-                    && pb.len() > pa.len()
-                    && pb.starts_with(pa.as_str())
-                    && !pb[pa.len()..].starts_with('/');
-                if trap {
-                    let line = self.line(b.span.start);
-                    self.errors.push(
-                        ConfigError::warning(
-                            "SY014",
-                            Some(a.span.clone()),
-                            format!(
-                                "prefix `{pa}` of route `{}` does not cover `{pb}` of route `{}` (line {line}): prefixes match whole segments",
-                                a.name, b.name
-                            ),
-                        )
-                        .help(format!(
-                            "`{pa}` matches `{pa}` and `{pa}/…`, never `{pb}`; if one of the two is a typo, fix it"
-                        )),
-                    );
+                }
+                if let Some(shorter) = prefixes.get(&(&b.host, &pb[..i])) {
+                    traps.extend(shorter.iter().map(|a| (*a, b)));
                 }
             }
+        }
+        traps.sort_by_key(|(a, b)| (a.order, b.order));
+        for (a, b) in traps {
+            let (pa, pb) = (a.path.as_str(), b.path.as_str());
+            let line = self.line(b.span.start);
+            self.errors.push(
+                ConfigError::warning(
+                    "SY014",
+                    Some(a.span.clone()),
+                    format!(
+                        "prefix `{pa}` of route `{}` does not cover `{pb}` of route `{}` (line {line}): prefixes match whole segments",
+                        a.name, b.name
+                    ),
+                )
+                .help(format!(
+                    "`{pa}` matches `{pa}` and `{pa}/…`, never `{pb}`; if one of the two is a typo, fix it"
+                )),
+            );
         }
         for r in routes {
             let Some(f) = r.forward() else { continue };
