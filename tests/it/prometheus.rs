@@ -20,14 +20,6 @@ impl Drop for Prometheus {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_prometheus(target: std::net::SocketAddr) -> Option<Prometheus> {
     let bin = ["prometheus", "/usr/bin/prometheus"]
         .into_iter()

@@ -432,3 +432,13 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
 pub fn text(b: impl Into<Bytes>) -> Response<Body> {
     Response::new(full(b))
 }
+
+/// A port that was free a moment ago, for peers that cannot report the port they bound
+/// (nginx, Prometheus). Races are possible but rare on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
