@@ -339,16 +339,17 @@ impl Drop for Upstream {
 }
 
 pub fn echo_value(name: &str, req: &Request<Incoming>) -> Value {
-    let headers: serde_json::Map<String, Value> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                Value::String(String::from_utf8_lossy(v.as_bytes()).into()),
-            )
-        })
-        .collect();
+    // Repeated headers are joined with ", " so a test can see every value.
+    let mut headers = serde_json::Map::new();
+    for k in req.headers().keys() {
+        let joined: Vec<String> = req
+            .headers()
+            .get_all(k)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        headers.insert(k.as_str().to_string(), Value::String(joined.join(", ")));
+    }
     serde_json::json!({
         "service": name,
         "method": req.method().as_str(),
