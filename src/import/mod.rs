@@ -859,16 +859,7 @@ impl Translator {
                     status,
                     ..Redirect::default()
                 });
-                for h in hosts {
-                    self.push_route(
-                        d,
-                        d.at(),
-                        h.clone(),
-                        PathKind::Prefix(rw.from.clone()),
-                        action.clone(),
-                    );
-                }
-                self.bare.push((rw.from.clone(), d.clone()));
+                self.push_rewrite_routes(d, hosts, &rw, action);
                 Some(rw)
             }
             RewriteFlag::Break => {
@@ -1143,17 +1134,29 @@ impl Translator {
                     ..Redirect::default()
                 }),
             };
-            for h in hosts {
-                self.push_route(
-                    r,
-                    r.at(),
-                    h.clone(),
-                    PathKind::Prefix(rw.from.clone()),
-                    action.clone(),
-                );
-            }
-            self.bare.push((rw.from.clone(), r.clone()));
+            self.push_rewrite_routes(r, hosts, &rw, action);
         }
+    }
+
+    /// The routes of a simple prefix rewrite at `d`: one per host on the rewrite's
+    /// `from` prefix, and the prefix remembered as a bare path.
+    fn push_rewrite_routes(
+        &mut self,
+        d: &Directive,
+        hosts: &[Option<String>],
+        rw: &SimpleRewrite,
+        action: Action,
+    ) {
+        for h in hosts {
+            self.push_route(
+                d,
+                d.at(),
+                h.clone(),
+                PathKind::Prefix(rw.from.clone()),
+                action.clone(),
+            );
+        }
+        self.bare.push((rw.from.clone(), d.clone()));
     }
 
     fn set_loc_model(&mut self, idx: usize, action: verify::NginxAction) {

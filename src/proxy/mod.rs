@@ -163,8 +163,14 @@ async fn pipeline(
         return Err(ProxyError::UriTooLong);
     }
     let path = normalize_path(parts.uri.path()).map_err(|_| ProxyError::BadPath)?;
-    let raw_host = host_of_parts(&parts.headers, &parts.uri).map(str::to_string);
-    let host = raw_host.as_deref().and_then(normalize_host);
+    // The Host value is cloned (a reference-count bump), not copied into a String: it
+    // must outlive the header edits below.
+    let raw_host_value = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    };
+    let raw_host = raw_host_value.as_ref().and_then(|v| v.to_str().ok());
+    let host = raw_host.and_then(normalize_host);
     let info = RequestInfo {
         method: &parts.method,
         host: host.as_deref(),
@@ -177,14 +183,7 @@ async fn pipeline(
     let fwd = match &route.action {
         Action::Forward(f) => f,
         Action::Redirect(rd) => {
-            return redirect(
-                route,
-                rd,
-                &path,
-                parts.uri.query(),
-                raw_host.as_deref(),
-                conn,
-            );
+            return redirect(route, rd, &path, parts.uri.query(), raw_host, conn);
         }
     };
     let rate = rate_limit(snap, route_id, conn, &parts.headers)?;
@@ -194,13 +193,7 @@ async fn pipeline(
     let permit = concurrency_slot(snap, fwd, upstream).await?;
     let path_and_query = upstream_path_and_query(route, &path, &parts.uri)?;
     route.request_headers.apply(&mut parts.headers);
-    upstream_request_headers(
-        snap,
-        conn,
-        &mut parts.headers,
-        raw_host.as_deref(),
-        &ctx.request_id,
-    );
+    upstream_request_headers(snap, conn, &mut parts.headers, raw_host, &ctx.request_id);
     parts
         .headers
         .insert(TRACEPARENT.clone(), trace.header_value());

@@ -146,17 +146,7 @@ async fn reload_needs_a_token_and_reports_its_result() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_fails_while_draining() {
-    let arrived = std::sync::Arc::new(tokio::sync::Notify::new());
-    let arrived2 = arrived.clone();
-    let up = Upstream::start(move |_req| {
-        let arrived = arrived2.clone();
-        async move {
-            arrived.notify_one();
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            text("done")
-        }
-    })
-    .await;
+    let (up, arrived) = Upstream::slow(Duration::from_millis(1500), "done").await;
     let mut gw = Gateway::start(&table(&up, "r"));
     let url = gw.url("/slow");
     let slow = tokio::spawn(async move { get(&client(), &url).await });

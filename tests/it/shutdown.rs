@@ -1,25 +1,12 @@
 //! Graceful shutdown: in-flight requests finish, then the process exits 0.
 
-use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::sync::Notify;
 
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_slow_request_lets_it_finish_and_exits_zero() {
-    let arrived = Arc::new(Notify::new());
-    let arrived2 = arrived.clone();
-    let up = Upstream::start(move |_req| {
-        let arrived = arrived2.clone();
-        async move {
-            arrived.notify_one();
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            text("finished")
-        }
-    })
-    .await;
+    let (up, arrived) = Upstream::slow(Duration::from_millis(1500), "finished").await;
     let mut gw = Gateway::start(&config(&format!(
         "[services.s]\nendpoints = [{}]\n[[routes]]\nname = \"r\"\npath = \"/\"\nservice = \"s\"\n",
         up.endpoint()

@@ -317,6 +317,23 @@ impl Upstream {
         }
     }
 
+    /// An upstream that signals `arrived` when a request reaches it, then answers
+    /// `body` after `delay`: a request that is reliably in flight.
+    pub async fn slow(delay: Duration, body: &'static str) -> (Upstream, Arc<tokio::sync::Notify>) {
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let signal = arrived.clone();
+        let up = Upstream::start(move |_req| {
+            let signal = signal.clone();
+            async move {
+                signal.notify_one();
+                tokio::time::sleep(delay).await;
+                text(body)
+            }
+        })
+        .await;
+        (up, arrived)
+    }
+
     /// An upstream that answers JSON naming itself and echoing the request head.
     pub async fn echo(name: &'static str) -> Upstream {
         Upstream::start(move |req| async move { json(&echo_value(name, &req)) }).await
