@@ -27,7 +27,8 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(snapshot: Snapshot, registry: Registry, access_log: Option<Sink>) -> Self {
-        let metrics = Metrics::new();
+        let mut metrics = Metrics::new();
+        metrics.register_spans(&registry.spans.counters);
         record_snapshot(&metrics, &snapshot);
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::{Config, Loaded};
+use crate::observe::otlp::{self, SpanSink};
 use crate::resilience::rate_limit::{self, RouteLimiter};
 use crate::router::Router;
 use crate::upstream::{self, Upstream};
@@ -18,6 +19,7 @@ use crate::upstream::{self, Upstream};
 pub struct Registry {
     pub upstreams: upstream::Registry,
     pub limiters: rate_limit::Registry,
+    pub spans: otlp::Registry,
 }
 
 /// One loaded configuration, ready to serve.
@@ -31,6 +33,8 @@ pub struct Snapshot {
     pub route_names: Vec<Arc<str>>,
     /// Per route (same index as `config.routes`), its rate limiter.
     pub limiters: Vec<Option<Arc<RouteLimiter>>>,
+    /// Where sampled requests' spans go; `None` when OTLP export is off.
+    pub spans: Option<Arc<SpanSink>>,
     /// Hash of the source text.
     pub hash: String,
     pub loaded_at: SystemTime,
@@ -58,8 +62,10 @@ impl Snapshot {
             .iter()
             .map(|r| Arc::from(r.name.as_str()))
             .collect();
+        let spans = registry.spans.get(&config.tracing);
         Snapshot {
             router,
+            spans,
             upstreams,
             route_names,
             limiters,

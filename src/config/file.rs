@@ -32,6 +32,20 @@ pub struct FileConfig {
     /// `[[routes]]`, in file order.
     #[serde(default)]
     pub routes: Vec<Spanned<RouteFile>>,
+    /// `[tracing]`: sampling and OTLP span export.
+    #[serde(default)]
+    pub tracing: Option<TracingFile>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TracingFile {
+    /// OTLP/HTTP traces endpoint, e.g. `"http://otel-collector:4318/v1/traces"`.
+    pub otlp: Option<SStr>,
+    /// Share of new traces that are sampled (0.0 ..= 1.0).
+    pub sample_ratio: Option<Spanned<f64>>,
+    /// `service.name` of the exported spans.
+    pub service_name: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -21,6 +21,7 @@ pub struct Config {
     pub services: Vec<Service>,
     /// Routes in file order.
     pub routes: Vec<Route>,
+    pub tracing: Tracing,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +116,27 @@ log_fields! {
     Retries => "retries",
     BytesIn => "bytes_in",
     BytesOut => "bytes_out",
+}
+
+/// `[tracing]`: which requests are sampled and where their spans go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    /// OTLP/HTTP endpoint for spans; no export when `None`.
+    pub otlp: Option<http::Uri>,
+    /// Share of new traces (no valid `traceparent` from the client) that are sampled;
+    /// a continued trace keeps the caller's sampled flag.
+    pub sample_ratio: f64,
+    pub service_name: String,
+}
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Self {
+            otlp: None,
+            sample_ratio: 1.0,
+            service_name: "switchyard".into(),
+        }
+    }
 }
 
 /// Upstream defaults that every service and route inherits.

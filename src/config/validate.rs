@@ -309,13 +309,66 @@ impl Validator<'_> {
                 ));
             }
         }
+        let tracing = self.tracing(f.tracing.unwrap_or_default());
         Config {
             listen,
             server,
             defaults,
             services,
             routes,
+            tracing,
         }
+    }
+
+    fn tracing(&mut self, t: file::TracingFile) -> Tracing {
+        let mut out = Tracing::default();
+        if let Some(v) = &t.otlp {
+            match v.get_ref().parse::<http::Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {
+                    out.otlp = Some(uri);
+                }
+                Ok(uri) if uri.scheme_str() == Some("https") => {
+                    self.err(
+                        "SY019",
+                        span(v),
+                        "OTLP export over https is not supported yet",
+                    )
+                    .help = Some(
+                        "send spans to a collector (or sidecar) over http, like \"http://127.0.0.1:4318/v1/traces\""
+                            .into(),
+                    );
+                }
+                _ => {
+                    self.err(
+                        "SY008",
+                        span(v),
+                        format!("`{}` is not an http URL", v.get_ref()),
+                    )
+                    .help = Some("write the collector's OTLP/HTTP traces URL, like \"http://otel-collector:4318/v1/traces\"".into());
+                }
+            }
+        }
+        if let Some(r) = &t.sample_ratio {
+            let r_val = *r.get_ref();
+            if (0.0..=1.0).contains(&r_val) {
+                out.sample_ratio = r_val;
+            } else {
+                self.err(
+                    "SY007",
+                    span(r),
+                    format!("{r_val} is out of range: must be between 0.0 and 1.0"),
+                )
+                .help = Some("0.1 samples one new trace in ten".into());
+            }
+        }
+        if let Some(n) = &t.service_name {
+            if n.get_ref().is_empty() {
+                self.err("SY011", span(n), "`service_name` is empty");
+            } else {
+                out.service_name = n.get_ref().clone();
+            }
+        }
+        out
     }
 
     fn listen(&mut self, l: Option<&Spanned<file::ListenFile>>) -> Listen {

@@ -188,6 +188,25 @@ impl Metrics {
         }
     }
 
+    /// Count what happens to OTLP spans (their counters outlive reloads).
+    pub fn register_spans(&mut self, c: &crate::observe::otlp::SpanCounters) {
+        self.registry.register(
+            "trace_spans_exported",
+            "Spans accepted by the OTLP collector",
+            c.exported.clone(),
+        );
+        self.registry.register(
+            "trace_spans_dropped",
+            "Spans dropped because the export queue was full",
+            c.dropped.clone(),
+        );
+        self.registry.register(
+            "trace_spans_failed",
+            "Spans in export requests that failed",
+            c.failed.clone(),
+        );
+    }
+
     /// Prometheus text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -294,7 +313,8 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn method_label(m: &Method) -> &'static str {
+/// The method as a bounded label: the standard ones, everything else `other`.
+pub fn method_label(m: &Method) -> &'static str {
     match *m {
         Method::GET => "GET",
         Method::HEAD => "HEAD",

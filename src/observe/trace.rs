@@ -21,15 +21,16 @@ pub struct TraceContext {
 }
 
 impl TraceContext {
-    /// Continue the client's trace when its `traceparent` is valid; otherwise start one
-    /// (and drop a `tracestate` that no longer belongs to anything, as the spec says).
-    pub fn from_headers(headers: &mut HeaderMap) -> TraceContext {
+    /// Continue the client's trace when its `traceparent` is valid (keeping its
+    /// sampled flag); otherwise start one, sampled with probability `sample_ratio` (and
+    /// drop a `tracestate` that no longer belongs to anything, as the spec says).
+    pub fn from_headers(headers: &mut HeaderMap, sample_ratio: f64) -> TraceContext {
         let parsed = headers.get(&TRACEPARENT).and_then(|v| parse(v.as_bytes()));
         match parsed {
             Some((trace_id, parent_id, flags)) => TraceContext {
                 trace_id,
                 parent_id: Some(parent_id),
-                span_id: hex16(nonzero_u64()),
+                span_id: new_span_id(),
                 flags,
             },
             None => {
@@ -40,8 +41,8 @@ impl TraceContext {
                 TraceContext {
                     trace_id,
                     parent_id: None,
-                    span_id: hex16(nonzero_u64()),
-                    flags: 0x01,
+                    span_id: new_span_id(),
+                    flags: u8::from(crate::observe::otlp::sample(sample_ratio)),
                 }
             }
         }
@@ -60,6 +61,16 @@ impl TraceContext {
         HeaderValue::from_bytes(&buf).expect("hex and dashes are a valid header value")
     }
 
+    /// Whether this trace is recorded (W3C `sampled` flag).
+    pub fn sampled(&self) -> bool {
+        self.flags & 0x01 != 0
+    }
+
+    /// The same trace with `span_id` as the parent the upstream sees.
+    pub fn header_value_for(&self, span_id: [u8; 16]) -> HeaderValue {
+        TraceContext { span_id, ..*self }.header_value()
+    }
+
     /// The trace id as text, for logs.
     pub fn trace_id_str(&self) -> &str {
         std::str::from_utf8(&self.trace_id).unwrap_or("")
@@ -67,6 +78,11 @@ impl TraceContext {
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// A random, non-zero span id as 16 hex digits.
+pub fn new_span_id() -> [u8; 16] {
+    hex16(nonzero_u64())
+}
 
 fn nonzero_u64() -> u64 {
     fastrand::u64(1..)
@@ -114,7 +130,7 @@ mod tests {
         if let Some(ts) = ts {
             h.insert(&TRACESTATE, HeaderValue::from_str(ts).unwrap());
         }
-        (TraceContext::from_headers(&mut h), h)
+        (TraceContext::from_headers(&mut h, 1.0), h)
     }
 
     #[test]
@@ -153,6 +169,20 @@ mod tests {
         let tp = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-whatever";
         let (c, _) = ctx(Some(tp), None);
         assert!(c.parent_id.is_some());
+    }
+
+    #[test]
+    fn new_traces_are_sampled_by_the_ratio_and_continued_ones_keep_the_flag() {
+        let mut h = HeaderMap::new();
+        assert!(!TraceContext::from_headers(&mut h, 0.0).sampled());
+        assert!(TraceContext::from_headers(&mut h, 1.0).sampled());
+        let sampled = (0..2000)
+            .filter(|_| TraceContext::from_headers(&mut HeaderMap::new(), 0.25).sampled())
+            .count();
+        assert!((350..650).contains(&sampled), "{sampled} of 2000 at 0.25");
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        h.insert(&TRACEPARENT, HeaderValue::from_static(tp));
+        assert!(!TraceContext::from_headers(&mut h, 1.0).sampled());
     }
 
     #[test]

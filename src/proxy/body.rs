@@ -13,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::observe::access_log::AccessRecord;
+use crate::observe::otlp::RequestSpan;
 
 /// Why the client's body stopped before its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +151,8 @@ impl Body for UpstreamBody {
 pub struct ResponseBody {
     kind: Kind,
     record: Option<Box<AccessRecord>>,
+    /// The OTLP span, exported when the body is done.
+    span: Option<Box<RequestSpan>>,
     /// The service's concurrency slot, released when the body is done.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -166,6 +169,7 @@ impl ResponseBody {
         Self {
             kind: Kind::Full(Some(bytes.into())),
             record: None,
+            span: None,
             permit: None,
         }
     }
@@ -175,6 +179,7 @@ impl ResponseBody {
         Self {
             kind: Kind::Full(None),
             record: None,
+            span: None,
             permit: None,
         }
     }
@@ -184,6 +189,7 @@ impl ResponseBody {
         Self {
             kind: Kind::Stream(inner),
             record: None,
+            span: None,
             permit: None,
         }
     }
@@ -191,6 +197,11 @@ impl ResponseBody {
     /// Hold a concurrency slot until this body is dropped.
     pub fn set_permit(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {
         self.permit = Some(permit);
+    }
+
+    /// Attach the request's span; it is exported when this body is dropped.
+    pub fn set_span(&mut self, span: Box<RequestSpan>) {
+        self.span = Some(span);
     }
 
     /// Attach the access-log record; it is written when this body is dropped.

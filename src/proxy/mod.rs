@@ -44,7 +44,8 @@ use crate::http::headers::{
 };
 use crate::http::normalize::{normalize_host, normalize_path};
 use crate::observe::access_log::AccessRecord;
-use crate::observe::trace::{TRACEPARENT, TraceContext};
+use crate::observe::otlp::{RequestSpan, TrySpan};
+use crate::observe::trace::{TRACEPARENT, TraceContext, new_span_id};
 use crate::resilience::rate_limit::Decision;
 use crate::resilience::retry;
 use crate::router::RequestInfo;
@@ -86,6 +87,8 @@ struct RequestCtx {
     connect_failures: u32,
     retries: u32,
     budget_exhausted: bool,
+    /// The OTLP server span, when this request is sampled and spans are exported.
+    span: Option<Box<RequestSpan>>,
 }
 
 /// Serve one request. Never fails: errors become the gateway's JSON answers.
@@ -137,6 +140,7 @@ pub async fn serve(
         connect_failures: 0,
         retries: 0,
         budget_exhausted: false,
+        span: None,
     };
     let (mut resp, error) = match pipeline(&snapshot, conn, &mut ctx, req).await {
         Ok(resp) => (resp, None),
@@ -153,9 +157,23 @@ async fn pipeline(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
-    let trace = TraceContext::from_headers(&mut parts.headers);
+    let trace = TraceContext::from_headers(&mut parts.headers, snap.config.tracing.sample_ratio);
     if let Some(r) = &mut ctx.record {
         r.trace_id = trace.trace_id;
+    }
+    if let Some(sink) = snap.spans.as_ref().filter(|_| trace.sampled()) {
+        ctx.span = Some(Box::new(RequestSpan {
+            sink: sink.clone(),
+            trace,
+            start: SystemTime::now(),
+            method: crate::observe::metrics::method_label(&parts.method),
+            path: parts.uri.path().to_string(),
+            route: None,
+            service: None,
+            status: 0,
+            error: None,
+            tries: Vec::new(),
+        }));
     }
     check_framing(&parts.headers)?;
     let server = &snap.config.server;
@@ -476,6 +494,7 @@ async fn forward(
     let started = Instant::now();
     let record = &mut ctx.record;
     let connect_failures = &mut ctx.connect_failures;
+    let span = &mut ctx.span;
     let retries = &mut ctx.retries;
     let budget_exhausted = &mut ctx.budget_exhausted;
     let tries = async {
@@ -509,7 +528,15 @@ async fn forward(
                     headers: h.headers.clone(),
                 })
             };
-            let Some(h) = h else { break };
+            let Some(mut h) = h else { break };
+            // A sampled request gets a client span per try; the upstream's spans hang
+            // under it.
+            let try_span = span.as_ref().map(|s| {
+                let id = new_span_id();
+                h.headers
+                    .insert(TRACEPARENT.clone(), s.trace.header_value_for(id));
+                (id, SystemTime::now())
+            });
             let uri = Uri::builder()
                 .scheme(Scheme::HTTP)
                 .authority(target.authority.clone())
@@ -531,6 +558,21 @@ async fn forward(
                 Some(t) => tokio::time::timeout(t, sent).await.ok(),
                 None => Some(sent.await),
             };
+            if let (Some(s), Some((span_id, start))) = (span.as_mut(), try_span) {
+                s.tries.push(TrySpan {
+                    span_id,
+                    start,
+                    end: SystemTime::now(),
+                    endpoint: target.addr,
+                    attempt,
+                    outcome: match &outcome {
+                        Some(Ok(resp)) => Ok(resp.status().as_u16()),
+                        Some(Err(e)) if e.is_connect() => Err("connect_failed"),
+                        Some(Err(_)) => Err("upstream_reset"),
+                        None => Err("try_timeout"),
+                    },
+                });
+            }
             let retry_this = match outcome {
                 Some(Ok(resp)) => {
                     upstream.record(&target, !resp.status().is_server_error());
@@ -639,6 +681,13 @@ fn finish(
         if ctx.budget_exhausted {
             m.budget_exhausted(service);
         }
+    }
+    if let Some(mut span) = ctx.span {
+        span.status = status;
+        span.error = error;
+        span.route = ctx.route.clone();
+        span.service = ctx.service.clone();
+        resp.body_mut().set_span(span);
     }
     if let Some(mut record) = ctx.record {
         record.status = status;
