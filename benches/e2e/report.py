@@ -142,7 +142,7 @@ def summary(runs_path, meta_path, out_path):
     table = [hdr]
     for row in rows:
         table.append((
-            "GET c=%d" % row["connections"], row["proxy"],
+            "%s c=%d" % (row["scenario"], row["connections"]), row["proxy"],
             fmt(row["rps"], "%.0f"), fmt_us(row["p50_us"]), fmt_us(row["p99_us"]),
             fmt(row["cpu_us_per_req"], "%.1f"), fmt(row["cpu_pct"], "%.0f"),
             fmt(row["peak_rss_mib"], "%.1f"),

@@ -8,7 +8,8 @@
 # nginx taken within the same round.
 #
 # Env: DURATION (s per run, default 10), ROUNDS (default 2),
-#      SCENARIOS (default "c256 c64 c1": small GET keep-alive at N connections),
+#      SCENARIOS (default "c256 c64 c1"; see scenario() below: cN = small GET keep-alive
+#        at N connections, body64k, upload1m, newconn, routes1k),
 #      PROXIES (default "nginx haproxy switchyard"), WARMUP (s, default 1),
 #      CARGO_TARGET_DIR (default $HOME/.cache/switchyard-target),
 #      SWITCHYARD_BIN (use this binary instead of building), KEEP_WORK=1 (keep temp dir).
@@ -32,8 +33,25 @@ die() { log "ERROR: $*"; exit 1; }
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a positive integer (seconds), got '$DURATION'"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, got '$ROUNDS'"
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a non-negative integer (seconds), got '$WARMUP'"
+# scenario NAME -> CONNS, REQ_PATH, WRK_ARGS (array), ROUTES (extra routes in the table),
+# DESC (one line for the report).
+scenario() {
+    WRK_ARGS=(); ROUTES=0; REQ_PATH=/
+    case $1 in
+    c[1-9]*) CONNS=${1#c}; DESC="GET 13 B, keep-alive, $CONNS connections" ;;
+    body64k) CONNS=64; REQ_PATH=/64k; DESC="GET 64 KiB response, keep-alive, 64 connections" ;;
+    upload1m) CONNS=16; REQ_PATH=/upload; WRK_ARGS=(-s "$HERE/upload1m.lua")
+              DESC="POST 1 MiB body, keep-alive, 16 connections" ;;
+    newconn) CONNS=64; WRK_ARGS=(-H "Connection: close")
+             DESC="GET 13 B, new TCP connection per request, 64 connections" ;;
+    routes1k) CONNS=64; ROUTES=1000; REQ_PATH=/svc-0500/item
+              DESC="GET 13 B via a 1,000-route table (route 500 matches), 64 connections" ;;
+    *) return 1 ;;
+    esac
+}
 for sc in $SCENARIOS; do
-    [[ $sc =~ ^c[1-9][0-9]*$ ]] || die "unknown scenario '$sc' (use cN: small GET keep-alive at N connections, e.g. c256)"
+    [[ $sc =~ ^c[1-9][0-9]*$ ]] || scenario "$sc" \
+        || die "unknown scenario '$sc' (cN: small GET keep-alive at N connections, body64k, upload1m, newconn, routes1k)"
 done
 for p in $PROXIES; do
     case $p in nginx|haproxy|switchyard) ;; *) die "unknown proxy '$p' (nginx, haproxy, switchyard)";; esac
@@ -114,6 +132,28 @@ render() { # render TEMPLATE OUT: substitute @WORK@ @PROXY_PORT@ @UPSTREAM_PORT@
         -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|g" "$1" >"$2"
 }
 
+# add_routes NAME CONFIG N: N extra prefix routes /svc-0000/ .. to the same upstream,
+# written the way each proxy's users write them (nginx locations, HAProxy ACL rules,
+# switchyard [[routes]]). Every route is distinct, so none can be merged away.
+add_routes() {
+    local name=$1 conf=$2 n=$3 i extra=$WORK/routes-$1.txt
+    ((n > 0)) || return 0
+    : >"$extra"
+    for ((i = 0; i < n; i++)); do
+        printf -v id '%04d' "$i"
+        case $name in
+        nginx) printf '        location /svc-%s/ { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }\n' "$id" ;;
+        haproxy) printf '    use_backend be if { path_beg /svc-%s/ }\n' "$id" ;;
+        switchyard) printf '\n[[routes]]\nname = "svc-%s"\npath = "/svc-%s"\nservice = "up"\n' "$id" "$id" ;;
+        esac
+    done >>"$extra"
+    case $name in
+    nginx) sed -i "/^    server {/r $extra" "$conf" ;;
+    haproxy) sed -i "/^frontend fe/r $extra" "$conf" ;;
+    switchyard) cat "$extra" >>"$conf" ;;
+    esac
+}
+
 # Bounded readiness poll: GET / must answer 200 "hello world!".
 wait_ready() { # wait_ready NAME PID PORT LOGFILE
     local name=$1 pid=$2 port=$3 logf=$4 i body
@@ -165,6 +205,7 @@ log "ports: upstream $UPSTREAM_PORT, nginx $NGINX_PORT, haproxy $HAPROXY_PORT, s
 
 # ---------------------------------------------------------------- 3. upstream (cpu0)
 mkdir -p "$WORK/upstream"
+head -c 65536 /dev/zero | tr '\0' 'x' >"$WORK/upstream/64k.bin"
 render "$HERE/upstream-nginx.conf.in" "$WORK/upstream/nginx.conf"
 taskset -c 0 nginx -e "$WORK/upstream/error.log" -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" \
     >"$WORK/upstream/stdout.log" 2>&1 &
@@ -183,17 +224,20 @@ start_proxy() { # start_proxy NAME -> sets PROXY_PID, PROXY_LOG
     case $name in
     nginx)
         render "$HERE/proxy-nginx.conf.in" "$dir/nginx.conf"
+        add_routes nginx "$dir/nginx.conf" "$ROUTES"
         PROXY_LOG=$dir/error.log
         taskset -c 1 nginx -e "$PROXY_LOG" -p "$dir" -c "$dir/nginx.conf" >"$dir/stdout.log" 2>&1 &
         ;;
     haproxy)
         render "$HERE/haproxy.cfg.in" "$dir/haproxy.cfg"
+        add_routes haproxy "$dir/haproxy.cfg" "$ROUTES"
         PROXY_LOG=$dir/haproxy.log
         haproxy -c -q -f "$dir/haproxy.cfg" || die "haproxy rejected its config"
         taskset -c 1 haproxy -db -f "$dir/haproxy.cfg" >"$PROXY_LOG" 2>&1 &
         ;;
     switchyard)
         render "$HERE/switchyard-routes.toml.in" "$dir/routes.toml"
+        add_routes switchyard "$dir/routes.toml" "$ROUTES"
         PROXY_LOG=$dir/switchyard.log
         "$SY_BIN" check "$dir/routes.toml" >/dev/null || die "switchyard rejected its routes.toml"
         # TOKIO_WORKER_THREADS=1: tokio's multi-threaded runtime honours this env var; one
@@ -211,7 +255,11 @@ start_proxy() { # start_proxy NAME -> sets PROXY_PID, PROXY_LOG
 proxy_pids() { echo "$1"; children_of "$1"; } # master + workers (nginx); others: one process
 
 # ---------------------------------------------------------------- 5. runs
-SCEN_JSON=$(for sc in $SCENARIOS; do echo "{\"name\":\"$sc\",\"connections\":${sc#c}}"; done | paste -sd, -)
+SCEN_JSON=$(for sc in $SCENARIOS; do
+    scenario "$sc"
+    python3 -c 'import json,sys; print(json.dumps({"name": sys.argv[1], "connections": int(sys.argv[2]), "path": sys.argv[3], "description": sys.argv[4]}))' \
+        "$sc" "$CONNS" "$REQ_PATH" "$DESC"
+done | paste -sd, -)
 PROX_JSON=$(for p in $PROXIES; do echo "\"$p\""; done | paste -sd, -)
 export LOADAVG_START DURATION ROUNDS WARMUP CLK_TCK UPSTREAM_PORT NGINX_PORT HAPROXY_PORT SY_PORT SY_BIN ROOT
 export SCEN_JSON PROX_JSON
@@ -227,18 +275,19 @@ total=$((ROUNDS * $(wc -w <<<"$SCENARIOS") * $(wc -w <<<"$PROXIES")))
 n=0
 for ((round = 1; round <= ROUNDS; round++)); do
     for sc in $SCENARIOS; do
-        conns=${sc#c}
+        scenario "$sc"
+        conns=$CONNS
         for p in $PROXIES; do
             n=$((n + 1))
-            log "run $n/$total: round $round, $sc ($conns connections), $p"
+            log "run $n/$total: round $round, $sc ($DESC), $p"
             start_proxy "$p"
-            url="http://127.0.0.1:${PORT[$p]}/"
+            url="http://127.0.0.1:${PORT[$p]}$REQ_PATH"
             if ((WARMUP > 0)); then
-                taskset -c 0 wrk -t1 -c"$conns" -d"${WARMUP}s" "$url" >/dev/null
+                taskset -c 0 wrk -t1 -c"$conns" -d"${WARMUP}s" "${WRK_ARGS[@]}" "$url" >/dev/null
             fi
             mapfile -t pids < <(proxy_pids "$PROXY_PID")
             t0=$(cpu_ticks "${pids[@]}"); w0=$(date +%s.%N)
-            taskset -c 0 wrk -t1 -c"$conns" -d"${DURATION}s" --latency "$url" >"$WORK/wrk.out" 2>&1 \
+            taskset -c 0 wrk -t1 -c"$conns" -d"${DURATION}s" --latency "${WRK_ARGS[@]}" "$url" >"$WORK/wrk.out" 2>&1 \
                 || { cat "$WORK/wrk.out" >&2; die "wrk failed"; }
             t1=$(cpu_ticks "${pids[@]}"); w1=$(date +%s.%N)
             rss=$(peak_rss_kib "${pids[@]}")
@@ -276,7 +325,7 @@ meta = {
     "warmup_seconds": int(e["WARMUP"]), "clk_tck": int(e["CLK_TCK"]),
     "scenarios": json.loads("[" + e["SCEN_JSON"] + "]"),
     "proxies": json.loads("[" + e["PROX_JSON"] + "]"),
-    "request": "GET / over HTTP/1.1 keep-alive, upstream body 'hello world!\\n' (13 bytes)",
+    "request": "HTTP/1.1 from wrk; the upstream answers 'hello world!\\n' (13 bytes) on /, 64 KiB on /64k, and reads and discards bodies on /upload",
     "layout": {"cpu0": "wrk -t1 + upstream nginx (1 worker)", "cpu1": "proxy under test (taskset -c 1)",
                "switchyard_env": "TOKIO_WORKER_THREADS=1", "nginx": "1 worker, upstream keepalive 256",
                "haproxy": "nbthread 1, http-reuse always"},
