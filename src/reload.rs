@@ -33,7 +33,19 @@ pub enum Outcome {
 /// Re-read `path` and swap in its snapshot when it is valid and different.
 pub async fn reload(gw: &Gateway, path: &Path) -> Outcome {
     let current = gw.snapshot();
-    match config::load(path) {
+    let started = std::time::Instant::now();
+    // Parsing and validating a large table takes milliseconds of CPU: off the runtime's
+    // worker threads, so requests keep being served meanwhile.
+    let file = path.to_path_buf();
+    let loaded = match tokio::task::spawn_blocking(move || config::load(&file)).await {
+        Ok(l) => l,
+        Err(e) => {
+            gw.metrics.reload("rejected");
+            tracing::error!(error = %e, "config reload failed; keeping the running table");
+            return Outcome::Rejected(e.to_string());
+        }
+    };
+    match loaded {
         Ok(loaded) if loaded.hash == current.hash => Outcome::Unchanged,
         Ok(loaded) => {
             if loaded.config.listen != current.config.listen {
@@ -47,7 +59,8 @@ pub async fn reload(gw: &Gateway, path: &Path) -> Outcome {
             let snapshot = Snapshot::build(loaded, &gw.registry).await;
             gw.store(snapshot);
             gw.metrics.reload("success");
-            tracing::info!(%hash, routes, "config reloaded");
+            let build_ms = started.elapsed().as_secs_f64() * 1e3;
+            tracing::info!(%hash, routes, build_ms, "config reloaded");
             Outcome::Reloaded { hash }
         }
         Err(e) => {

@@ -56,7 +56,17 @@ impl Snapshot {
                 Some(registry.limiters.get(&r.name, spec))
             })
             .collect();
-        let router = Router::new(&config);
+        // Building the matcher for a large table is CPU work: off the runtime's worker
+        // threads (a reload must not stall the requests being served).
+        let (config, router) = match tokio::task::spawn_blocking(move || {
+            let router = Router::new(&config);
+            (config, router)
+        })
+        .await
+        {
+            Ok(built) => built,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
         let route_names = config
             .routes
             .iter()

@@ -36,7 +36,7 @@ die() { log "ERROR: $*"; exit 1; }
 # scenario NAME -> CONNS, REQ_PATH, WRK_ARGS (array), ROUTES (extra routes in the table),
 # DESC (one line for the report).
 scenario() {
-    WRK_ARGS=(); ROUTES=0; REQ_PATH=/
+    WRK_ARGS=(); ROUTES=0; REQ_PATH=/; RELOAD=0
     case $1 in
     c[1-9]*) CONNS=${1#c}; DESC="GET 13 B, keep-alive, $CONNS connections" ;;
     body64k) CONNS=64; REQ_PATH=/64k; DESC="GET 64 KiB response, keep-alive, 64 connections" ;;
@@ -46,12 +46,16 @@ scenario() {
              DESC="GET 13 B, new TCP connection per request, 64 connections" ;;
     routes1k) CONNS=64; ROUTES=1000; REQ_PATH=/svc-0500/item
               DESC="GET 13 B via a 1,000-route table (route 500 matches), 64 connections" ;;
+    routes10k) CONNS=64; ROUTES=10000; REQ_PATH=/svc-5000/item
+               DESC="GET 13 B via a 10,000-route table (route 5000 matches), 64 connections" ;;
+    reload10k) CONNS=64; ROUTES=10000; REQ_PATH=/svc-5000/item; RELOAD=1
+               DESC="routes10k with a config reload every second (nginx -s reload / SIGHUP)" ;;
     *) return 1 ;;
     esac
 }
 for sc in $SCENARIOS; do
     [[ $sc =~ ^c[1-9][0-9]*$ ]] || scenario "$sc" \
-        || die "unknown scenario '$sc' (cN: small GET keep-alive at N connections, body64k, upload1m, newconn, routes1k)"
+        || die "unknown scenario '$sc' (cN: small GET keep-alive at N connections, body64k, upload1m, newconn, routes1k, routes10k, reload10k)"
 done
 for p in $PROXIES; do
     case $p in nginx|haproxy|switchyard) ;; *) die "unknown proxy '$p' (nginx, haproxy, switchyard)";; esac
@@ -254,6 +258,20 @@ start_proxy() { # start_proxy NAME -> sets PROXY_PID, PROXY_LOG
 
 proxy_pids() { echo "$1"; children_of "$1"; } # master + workers (nginx); others: one process
 
+# reloader NAME PID: reload the proxy every second until killed. switchyard gets a changed
+# file (a comment appended, so the hash differs and the whole table is rebuilt) and SIGHUP;
+# nginx gets SIGHUP (it re-reads its config and replaces its workers).
+reloader() {
+    local i=0
+    while sleep 1; do
+        i=$((i + 1))
+        case $1 in
+        switchyard) printf '# reload %d\n' "$i" >>"$WORK/switchyard/routes.toml"; kill -HUP "$2" ;;
+        nginx) kill -HUP "$2" ;;
+        esac || return 0
+    done
+}
+
 # ---------------------------------------------------------------- 5. runs
 SCEN_JSON=$(for sc in $SCENARIOS; do
     scenario "$sc"
@@ -279,6 +297,10 @@ for ((round = 1; round <= ROUNDS; round++)); do
         conns=$CONNS
         for p in $PROXIES; do
             n=$((n + 1))
+            if ((RELOAD)) && [[ $p == haproxy ]]; then
+                log "run $n/$total: $sc skipped for haproxy (its reload needs master-worker mode)"
+                continue
+            fi
             log "run $n/$total: round $round, $sc ($DESC), $p"
             start_proxy "$p"
             url="http://127.0.0.1:${PORT[$p]}$REQ_PATH"
@@ -287,8 +309,13 @@ for ((round = 1; round <= ROUNDS; round++)); do
             fi
             mapfile -t pids < <(proxy_pids "$PROXY_PID")
             t0=$(cpu_ticks "${pids[@]}"); w0=$(date +%s.%N)
+            RELOADER=
+            if ((RELOAD)); then reloader "$p" "$PROXY_PID" & RELOADER=$!; fi
             taskset -c 0 wrk -t1 -c"$conns" -d"${DURATION}s" --latency "${WRK_ARGS[@]}" "$url" >"$WORK/wrk.out" 2>&1 \
                 || { cat "$WORK/wrk.out" >&2; die "wrk failed"; }
+            if [[ -n $RELOADER ]]; then kill "$RELOADER" 2>/dev/null || true; wait "$RELOADER" 2>/dev/null || true; fi
+            # With reloads nginx replaced its workers: the CPU of the exited ones is not
+            # counted (switchyard is one process, its count stays exact).
             t1=$(cpu_ticks "${pids[@]}"); w1=$(date +%s.%N)
             rss=$(peak_rss_kib "${pids[@]}")
             alive "$PROXY_PID" || die "$p exited during the run"
@@ -296,6 +323,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
                 round="$round" scenario="$sc" connections="$conns" proxy="$p" \
                 cpu_ticks=$((t1 - t0)) clk_tck="$CLK_TCK" \
                 wall_seconds="$(python3 -c "print($w1 - $w0)")" vmhwm_kib="$rss" nprocs="${#pids[@]}"
+            if ((RELOAD)); then mapfile -t pids < <(proxy_pids "$PROXY_PID"); fi
             # shellcheck disable=SC2046
             stop_pid "$PROXY_PID" $(printf '%s\n' "${pids[@]:1}")
             if [[ -s $PROXY_LOG ]]; then cp "$PROXY_LOG" "$RESULTS_DIR/logs/r${round}-${sc}-${p}.log"; fi
