@@ -31,6 +31,7 @@ pub mod gateway;
 pub mod http;
 pub mod import;
 pub mod observe;
+pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod resilience;

@@ -81,6 +81,22 @@ pub enum UpstreamBody {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+impl UpstreamBody {
+    /// Empty or buffered: can be sent again.
+    pub fn resendable(&self) -> bool {
+        matches!(self, UpstreamBody::Empty | UpstreamBody::Full(_))
+    }
+
+    /// A copy of an empty or buffered body; `None` for a stream.
+    pub fn try_clone(&self) -> Option<UpstreamBody> {
+        match self {
+            UpstreamBody::Empty => Some(UpstreamBody::Empty),
+            UpstreamBody::Full(b) => Some(UpstreamBody::Full(b.clone())),
+            UpstreamBody::Stream(..) => None,
+        }
+    }
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;
