@@ -13,6 +13,7 @@ mod import;
 mod import_nginx;
 mod limits;
 mod observe;
+mod policy;
 mod prometheus;
 mod proxying;
 mod reload;

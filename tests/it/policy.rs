@@ -1,0 +1,444 @@
+//! Traffic policies through the real gateway: sticky canary, cohorts, the guard, the
+//! force header, topic branches and their gates.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use switchyard::policy::branch::sign;
+use switchyard::policy::canary::bucket;
+
+use crate::support::*;
+
+/// GET `url` with extra headers; the answer.
+async fn get_with(c: &TestClient, url: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut req = http::Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(c, req.body(empty()).unwrap()).await
+}
+
+/// For each id, the service that answered (`x-switchyard-service`), `parallel` at a time.
+async fn assign(url: &str, header: &str, ids: &[u32], parallel: usize) -> HashMap<u32, String> {
+    let chunks: Vec<Vec<u32>> = ids
+        .chunks(ids.len().div_ceil(parallel))
+        .map(|c| c.to_vec())
+        .collect();
+    let mut tasks = Vec::new();
+    for chunk in chunks {
+        let (url, header) = (url.to_string(), header.to_string());
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            let mut out = Vec::new();
+            for id in chunk {
+                let a = get_with(&c, &url, &[(&header, &id.to_string())]).await;
+                assert_eq!(a.status, 200, "id {id}");
+                let svc = a.headers["x-switchyard-service"]
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                out.push((id, svc));
+            }
+            out
+        }));
+    }
+    let mut all = HashMap::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+fn canary_table(main: &Upstream, canary: &Upstream, weight: u32) -> String {
+    config(&format!(
+        "[server]\naccess_log = \"off\"\n\
+         [canary]\nservice_header = \"x-switchyard-service\"\n\
+         [services.users]\nendpoints = [{}]\n\
+         [services.users-canary]\nendpoints = [{}]\n\
+         [[routes]]\nname = \"users\"\npath = \"/api/users\"\nservice = \"users\"\n\
+         canary = {{ service = \"users-canary\", weight = {weight}, sticky = \"header:x-user-id\" }}\n",
+        main.endpoint(),
+        canary.endpoint()
+    ))
+}
+
+/// Weight 5 through the gateway: the share is near 5 %, every id lands where the bucket
+/// function says (the unit test checks 20,000 ids against ±0.6 %), a repeat lands on the
+/// same side, and after a reload to weight 10 no id has left the canary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_canary_keeps_ids_and_only_grows_into_the_canary() {
+    let main = Upstream::echo("users").await;
+    let canary = Upstream::echo("users-canary").await;
+    let mut gw = Gateway::start(&canary_table(&main, &canary, 5));
+    let url = gw.url("/api/users/1");
+    let ids: Vec<u32> = (0..4000).map(|i| i * 7919 + 13).collect();
+    let at5 = assign(&url, "x-user-id", &ids, 8).await;
+    let in5 = at5.values().filter(|s| *s == "users-canary").count();
+    let share = in5 as f64 / ids.len() as f64 * 100.0;
+    eprintln!(
+        "canary share at weight 5 over {} ids: {share:.2}%",
+        ids.len()
+    );
+    assert!((share - 5.0).abs() <= 1.0, "share {share:.2}%");
+    for (id, svc) in &at5 {
+        let expected = if bucket("users", &id.to_string()) < 500 {
+            "users-canary"
+        } else {
+            "users"
+        };
+        assert_eq!(svc, expected, "id {id}");
+    }
+    let again = assign(&url, "x-user-id", &ids[..1000], 4).await;
+    for (id, svc) in &again {
+        assert_eq!(
+            svc, &at5[id],
+            "id {id} changed sides without a config change"
+        );
+    }
+    gw.write_config(&canary_table(&main, &canary, 10));
+    gw.wait_log("config reloaded");
+    let at10 = assign(&url, "x-user-id", &ids, 8).await;
+    let in10 = at10.values().filter(|s| *s == "users-canary").count();
+    for (id, svc) in &at5 {
+        if svc == "users-canary" {
+            assert_eq!(at10[id], "users-canary", "id {id} moved out of the canary");
+        }
+    }
+    eprintln!("canary at weight 10: {in10} of {}", ids.len());
+    assert!(in10 > in5);
+}
+
+/// 5,000 user ids over two routes at weights 5 and 10 with `sticky = "cohort"`: every
+/// id in the first canary is in the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cohort_users_in_the_small_canary_are_in_the_larger_one() {
+    let users = Upstream::echo("users").await;
+    let users2 = Upstream::echo("users-v2").await;
+    let orders = Upstream::echo("orders").await;
+    let orders2 = Upstream::echo("orders-v2").await;
+    let gw = Gateway::start(&config(&format!(
+        "[server]\naccess_log = \"off\"\n\
+         [canary]\ncohort_key = \"header:x-user-id\"\nservice_header = \"x-switchyard-service\"\n\
+         [services.users]\nendpoints = [{}]\n[services.users-v2]\nendpoints = [{}]\n\
+         [services.orders]\nendpoints = [{}]\n[services.orders-v2]\nendpoints = [{}]\n\
+         [[routes]]\nname = \"users\"\npath = \"/users\"\nservice = \"users\"\n\
+         canary = {{ service = \"users-v2\", weight = 5, sticky = \"cohort\" }}\n\
+         [[routes]]\nname = \"orders\"\npath = \"/orders\"\nservice = \"orders\"\n\
+         canary = {{ service = \"orders-v2\", weight = 10, sticky = \"cohort\" }}\n",
+        users.endpoint(),
+        users2.endpoint(),
+        orders.endpoint(),
+        orders2.endpoint()
+    )));
+    let ids: Vec<u32> = (1..=5000).collect();
+    let u = assign(&gw.url("/users"), "x-user-id", &ids, 8).await;
+    let o = assign(&gw.url("/orders"), "x-user-id", &ids, 8).await;
+    let mut in_users = 0;
+    for id in &ids {
+        if u[id] == "users-v2" {
+            in_users += 1;
+            assert_eq!(o[id], "orders-v2", "user {id} sees users v2 with orders v1");
+        }
+    }
+    let in_orders = o.values().filter(|s| *s == "orders-v2").count();
+    eprintln!("cohort: {in_users} users in the 5% canary, {in_orders} in the 10% one");
+    assert!(in_users > 150 && in_orders > in_users);
+}
+
+/// A canary answering every second request with 503 is cut to 0 once the guard has seen
+/// `min_requests`; main keeps answering, the trip is logged, counted and on the admin API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_cuts_a_failing_canary_and_main_keeps_serving() {
+    let main = Upstream::echo("main").await;
+    let n = Arc::new(AtomicUsize::new(0));
+    let n2 = n.clone();
+    let bad = Upstream::start(move |_req| {
+        let k = n2.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut r = text("canary");
+            if k % 2 == 0 {
+                *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            }
+            r
+        }
+    })
+    .await;
+    let mut gw = Gateway::start(&config(&format!(
+        "[server]\naccess_log = \"off\"\n\
+         [canary]\nservice_header = \"x-switchyard-service\"\n\
+         [services.main]\nendpoints = [{}]\n[services.bad]\nendpoints = [{}]\n\
+         [[routes]]\nname = \"r\"\npath = \"/\"\nservice = \"main\"\n\
+         canary = {{ service = \"bad\", weight = 50, guard = {{ max_error_ratio = 2.0, min_requests = 20, window = \"60s\" }} }}\n",
+        main.endpoint(),
+        bad.endpoint()
+    )));
+    let c = client();
+    let deadline = Instant::now() + SOON;
+    let mut sent = 0;
+    // Until the guard trips (its log line), no more than a few hundred requests.
+    loop {
+        let a = get(&c, &gw.url("/x")).await;
+        sent += 1;
+        assert!(a.status == 200 || a.status == 503);
+        let tripped = gw
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("canary guard tripped"));
+        if tripped {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && sent < 500,
+            "guard never tripped"
+        );
+    }
+    let canary_hits = bad.hits();
+    eprintln!("guard tripped after {sent} requests ({canary_hits} to the canary)");
+    assert!(canary_hits >= 20, "tripped before min_requests");
+    for _ in 0..50 {
+        let a = get(&c, &gw.url("/x")).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.headers["x-switchyard-service"], "main");
+    }
+    assert_eq!(bad.hits(), canary_hits, "the canary still got traffic");
+    let metrics =
+        String::from_utf8(get(&c, &gw.admin_url("/metrics")).await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains(r#"switchyard_canary_guard_tripped_total{route="r"} 1"#),
+        "{metrics}"
+    );
+    let routes = get(&c, &gw.admin_url("/routes")).await.json();
+    assert_eq!(
+        routes["routes"][0]["action"]["canary"]["tripped"], true,
+        "{routes}"
+    );
+    // A reload resets the guard.
+    let text = std::fs::read_to_string(&gw.config).unwrap();
+    gw.write_config(&format!("{text}\n# touched\n"));
+    gw.wait_log("config reloaded");
+    let routes = get(&c, &gw.admin_url("/routes")).await.json();
+    assert_eq!(routes["routes"][0]["action"]["canary"]["tripped"], false);
+}
+
+/// `x-canary: always|never` picks a side when `force_header` is set, and never reaches
+/// the upstream either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_header_picks_a_side_and_is_never_forwarded() {
+    let main = Upstream::echo("main").await;
+    let canary = Upstream::echo("canary").await;
+    let table = |force: &str| {
+        config(&format!(
+            "[server]\naccess_log = \"off\"\n[canary]\n{force}\n\
+             [services.main]\nendpoints = [{}]\n[services.canary]\nendpoints = [{}]\n\
+             [[routes]]\nname = \"r\"\npath = \"/\"\nservice = \"main\"\n\
+             canary = {{ service = \"canary\", weight = 0 }}\n",
+            main.endpoint(),
+            canary.endpoint()
+        ))
+    };
+    let mut gw = Gateway::start(&table("force_header = \"x-canary\""));
+    let c = client();
+    let a = get_with(&c, &gw.url("/"), &[("x-canary", "always")])
+        .await
+        .json();
+    assert_eq!(a["service"], "canary");
+    assert!(a["headers"].get("x-canary").is_none(), "{a}");
+    let a = get_with(&c, &gw.url("/"), &[("x-canary", "never")])
+        .await
+        .json();
+    assert_eq!(a["service"], "main");
+    // Off: the header changes nothing and is stripped.
+    gw.write_config(&table(""));
+    gw.wait_log("config reloaded");
+    let a = get_with(&c, &gw.url("/"), &[("x-canary", "always")])
+        .await
+        .json();
+    assert_eq!(a["service"], "main");
+    assert!(a["headers"].get("x-canary").is_none(), "{a}");
+}
+
+fn branch_table(main: &Upstream, feature: &Upstream, templ: &Upstream, extra: &str) -> String {
+    config(&format!(
+        "[branches]\nheader = \"x-branch\"\ncookie = \"x-branch\"\n{extra}\n\
+         [services.users]\nendpoints = [{}]\n\
+         [services.users.branches]\nfeature-login = [{}]\ngone = [\"127.0.0.1:1\"]\n\
+         [services.orders]\nendpoints = [{}]\nbranch_endpoint = \"{{branch}}.localhost:{}\"\n\
+         [services.carts]\nendpoints = [{}]\nbranch_endpoint = \"carts-{{branch}}.preview.invalid:80\"\n\
+         [[routes]]\nname = \"users\"\npath = \"/users\"\nservice = \"users\"\n\
+         [[routes]]\nname = \"orders\"\npath = \"/orders\"\nservice = \"orders\"\n\
+         [[routes]]\nname = \"carts\"\npath = \"/carts\"\nservice = \"carts\"\n",
+        main.endpoint(),
+        feature.endpoint(),
+        main.endpoint(),
+        templ.addr.port(),
+        main.endpoint(),
+    ))
+}
+
+/// Explicit and template branches hit; unknown, unresolvable and refused branches fall
+/// back to main; bad names are 400; the header reaches the branch unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branches_hit_fall_back_and_reject_bad_names() {
+    let main = Upstream::echo("main").await;
+    let feature = Upstream::echo("users-feature-login").await;
+    let templ = Upstream::echo("orders-template").await;
+    let gw = Gateway::start(&branch_table(&main, &feature, &templ, ""));
+    let c = client();
+    let b = |v: &'static str| [("x-branch", v)];
+    // Explicit hit; the header is passed on unchanged.
+    let a = get_with(&c, &gw.url("/users/1"), &b("feature-login")).await;
+    assert_eq!(a.headers["x-switchyard-served-by"], "users@feature-login");
+    let j = a.json();
+    assert_eq!(j["service"], "users-feature-login");
+    assert_eq!(j["headers"]["x-branch"], "feature-login");
+    // Also by cookie and by W3C baggage.
+    let a = get_with(
+        &c,
+        &gw.url("/users/1"),
+        &[("cookie", "a=1; x-branch=feature-login")],
+    )
+    .await;
+    assert_eq!(a.json()["service"], "users-feature-login");
+    let a = get_with(
+        &c,
+        &gw.url("/users/1"),
+        &[("baggage", "k=v,branch=feature-login")],
+    )
+    .await;
+    assert_eq!(a.json()["service"], "users-feature-login");
+    // Template hit (`{branch}.localhost` is loopback).
+    let a = get_with(&c, &gw.url("/orders/1"), &b("feature-login")).await;
+    assert_eq!(a.headers["x-switchyard-served-by"], "orders@feature-login");
+    assert_eq!(a.json()["service"], "orders-template");
+    // Unknown branch, a name that does not resolve, a deployment that refuses: main.
+    for (path, branch, svc) in [
+        ("/users/1", "nope", "users"),
+        ("/carts/1", "feature-login", "carts"),
+        ("/users/1", "gone", "users"),
+    ] {
+        let a = get_with(&c, &gw.url(path), &[("x-branch", branch)]).await;
+        assert_eq!(a.status, 200, "{path} {branch}");
+        assert_eq!(a.json()["service"], "main", "{path} {branch}");
+        assert_eq!(a.headers["x-switchyard-served-by"], format!("{svc}@main"));
+    }
+    // Bad names never reach DNS or a URL.
+    for bad in ["../evil", "a.b.c", "Feature", "-x"] {
+        let a = get_with(&c, &gw.url("/orders/1"), &[("x-branch", bad)]).await;
+        assert_eq!(a.status, 400, "{bad}");
+        assert_eq!(a.json()["error"], "bad_branch");
+    }
+    // No branch: main, served-by says so.
+    let a = get(&c, &gw.url("/users/1")).await;
+    assert_eq!(a.headers["x-switchyard-served-by"], "users@main");
+    assert_eq!(templ.hits(), 1);
+}
+
+/// With a CIDR gate that excludes the client, or an HMAC gate and a bad signature, the
+/// branch value is stripped and main answers; a good signature reaches the branch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gates_strip_the_branch_of_outsiders() {
+    let main = Upstream::echo("main").await;
+    let feature = Upstream::echo("users-feature-login").await;
+    let templ = Upstream::echo("orders-template").await;
+    let gw = Gateway::start(&branch_table(
+        &main,
+        &feature,
+        &templ,
+        "gate = \"cidr:10.0.0.0/8\"",
+    ));
+    let c = client();
+    let a = get_with(
+        &c,
+        &gw.url("/users/1"),
+        &[
+            ("x-branch", "feature-login"),
+            ("cookie", "x-branch=feature-login; a=1"),
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(a["service"], "main");
+    assert!(a["headers"].get("x-branch").is_none(), "{a}");
+    assert_eq!(a["headers"]["cookie"], "a=1");
+    // Outsiders get no 400 for a bad name either: nothing is learnt.
+    let a = get_with(&c, &gw.url("/users/1"), &[("x-branch", "../evil")]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(feature.hits(), 0);
+    drop(gw);
+
+    let key = b"0123456789abcdef-branch-key";
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("branch.key");
+    std::fs::write(&key_file, key).unwrap();
+    let gw = Gateway::start(&branch_table(
+        &main,
+        &feature,
+        &templ,
+        &format!(
+            "gate = \"hmac\"\nhmac_key_file = \"{}\"",
+            key_file.display()
+        ),
+    ));
+    let good = format!("feature-login.{}", sign(key, "feature-login"));
+    let bad = format!(
+        "feature-login.{}",
+        sign(b"some-other-key-entirely", "feature-login")
+    );
+    let a = get_with(&c, &gw.url("/users/1"), &[("x-branch", &bad)])
+        .await
+        .json();
+    assert_eq!(a["service"], "main");
+    assert!(a["headers"].get("x-branch").is_none(), "{a}");
+    let a = get_with(&c, &gw.url("/users/1"), &[("x-branch", &good)])
+        .await
+        .json();
+    assert_eq!(a["service"], "users-feature-login");
+    assert_eq!(a["headers"]["x-branch"], good.as_str());
+}
+
+/// Branch selection wins over the canary split, and the access log records the branch
+/// and whether it fell back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branch_wins_over_canary_and_is_logged() {
+    let main = Upstream::echo("main").await;
+    let canary = Upstream::echo("canary").await;
+    let feature = Upstream::echo("feature").await;
+    let gw = Gateway::start(&config(&format!(
+        "[branches]\nheader = \"x-branch\"\n\
+         [services.users]\nendpoints = [{}]\n[services.users.branches]\nfeat = [{}]\n\
+         [services.canary]\nendpoints = [{}]\n\
+         [[routes]]\nname = \"users\"\npath = \"/\"\nservice = \"users\"\n\
+         canary = {{ service = \"canary\", weight = 100 }}\n",
+        main.endpoint(),
+        feature.endpoint(),
+        canary.endpoint()
+    )));
+    let c = client();
+    let a = get_with(&c, &gw.url("/"), &[("x-branch", "feat")])
+        .await
+        .json();
+    assert_eq!(a["service"], "feature");
+    let a = get_with(&c, &gw.url("/"), &[("x-branch", "other")])
+        .await
+        .json();
+    assert_eq!(a["service"], "canary");
+    let deadline = Instant::now() + SOON;
+    let log = loop {
+        let log = gw.access_log();
+        if log.len() >= 2 {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "no access log");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(log[0]["branch"], "feat");
+    assert_eq!(log[0]["branch_fallback"], false);
+    assert_eq!(log[0]["service"], "users@feat");
+    assert_eq!(log[1]["branch"], "other");
+    assert_eq!(log[1]["branch_fallback"], true);
+    assert_eq!(log[1]["service"], "canary");
+}
