@@ -38,6 +38,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/routes", get(routes))
         .route("/upstreams", get(upstreams))
+        .route("/mirror/mismatches", get(mismatches))
         .route("/metrics", get(metrics))
         .route("/reload", post(reload_handler))
         .route("/openapi.json", get(openapi))
@@ -136,6 +137,11 @@ fn policy_json(
             "main_requests": main, "main_5xx": main_5xx,
         })),
     })
+}
+
+async fn mismatches(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    let snap = s.gw.snapshot();
+    Json(json!({ "mismatches": snap.mismatches.list() }))
 }
 
 async fn upstreams(State(s): State<AdminState>) -> Json<serde_json::Value> {
@@ -255,6 +261,7 @@ mod tests {
             "/readyz",
             "/routes",
             "/upstreams",
+            "/mirror/mismatches",
             "/metrics",
             "/reload",
             "/openapi.json",

@@ -64,6 +64,22 @@ struct HashLabels {
     hash: String,
 }
 
+/// The mirror counters, shared with detached shadow tasks.
+#[derive(Clone)]
+pub struct MirrorCounter(Family<MirrorLabels, Counter>);
+
+impl MirrorCounter {
+    /// Count one outcome (see [`Metrics::mirror`]).
+    pub fn inc(&self, route: &Arc<str>, result: &'static str) {
+        self.0
+            .get_or_create(&MirrorLabels {
+                route: Name(Some(route.clone())),
+                result,
+            })
+            .inc();
+    }
+}
+
 /// Every metric of the gateway; lives as long as the process (survives reloads).
 pub struct Metrics {
     registry: Registry,
@@ -188,7 +204,7 @@ impl Metrics {
         let mirror = Family::<MirrorLabels, Counter>::default();
         registry.register(
             "mirror_requests",
-            "Mirrored requests by route and result (match, mismatch, sent, dropped, failed)",
+            "Mirrored requests by route and result: match, mismatch, sent (not compared), dropped (no free slot), skipped (streamed body), failed (no shadow answer), incomplete (no complete primary answer)",
             mirror.clone(),
         );
         Metrics {
@@ -254,6 +270,11 @@ impl Metrics {
                 route: Name(Some(route.clone())),
             })
             .inc();
+    }
+
+    /// A handle on the mirror counters for detached shadow tasks.
+    pub fn mirror_counter(&self) -> MirrorCounter {
+        MirrorCounter(self.mirror.clone())
     }
 
     /// One mirrored request's outcome: `match`, `mismatch`, `sent` (not compared),

@@ -103,7 +103,8 @@ pub struct RoutePolicy {
     pub sticky: Option<Sticky>,
     /// Set for `canary = {…}`: which backends are canary and main, and the guard.
     pub canary: Option<Canary>,
-    pub mirror: Option<Mirror>,
+    /// Shared with the detached shadow tasks.
+    pub mirror: Option<std::sync::Arc<Mirror>>,
     /// The route's name: the salt of route-local sticky hashes.
     pub salt: String,
 }

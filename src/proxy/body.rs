@@ -168,6 +168,25 @@ pub struct ResponseBody {
     record: Option<Box<AccessRecord>>,
     /// The service's concurrency slot, released when the body is done.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// A capped copy for the mirror comparison; never delays a frame.
+    tee: Option<Box<Tee>>,
+}
+
+/// The primary answer's copy for the mirror: sent when the body is complete; dropped
+/// (the comparison is skipped) when the client goes away first.
+#[derive(Debug)]
+pub struct Tee {
+    pub collector: crate::policy::mirror::Collector,
+    pub status: u16,
+    pub headers: Vec<Option<http::HeaderValue>>,
+    pub tx: tokio::sync::oneshot::Sender<crate::policy::mirror::Captured>,
+}
+
+impl Tee {
+    fn finish(self) {
+        let captured = self.collector.finish(self.status, self.headers);
+        let _ = self.tx.send(captured);
+    }
 }
 
 #[derive(Debug)]
@@ -183,6 +202,7 @@ impl ResponseBody {
             kind: Kind::Full(Some(bytes.into())),
             record: None,
             permit: None,
+            tee: None,
         }
     }
 
@@ -192,6 +212,7 @@ impl ResponseBody {
             kind: Kind::Full(None),
             record: None,
             permit: None,
+            tee: None,
         }
     }
 
@@ -201,12 +222,22 @@ impl ResponseBody {
             kind: Kind::Stream(inner),
             record: None,
             permit: None,
+            tee: None,
         }
     }
 
     /// Hold a concurrency slot until this body is dropped.
     pub fn set_permit(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {
         self.permit = Some(permit);
+    }
+
+    /// Copy the body for the mirror comparison as it streams.
+    pub fn set_tee(&mut self, tee: Tee) {
+        if self.is_end_stream() {
+            tee.finish();
+        } else {
+            self.tee = Some(Box::new(tee));
+        }
     }
 
     /// Attach the access-log record; it is written when this body is dropped.
@@ -232,6 +263,28 @@ impl Body for ResponseBody {
             && let Some(data) = frame.data_ref()
         {
             r.bytes_out += data.len() as u64;
+        }
+        if this.tee.is_some() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let (Some(data), Some(t)) = (frame.data_ref(), this.tee.as_mut()) {
+                        t.collector.push(data);
+                    }
+                    if this.is_end_stream()
+                        && let Some(t) = this.tee.take()
+                    {
+                        t.finish();
+                    }
+                }
+                Poll::Ready(None) => {
+                    if let Some(t) = this.tee.take() {
+                        t.finish();
+                    }
+                }
+                // An error: the copy is incomplete; dropping it skips the comparison.
+                Poll::Ready(Some(Err(_))) => this.tee = None,
+                Poll::Pending => {}
+            }
         }
         polled
     }

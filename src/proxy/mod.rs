@@ -24,6 +24,7 @@
 
 pub mod body;
 pub mod error;
+mod mirror;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -239,6 +240,14 @@ async fn pipeline(
         path_and_query,
         headers: parts.headers,
     };
+    let primary_copy = fwd
+        .policy
+        .as_ref()
+        .and_then(|p| p.mirror.as_ref())
+        .and_then(|m| {
+            let timeout = fwd.timeout.unwrap_or(snap.config.defaults.request_timeout);
+            mirror::start(gw, snap, route_id, m, timeout, &head, &body)
+        });
     let resp = match branch_upstream.as_deref() {
         Some(branch_up) if body.resendable() => {
             let again = (head.clone(), body.try_clone());
@@ -265,7 +274,17 @@ async fn pipeline(
         _ => forward(snap, fwd, upstream, ctx, head, body).await,
     };
     guard_feedback(gw, snap, route_id, fwd, ctx, &resp);
-    let mut resp = downstream_response(resp?, route, rate, permit);
+    let resp = resp?;
+    let tee = primary_copy.map(|c| body::Tee {
+        collector: policy::mirror::Collector::new(c.mirror.max_compare_body),
+        status: resp.status().as_u16(),
+        headers: policy::mirror::pick_headers(&c.mirror, resp.headers()),
+        tx: c.tx,
+    });
+    let mut resp = downstream_response(resp, route, rate, permit);
+    if let Some(t) = tee {
+        resp.body_mut().set_tee(t);
+    }
     policy_response_headers(snap, ctx, resp.headers_mut());
     Ok(resp)
 }

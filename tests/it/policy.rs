@@ -158,7 +158,7 @@ async fn guard_cuts_a_failing_canary_and_main_keeps_serving() {
         let k = n2.fetch_add(1, Ordering::SeqCst);
         async move {
             let mut r = text("canary");
-            if k % 2 == 0 {
+            if k.is_multiple_of(2) {
                 *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
             }
             r
@@ -441,4 +441,140 @@ async fn branch_wins_over_canary_and_is_logged() {
     assert_eq!(log[1]["branch"], "other");
     assert_eq!(log[1]["branch_fallback"], true);
     assert_eq!(log[1]["service"], "canary");
+}
+
+/// Poll `f` until it holds, within `SOON`.
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + SOON;
+    while !f().await {
+        assert!(Instant::now() < deadline, "{what}: not within {SOON:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn metrics(gw: &Gateway) -> String {
+    String::from_utf8(
+        get(&client(), &gw.admin_url("/metrics"))
+            .await
+            .body
+            .to_vec(),
+    )
+    .unwrap()
+}
+
+/// A shadow that sleeps 2 s, and a shadow that is down, change nothing for the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_never_delays_or_fails_the_client() {
+    let main = Upstream::echo("main").await;
+    let (slow, _) = Upstream::slow(Duration::from_secs(2), "slow").await;
+    let dead = free_port();
+    let gw = Gateway::start(&config(&format!(
+        "[server]\naccess_log = \"off\"\n\
+         [services.main]\nendpoints = [{}]\n[services.slow]\nendpoints = [{}]\n\
+         [services.dead]\nendpoints = [\"127.0.0.1:{dead}\"]\n\
+         [[routes]]\nname = \"slow\"\npath = \"/slow\"\nservice = \"main\"\n\
+         mirror = {{ service = \"slow\", compare = true }}\n\
+         [[routes]]\nname = \"dead\"\npath = \"/dead\"\nservice = \"main\"\n\
+         mirror = {{ service = \"dead\" }}\n",
+        main.endpoint(),
+        slow.endpoint()
+    )));
+    let c = client();
+    for path in ["/slow", "/dead"] {
+        let mut took = Vec::new();
+        for _ in 0..30 {
+            let started = Instant::now();
+            let a = get(&c, &gw.url(path)).await;
+            took.push(started.elapsed());
+            assert_eq!(a.status, 200);
+            assert_eq!(a.json()["service"], "main");
+        }
+        took.sort();
+        let p50 = took[took.len() / 2];
+        let max = took[took.len() - 1];
+        eprintln!("{path}: client p50 {p50:?}, max {max:?} (shadow sleeps 2 s / is down)");
+        assert!(
+            max < Duration::from_secs(1),
+            "{path}: a request took {max:?}"
+        );
+    }
+    eventually("the slow shadow got copies", async || slow.hits() >= 30).await;
+    eventually(
+        "the dead shadow's copies are counted as failed",
+        async || {
+            metrics(&gw)
+                .await
+                .contains(r#"switchyard_mirror_requests_total{route="dead",result="failed"} 30"#)
+        },
+    )
+    .await;
+}
+
+/// A shadow that differs in one JSON field shows exactly that path; ignored fields and
+/// key order do not count; POST is not mirrored by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_compare_names_the_differing_json_path() {
+    let stamp = Arc::new(AtomicUsize::new(0));
+    let json_upstream = |name: &'static str, stamp: Arc<AtomicUsize>| {
+        Upstream::start(move |req| {
+            let n = stamp.fetch_add(1, Ordering::SeqCst);
+            let body = match (name, req.uri().path()) {
+                ("v2", "/users/7") => serde_json::json!({
+                    "generated_at": n, "user": { "name": "Bob", "id": 7 }, "tags": ["a"]
+                }),
+                _ => serde_json::json!({
+                    "user": { "id": 7, "name": "Alice" }, "tags": ["a"], "generated_at": n
+                }),
+            };
+            async move { json(&body) }
+        })
+    };
+    let v1 = json_upstream("v1", stamp.clone()).await;
+    let v2 = json_upstream("v2", stamp.clone()).await;
+    let gw = Gateway::start(&config(&format!(
+        "[server]\naccess_log = \"off\"\n\
+         [services.v1]\nendpoints = [{}]\n[services.v2]\nendpoints = [{}]\n\
+         [[routes]]\nname = \"users\"\npath = \"/users\"\nservice = \"v1\"\n\
+         mirror = {{ service = \"v2\", compare = true, ignore = [\"date\", \"$.generated_at\"], headers = [\"content-type\"] }}\n",
+        v1.endpoint(),
+        v2.endpoint()
+    )));
+    let c = client();
+    // Same answer apart from key order and the ignored field: a match.
+    assert_eq!(get(&c, &gw.url("/users/1")).await.status, 200);
+    eventually("one match", async || {
+        metrics(&gw)
+            .await
+            .contains(r#"switchyard_mirror_requests_total{route="users",result="match"} 1"#)
+    })
+    .await;
+    // One field differs.
+    assert_eq!(
+        get(&c, &gw.url("/users/7?x=1")).await.json()["user"]["name"],
+        "Alice"
+    );
+    eventually("one mismatch", async || {
+        metrics(&gw)
+            .await
+            .contains(r#"switchyard_mirror_requests_total{route="users",result="mismatch"} 1"#)
+    })
+    .await;
+    let report = get(&c, &gw.admin_url("/mirror/mismatches")).await.json();
+    let m = &report["mismatches"][0];
+    assert_eq!(m["request"], "GET /users/7?x=1");
+    assert_eq!(m["primary_status"], 200);
+    assert_eq!(m["shadow_status"], 200);
+    assert_eq!(
+        m["diff"],
+        serde_json::json!([r#"$.user.name: "Alice" != "Bob""#]),
+        "{report}"
+    );
+    // POST is not mirrored unless `methods` says so.
+    let before = v2.hits();
+    let post = http::Request::post(gw.url("/users/1"))
+        .body(full("{}"))
+        .unwrap();
+    assert_eq!(send(&c, post).await.status, 200);
+    assert_eq!(v2.hits(), before);
+    assert_eq!(v1.hits(), 3);
 }

@@ -300,7 +300,8 @@ impl Validator<'_> {
         let mirror = r
             .mirror
             .as_ref()
-            .and_then(|m| self.mirror(m, backends, services));
+            .and_then(|m| self.mirror(m, backends, services))
+            .map(Arc::new);
         Some(Box::new(RoutePolicy {
             sticky,
             canary,
