@@ -14,6 +14,7 @@
 
 pub mod branch;
 pub mod canary;
+pub mod explain;
 pub mod mirror;
 
 use http::{HeaderMap, HeaderName};

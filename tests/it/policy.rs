@@ -578,3 +578,54 @@ async fn mirror_compare_names_the_differing_json_path() {
     assert_eq!(v2.hits(), before);
     assert_eq!(v1.hits(), 3);
 }
+
+/// `explain` on the shipped table names the answering service and why: canary bucket,
+/// branch hit, fallback, bad name, refused gate.
+#[test]
+fn explain_names_the_policy_decision() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .arg("explain")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .expect("run explain");
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = run(&["-H", "x-user-id: 24", "GET", "/api/users/7"]);
+    assert!(out.contains("sticky bucket "), "{out}");
+    assert!(out.contains("answered by:     users-canary\n"), "{out}");
+    let out = run(&["-H", "x-user-id: 42", "GET", "/api/users/7"]);
+    assert!(out.contains("answered by:     users\n"), "{out}");
+    let out = run(&["-H", "x-branch: feature-login", "GET", "/api/users/7"]);
+    assert!(out.contains("branch feature-login: hit"), "{out}");
+    assert!(
+        out.contains("answered by:     users@feature-login\n"),
+        "{out}"
+    );
+    let out = run(&["-H", "x-branch: foo", "GET", "/api/users/7"]);
+    assert!(out.contains("fallback to main"), "{out}");
+    let out = run(&["-H", "x-branch: a.b.c", "GET", "/api/users/7"]);
+    assert!(out.contains("400 bad_branch"), "{out}");
+    let out = run(&[
+        "--client",
+        "203.0.113.9",
+        "-H",
+        "x-branch: feature-login",
+        "GET",
+        "/api/users/7",
+    ]);
+    assert!(out.contains("gate does not hold"), "{out}");
+    let json: serde_json::Value = serde_json::from_str(&run(&[
+        "--json",
+        "-H",
+        "x-user-id: 24",
+        "GET",
+        "/api/users/7",
+    ]))
+    .unwrap();
+    assert_eq!(json["service"], "users-canary");
+    assert_eq!(json["policy"]["bucket"], bucket("users", "24"));
+}
