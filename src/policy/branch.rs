@@ -405,6 +405,32 @@ mod tests {
         assert_eq!(h["baggage"], "k=v");
     }
 
+    /// The openssl line of docs/policies.md computes the same signature.
+    #[test]
+    fn signature_is_hex_hmac_sha256() {
+        assert_eq!(
+            sign(b"abcdefghijklmnopq", "feature-login"),
+            "52a831debceafce9ac18cc196df407f1c80756db20b9a2c6cf4786bb0476504b"
+        );
+    }
+
+    #[test]
+    fn branch_cache_keeps_negative_answers_and_stays_bounded() {
+        let c = BranchCache::default();
+        c.put("nope.invalid:80".into(), Duration::from_secs(60), None);
+        assert_eq!(c.get("nope.invalid:80").map(|u| u.is_none()), Some(true));
+        assert!(c.get("other:80").is_none());
+        c.put("gone:80".into(), Duration::ZERO, None);
+        assert!(
+            c.get("gone:80").is_none(),
+            "expired entries are not answers"
+        );
+        for i in 0..CACHE_MAX * 2 {
+            c.put(format!("b{i}.invalid:80"), Duration::from_secs(60), None);
+        }
+        assert!(c.len() <= CACHE_MAX);
+    }
+
     #[tokio::test]
     async fn localhost_and_invalid_names_need_no_dns() {
         assert_eq!(

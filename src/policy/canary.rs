@@ -417,6 +417,31 @@ mod tests {
         assert_eq!(c.bucket, Some(bucket("", "alice")));
     }
 
+    /// A sticky `split` of three: the same key always gets the same backend, and
+    /// every backend gets about its share.
+    #[test]
+    fn sticky_split_follows_the_weights() {
+        let (mut f, mut p) = canary_route(5.0, Sticky::Key(KeySource::Cookie("uid".into())));
+        f.backends = [(0, 50), (1, 30), (2, 20)]
+            .into_iter()
+            .map(|(service, weight)| Backend { service, weight })
+            .collect();
+        f.total_weight = 100;
+        p.canary = None;
+        let g = GlobalPolicy::default();
+        let mut counts = [0u32; 3];
+        for id in 0..10_000 {
+            let mut h = HeaderMap::new();
+            h.insert("cookie", format!("a=b; uid={id}").parse().unwrap());
+            let first = choose(&f, &p, &g, &h, None, false).unwrap();
+            assert_eq!(choose(&f, &p, &g, &h, None, false).unwrap(), first);
+            counts[first.backend] += 1;
+        }
+        for (got, want) in counts.iter().zip([5000, 3000, 2000]) {
+            assert!((*got as i32 - want).abs() < 250, "{counts:?}");
+        }
+    }
+
     #[test]
     fn force_header_and_tripped_guard_override_the_bucket() {
         let sticky = Sticky::Key(KeySource::Header("x-user-id".parse().unwrap()));
