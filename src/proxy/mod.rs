@@ -9,13 +9,20 @@
 //!     ├ normalize_*         canonical path and host (http::normalize)
 //!     ├ Router::find        host -> path -> predicates, or 404; redirect routes answer here
 //!     ├ rate_limit          the route's token bucket for this key, or 429
-//!     ├ Forward::pick       weighted backend (500 when every weight is 0)
+//!     ├ split               weighted backend (500 when every weight is 0); routes with
+//!     │                     a policy: sticky/cohort bucket, force header, canary guard
+//!     ├ branch              topic-branch override behind the gate (400 on a bad name),
+//!     │                     explicit or DNS-template deployment, else main
 //!     ├ concurrency_slot    a slot of the service (bounded wait), or 503 shed
 //!     ├ upstream_request_headers  filters, hop-by-hop cleanup, forwarding headers
 //!     ├ upstream_body       size limit (413), idle timeout (408), buffering for retries
+//!     ├ mirror::start       detached shadow copy (bounded); the primary body is teed
 //!     ├ forward             endpoint pick, pooled connection, per-try and route
 //!     │                     timeouts, retries within the budget, outlier feedback
-//!     └ downstream_response hop-by-hop cleanup, response filter, RateLimit-* headers
+//!     │                     (a branch that refuses the connection: main answers)
+//!     ├ guard_feedback      the canary guard counts this answer
+//!     ├ downstream_response hop-by-hop cleanup, response filter, RateLimit-* headers
+//!     └ policy_response_headers  x-switchyard-service / x-switchyard-served-by
 //! finish                    metrics; x-request-id; the log record rides on the body
 //! ```
 //!
