@@ -385,6 +385,7 @@ mod tests {
         }
         let share5 = f64::from(in5) / ids.len() as f64 * 100.0;
         let share10 = f64::from(in10) / ids.len() as f64 * 100.0;
+        eprintln!("20,000 ids: {share5:.2}% at weight 5, {share10:.2}% at weight 10");
         assert!(
             (share5 - 5.0).abs() <= 0.6,
             "share at weight 5: {share5:.2}%"
