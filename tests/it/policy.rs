@@ -476,7 +476,9 @@ async fn mirror_never_delays_or_fails_the_client() {
          mirror = {{ service = \"slow\", compare = true }}\n\
          [[routes]]\nname = \"dead\"\npath = \"/dead\"\nservice = \"main\"\n\
          mirror = {{ service = \"dead\" }}\n\
-         [[routes]]\nname = \"plain\"\npath = \"/plain\"\nservice = \"main\"\n",
+         [[routes]]\nname = \"plain\"\npath = \"/plain\"\nservice = \"main\"\n\
+         [[routes]]\nname = \"bounded\"\npath = \"/bounded\"\nservice = \"main\"\n\
+         mirror = {{ service = \"slow\", max_in_flight = 1 }}\n",
         main.endpoint(),
         slow.endpoint()
     )));
@@ -500,6 +502,20 @@ async fn mirror_never_delays_or_fails_the_client() {
         );
     }
     eventually("the slow shadow got copies", async || slow.hits() >= 30).await;
+    // One slot: while the 2 s shadow holds it, further copies are dropped and counted.
+    for _ in 0..10 {
+        assert_eq!(get(&c, &gw.url("/bounded")).await.status, 200);
+    }
+    let m = metrics(&gw).await;
+    let dropped: u32 = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"switchyard_mirror_requests_total{route="bounded",result="dropped"} "#)
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    eprintln!("bounded mirror: {dropped} of 10 copies dropped");
+    assert!(dropped >= 5, "{m}");
     eventually(
         "the dead shadow's copies are counted as failed",
         async || {
