@@ -38,6 +38,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/routes", get(routes))
         .route("/upstreams", get(upstreams))
+        .route("/mirror/mismatches", get(mismatches))
         .route("/metrics", get(metrics))
         .route("/reload", post(reload_handler))
         .route("/openapi.json", get(openapi))
@@ -73,7 +74,8 @@ async fn routes(State(s): State<AdminState>) -> Json<serde_json::Value> {
     let routes: Vec<serde_json::Value> = c
         .routes
         .iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(i, r)| {
             let (kind, path) = match &r.path {
                 PathMatch::Exact(p) => ("exact", p),
                 PathMatch::Prefix(p) => ("prefix", p),
@@ -84,6 +86,12 @@ async fn routes(State(s): State<AdminState>) -> Json<serde_json::Value> {
                         "service": c.services[b.service].name, "weight": b.weight
                     })).collect::<Vec<_>>(),
                     "timeout_ms": f.timeout.unwrap_or(c.defaults.request_timeout).as_millis() as u64,
+                    "canary": policy_json(&snap, i, f),
+                    "mirror": f.policy.as_ref().and_then(|p| p.mirror.as_ref()).map(|m| json!({
+                        "service": c.services[m.service].name,
+                        "percent": f64::from(m.per_10000) / 100.0,
+                        "compare": m.compare,
+                    })),
                 }),
                 Action::Redirect(rd) => json!({ "redirect": rd.status }),
             };
@@ -100,6 +108,40 @@ async fn routes(State(s): State<AdminState>) -> Json<serde_json::Value> {
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
     Json(json!({ "hash": snap.hash, "loaded_at": loaded_at, "routes": routes }))
+}
+
+/// A route's canary: weight, stickiness and the guard's state.
+fn policy_json(
+    snap: &crate::snapshot::Snapshot,
+    route: usize,
+    f: &crate::config::model::Forward,
+) -> serde_json::Value {
+    let Some(p) = &f.policy else {
+        return serde_json::Value::Null;
+    };
+    let Some(c) = &p.canary else {
+        return serde_json::Value::Null;
+    };
+    let guard = snap.guards[route].as_ref();
+    let totals = guard.map(|g| g.totals());
+    json!({
+        "service": snap.config.services[f.backends[c.canary].service].name,
+        "weight": f64::from(f.backends[c.canary].weight) / 100.0,
+        "sticky": p.sticky.as_ref().map(|s| match s {
+            crate::policy::Sticky::Key(k) => k.to_string(),
+            crate::policy::Sticky::Cohort => "cohort".to_string(),
+        }),
+        "tripped": guard.is_some_and(|g| g.tripped()),
+        "guard": totals.map(|(canary, canary_5xx, main, main_5xx)| json!({
+            "canary_requests": canary, "canary_5xx": canary_5xx,
+            "main_requests": main, "main_5xx": main_5xx,
+        })),
+    })
+}
+
+async fn mismatches(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    let snap = s.gw.snapshot();
+    Json(json!({ "mismatches": snap.mismatches.list() }))
 }
 
 async fn upstreams(State(s): State<AdminState>) -> Json<serde_json::Value> {
@@ -219,6 +261,7 @@ mod tests {
             "/readyz",
             "/routes",
             "/upstreams",
+            "/mirror/mismatches",
             "/metrics",
             "/reload",
             "/openapi.json",

@@ -66,6 +66,9 @@ enum Command {
         /// Request header, `-H 'name: value'`; may repeat.
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
+        /// The client's address, for CIDR branch gates.
+        #[arg(long, default_value = "127.0.0.1")]
+        client: std::net::IpAddr,
         method: String,
         /// `http://host/path?query` or `/path?query`.
         url: String,
@@ -136,9 +139,10 @@ pub fn main() -> ExitCode {
             config,
             json,
             headers,
+            client,
             method,
             url,
-        } => explain(&config, json, &headers, &method, &url),
+        } => explain(&config, json, &headers, client, &method, &url),
     }
 }
 
@@ -375,7 +379,14 @@ fn diff(
     ExitCode::SUCCESS
 }
 
-fn explain(config: &Path, json: bool, headers: &[String], method: &str, url: &str) -> ExitCode {
+fn explain(
+    config: &Path,
+    json: bool,
+    headers: &[String],
+    client: std::net::IpAddr,
+    method: &str,
+    url: &str,
+) -> ExitCode {
     let loaded = match config::load(config) {
         Ok(l) => l,
         Err(LoadError::Invalid { src, errors }) => {
@@ -488,6 +499,12 @@ fn explain(config: &Path, json: bool, headers: &[String], method: &str, url: &st
                 .collect();
             let single =
                 (f.backends.len() == 1).then(|| services[f.backends[0].service].name.clone());
+            let policy = crate::policy::explain::explain(&loaded.config, f, &map, client, None);
+            let single = if f.policy.is_some() || loaded.config.policy.branches.is_some() {
+                policy["service"].as_str().map(str::to_string)
+            } else {
+                single
+            };
             serde_json::json!({
                 "status": if f.total_weight == 0 { serde_json::json!(500) } else { serde_json::json!("proxied") },
                 "route": r.name,
@@ -497,6 +514,7 @@ fn explain(config: &Path, json: bool, headers: &[String], method: &str, url: &st
                 "service": single,
                 "backends": backends,
                 "timeout_ms": f.timeout.unwrap_or(loaded.config.defaults.request_timeout).as_millis() as u64,
+                "policy": policy,
                 "candidates": candidates,
             })
         }
@@ -570,6 +588,12 @@ fn explain(config: &Path, json: bool, headers: &[String], method: &str, url: &st
             println!("upstream host:   {h}");
         }
         println!("timeout:         {}ms", result["timeout_ms"]);
+        for step in result["policy"]["steps"].as_array().into_iter().flatten() {
+            println!("policy:          {}", step.as_str().unwrap_or(""));
+        }
+        if let Some(s) = result["service"].as_str() {
+            println!("answered by:     {s}");
+        }
     }
     if result["redirect"].is_object() {
         println!(

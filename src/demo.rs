@@ -18,25 +18,29 @@ use crate::config;
 /// Bind a backend on every loopback endpoint of every service in `config_path`.
 pub async fn start_backends(config_path: &Path) -> Result<(), String> {
     let loaded = config::load(config_path).map_err(|e| e.to_string())?;
+    // Every service's endpoints, and the endpoints of its explicit branch deployments
+    // (answering as `service@branch`).
+    let mut backends = Vec::new();
     for svc in &loaded.config.services {
-        for ep in &svc.endpoints {
-            let Some(addr) = ep.addr.filter(|a| a.ip().is_loopback()) else {
-                continue;
-            };
-            let listener = TcpListener::bind(addr).await.map_err(|e| {
-                format!(
-                    "demo backend for `{}` cannot listen on {addr}: {e}",
-                    svc.name
-                )
-            })?;
-            tracing::info!(service = %svc.name, %addr, "demo backend listening");
-            tokio::spawn(backend(listener, svc.name.clone()));
+        backends.extend(svc.endpoints.iter().map(|ep| (svc.name.clone(), ep)));
+        for (branch, eps) in &svc.branches {
+            backends.extend(eps.iter().map(|ep| (format!("{}@{branch}", svc.name), ep)));
         }
+    }
+    for (name, ep) in backends {
+        let Some(addr) = ep.addr.filter(|a| a.ip().is_loopback()) else {
+            continue;
+        };
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("demo backend for `{name}` cannot listen on {addr}: {e}"))?;
+        tracing::info!(service = %name, %addr, "demo backend listening");
+        tokio::spawn(backend(listener, name));
     }
     if let Some(http) = loaded.config.listen.http {
         let port = http.port();
         eprintln!(
-            "\nSwitchyard demo. Try:\n  curl -s localhost:{port}/api/users/7\n  curl -s localhost:{port}/api/orders/42\n  curl -s -i localhost:{port}/nowhere\n  curl -s -i localhost:{port}/v1/users/3\n"
+            "\nSwitchyard demo. Try:\n  curl -s localhost:{port}/api/users/7\n  curl -s localhost:{port}/api/orders/42\n  curl -s -i localhost:{port}/nowhere\n  curl -s -i localhost:{port}/v1/users/3\n\nTraffic policies (docs/policies.md):\n  curl -s -i -H 'x-user-id: 42' localhost:{port}/api/users/7     # sticky canary; see x-switchyard-service\n  curl -s -i -H 'x-canary: always' localhost:{port}/api/users/7  # force the canary\n  curl -s -i -H 'x-branch: feature-login' localhost:{port}/api/users/7  # branch; see x-switchyard-served-by\n  curl -s localhost:{port}/api/orders/1 && curl -s localhost:9901/mirror/mismatches  # shadow traffic\n"
         );
     }
     Ok(())

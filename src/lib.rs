@@ -9,6 +9,8 @@
 //!     check_framing         CL+TE, duplicate CL, non-chunked TE -> 400 + close
 //!     http::normalize       canonical path (dot segments, //, %XX) and host
 //!     router                host -> matchit prefix tree -> method/header/query
+//!     policy                canary split (sticky, cohort, guard), topic-branch
+//!                           override behind a gate, mirror copy (detached)
 //!     upstream_request      hop-by-hop out, X-Forwarded-*, x-request-id, rewrite
 //!     forward               upstream::Upstream: round-robin, pooled client,
 //!                           connect retry, route timeout
@@ -31,6 +33,7 @@ pub mod gateway;
 pub mod http;
 pub mod import;
 pub mod observe;
+pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod resilience;

@@ -4,11 +4,18 @@
 //! A request loads the snapshot once at its start and keeps that `Arc` to its end, so it
 //! sees one consistent table even while a reload swaps in the next one.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use tokio::sync::Semaphore;
+
+use crate::config::model::{Endpoint, Service};
 use crate::config::{Config, Loaded};
 use crate::observe::otlp::{self, SpanSink};
+use crate::policy::branch::BranchCache;
+use crate::policy::canary::GuardState;
+use crate::policy::mirror::MismatchLog;
 use crate::resilience::rate_limit::{self, RouteLimiter};
 use crate::router::Router;
 use crate::upstream::{self, Upstream};
@@ -20,6 +27,8 @@ pub struct Registry {
     pub upstreams: upstream::Registry,
     pub limiters: rate_limit::Registry,
     pub spans: otlp::Registry,
+    /// The last mirror mismatches, kept across reloads for the admin API.
+    pub mismatches: Arc<MismatchLog>,
 }
 
 /// One loaded configuration, ready to serve.
@@ -35,6 +44,15 @@ pub struct Snapshot {
     pub limiters: Vec<Option<Arc<RouteLimiter>>>,
     /// Where sampled requests' spans go; `None` when OTLP export is off.
     pub spans: Option<Arc<SpanSink>>,
+    /// Per route, the canary guard's window (fresh on every load: a reload un-trips it).
+    pub guards: Vec<Option<GuardState>>,
+    /// Per route, the slots for detached mirror requests.
+    pub mirror_slots: Vec<Option<Arc<Semaphore>>>,
+    /// Per service (same index as `config.services`), its explicit branch deployments.
+    pub branch_upstreams: Vec<HashMap<String, Arc<Upstream>>>,
+    /// Template branch lookups (short TTL, negative answers too).
+    pub branch_cache: BranchCache,
+    pub mismatches: Arc<MismatchLog>,
     /// Hash of the source text.
     pub hash: String,
     pub loaded_at: SystemTime,
@@ -54,6 +72,32 @@ impl Snapshot {
             .map(|r| {
                 let spec = r.forward()?.rate_limit.as_ref()?;
                 Some(registry.limiters.get(&r.name, spec))
+            })
+            .collect();
+        let mut branch_upstreams = Vec::with_capacity(config.services.len());
+        for s in &config.services {
+            let mut m = HashMap::new();
+            for (name, endpoints) in &s.branches {
+                let svc = branch_service(s, name, endpoints.clone());
+                m.insert(
+                    name.clone(),
+                    registry.upstreams.get(&svc, &config.defaults).await,
+                );
+            }
+            branch_upstreams.push(m);
+        }
+        let policies = config.routes.iter().map(|r| r.forward()?.policy.as_deref());
+        let guards = policies
+            .clone()
+            .map(|p| {
+                let g = p?.canary.as_ref()?.guard.clone()?;
+                Some(GuardState::new(g))
+            })
+            .collect();
+        let mirror_slots = policies
+            .map(|p| {
+                let m = p?.mirror.as_ref()?;
+                Some(Arc::new(Semaphore::new(m.max_in_flight)))
             })
             .collect();
         // Building the matcher for a large table is CPU work: off the runtime's worker
@@ -79,9 +123,27 @@ impl Snapshot {
             upstreams,
             route_names,
             limiters,
+            guards,
+            mirror_slots,
+            branch_upstreams,
+            branch_cache: BranchCache::default(),
+            mismatches: registry.mismatches.clone(),
             hash: loaded.hash,
             loaded_at: SystemTime::now(),
             config,
         }
+    }
+}
+
+/// The service of one branch deployment: the main service's settings with the branch's
+/// endpoints, named `service@branch` (logs, metrics, `served-by`).
+pub fn branch_service(main: &Service, branch: &str, endpoints: Vec<Endpoint>) -> Service {
+    Service {
+        name: format!("{}@{branch}", main.name),
+        endpoints,
+        branches: Vec::new(),
+        branch_endpoint: None,
+        health_check: None,
+        ..main.clone()
     }
 }

@@ -35,6 +35,79 @@ pub struct FileConfig {
     /// `[tracing]`: sampling and OTLP span export.
     #[serde(default)]
     pub tracing: Option<TracingFile>,
+    /// `[canary]`: gateway-wide canary settings (cohort key, force header, response header).
+    #[serde(default)]
+    pub canary: Option<Spanned<CanaryGlobalFile>>,
+    /// `[branches]`: topic-branch routing by header or cookie.
+    #[serde(default)]
+    pub branches: Option<Spanned<BranchesFile>>,
+}
+
+/// `[canary]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryGlobalFile {
+    /// `"header:x-user-id"` or `"cookie:uid"`: the user key of `sticky = "cohort"`.
+    pub cohort_key: Option<SStr>,
+    /// Header that forces a side (`always` / `never`); off when unset.
+    pub force_header: Option<SStr>,
+    /// Response header naming the service that answered; off when unset.
+    pub service_header: Option<SStr>,
+}
+
+/// `[branches]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BranchesFile {
+    pub header: Option<SStr>,
+    pub cookie: Option<SStr>,
+    /// Also read `baggage: branch=NAME` (W3C baggage); default true.
+    pub baggage: Option<Spanned<bool>>,
+    /// `"cidr:10.0.0.0/8,…"`, `"hmac"` or `"jwt-claim:NAME"`.
+    pub gate: Option<SStr>,
+    /// Key file for `gate = "hmac"`.
+    pub hmac_key_file: Option<SStr>,
+    /// Response header saying which deployment answered; default `x-switchyard-served-by`,
+    /// `"off"` disables it.
+    pub served_by_header: Option<SStr>,
+    /// How long a template lookup (found or not) is cached; default `"10s"`.
+    pub cache_ttl: Option<SStr>,
+}
+
+/// `canary = { service, weight, sticky, guard }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryFile {
+    pub service: SStr,
+    /// Percent of traffic, 0 to 100, up to two decimals.
+    pub weight: Spanned<f64>,
+    pub sticky: Option<SStr>,
+    pub guard: Option<Spanned<GuardFile>>,
+}
+
+/// `guard = { max_error_ratio = 2.0, min_requests = 100, window = "60s" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardFile {
+    pub max_error_ratio: Spanned<f64>,
+    pub min_requests: Option<Spanned<i64>>,
+    pub window: Option<SStr>,
+}
+
+/// `mirror = { service, percent, compare, ignore, methods, max_in_flight, max_compare_body }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorFile {
+    pub service: SStr,
+    pub percent: Option<Spanned<f64>>,
+    pub compare: Option<Spanned<bool>>,
+    pub ignore: Option<Vec<SStr>>,
+    pub methods: Option<Vec<SStr>>,
+    pub max_in_flight: Option<Spanned<i64>>,
+    /// Bodies larger than this are compared by hash; default `"1MiB"`.
+    pub max_compare_body: Option<SStr>,
+    /// Headers whose values are compared (besides status and body).
+    pub headers: Option<Vec<SStr>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -108,6 +181,10 @@ pub struct ServiceFile {
     pub max_pending: Option<Spanned<i64>>,
     pub outlier: Option<Spanned<OutlierFile>>,
     pub health_check: Option<Spanned<HealthCheckFile>>,
+    /// `"users-{branch}.preview.svc:80"`: where a branch deployment lives (DNS).
+    pub branch_endpoint: Option<SStr>,
+    /// `[services.X.branches] NAME = ["host:port"]`: explicit branch deployments.
+    pub branches: Option<BTreeMap<SStr, Spanned<Vec<SStr>>>>,
 }
 
 /// `outlier = { consecutive_failures = 5, base_ejection = "10s", max_ejection_percent = 50 }`.
@@ -153,6 +230,12 @@ pub struct RouteFile {
     /// Overrides `[server] max_body` for this route.
     pub max_body: Option<SStr>,
     pub rate_limit: Option<Spanned<RateLimitFile>>,
+    /// `canary = { service, weight, sticky, guard }`.
+    pub canary: Option<Spanned<CanaryFile>>,
+    /// Stickiness of a `split`: `"header:NAME"`, `"cookie:NAME"` or `"cohort"`.
+    pub sticky: Option<SStr>,
+    /// `mirror = { service, percent, compare, … }`.
+    pub mirror: Option<Spanned<MirrorFile>>,
 }
 
 /// `rate_limit = { per_second = 100, burst = 200, key = "client_ip" }`.

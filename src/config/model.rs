@@ -22,6 +22,8 @@ pub struct Config {
     /// Routes in file order.
     pub routes: Vec<Route>,
     pub tracing: Tracing,
+    /// `[canary]` and `[branches]`: gateway-wide traffic-policy settings.
+    pub policy: crate::policy::GlobalPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +118,9 @@ log_fields! {
     Retries => "retries",
     BytesIn => "bytes_in",
     BytesOut => "bytes_out",
+    Branch => "branch",
+    BranchFallback => "branch_fallback",
+    Bucket => "canary_bucket",
 }
 
 /// `[tracing]`: which requests are sampled and where their spans go.
@@ -191,6 +196,10 @@ pub struct Service {
     pub outlier: Option<Outlier>,
     /// Active health checks; `None`: off.
     pub health_check: Option<HealthCheck>,
+    /// Explicit branch deployments, by branch name (sorted).
+    pub branches: Vec<(String, Vec<Endpoint>)>,
+    /// `branch_endpoint` template: (host with `{branch}`, port).
+    pub branch_endpoint: Option<(String, u16)>,
 }
 
 /// Eject an endpoint after `consecutive_failures` failures in a row (5xx answers,
@@ -345,6 +354,9 @@ pub struct Forward {
     /// Overrides `[server] max_body`.
     pub max_body: Option<u64>,
     pub rate_limit: Option<RateLimit>,
+    /// Canary, sticky split and mirror; `None` for a plain route (the hot path then
+    /// pays nothing for policies).
+    pub policy: Option<Box<crate::policy::RoutePolicy>>,
 }
 
 /// A token bucket per key: `per_second` refill, `burst` capacity.
@@ -560,6 +572,7 @@ mod tests {
             timeout: None,
             max_body: None,
             rate_limit: None,
+            policy: None,
         };
         for _ in 0..1000 {
             assert_eq!(f.pick().map(|b| b.service), Some(1));

@@ -18,6 +18,8 @@ use super::file::{self, FileConfig, SStr};
 use super::model::*;
 use crate::http::normalize::normalize_path;
 
+mod policy;
+
 /// Parse and validate. `Ok` carries the config and any warnings.
 pub fn parse(src: &str) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
     let file: FileConfig = match toml::from_str(src) {
@@ -286,13 +288,21 @@ impl Validator<'_> {
             .enumerate()
             .map(|(i, s)| (s.name.as_str(), i))
             .collect();
+        let policy = self.global_policy(f.canary.as_ref(), f.branches.as_ref());
         let routes = self.routes(&f.routes, &names);
+        self.policy_lints(f.branches.as_ref(), &routes, &policy);
         self.unreachable_routes(&routes);
         self.lint(&routes, &defaults);
         for s in &services {
             let used = f.routes.iter().any(|r| {
                 let r = r.get_ref();
                 r.service.as_ref().is_some_and(|n| n.get_ref() == &s.name)
+                    || r.canary
+                        .as_ref()
+                        .is_some_and(|c| c.get_ref().service.get_ref() == &s.name)
+                    || r.mirror
+                        .as_ref()
+                        .is_some_and(|m| m.get_ref().service.get_ref() == &s.name)
                     || r.split.as_ref().is_some_and(|split| {
                         split
                             .get_ref()
@@ -317,6 +327,7 @@ impl Validator<'_> {
             services,
             routes,
             tracing,
+            policy,
         }
     }
 
@@ -613,7 +624,10 @@ impl Validator<'_> {
                 )
                 .help = Some(help);
             }
+            let (branches, branch_endpoint) = self.service_branches(s);
             out.push(Service {
+                branches,
+                branch_endpoint,
                 name: name.get_ref().clone(),
                 endpoints,
                 connect_timeout: self.duration(&s.connect_timeout, d.connect_timeout),
@@ -737,6 +751,9 @@ impl Validator<'_> {
                 ("rewrite", r.rewrite.as_ref().map(|s| s.span())),
                 ("strip_prefix", r.strip_prefix.as_ref().map(|s| s.span())),
                 ("timeout", r.timeout.as_ref().map(|s| s.span())),
+                ("canary", r.canary.as_ref().map(|s| s.span())),
+                ("mirror", r.mirror.as_ref().map(|s| s.span())),
+                ("sticky", r.sticky.as_ref().map(|s| s.span())),
                 (
                     "request_headers",
                     r.request_headers.as_ref().map(|s| s.span()),
@@ -760,7 +777,7 @@ impl Validator<'_> {
             }
             return self.redirect(redirect, path).map(Action::Redirect);
         }
-        let backends = match (&r.service, &r.split) {
+        let mut backends = match (&r.service, &r.split) {
             (Some(_), Some(split)) => {
                 self.err(
                     "SY010",
@@ -815,6 +832,7 @@ impl Validator<'_> {
                 return None;
             }
         };
+        let policy = self.route_policy(r, &mut backends, services);
         let total_weight = backends.iter().map(|b| u64::from(b.weight)).sum();
         let (path_rewrite, host) = match (&r.strip_prefix, &r.rewrite) {
             (Some(_), Some(rw)) => {
@@ -846,6 +864,7 @@ impl Validator<'_> {
             timeout,
             max_body,
             rate_limit,
+            policy,
         }))
     }
 

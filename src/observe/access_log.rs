@@ -58,6 +58,12 @@ pub struct AccessRecord {
     pub attempts: u32,
     pub bytes_in: Option<Arc<AtomicU64>>,
     pub bytes_out: u64,
+    /// The branch the request asked for (admitted by the gate), if any.
+    pub branch: Option<Box<str>>,
+    /// The branch deployment was missing or unreachable and main answered.
+    pub branch_fallback: bool,
+    /// The sticky/cohort bucket of a split, when the request had a key.
+    pub bucket: Option<u32>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -93,6 +99,9 @@ impl AccessRecord {
                     .map_or(0, |b| b.load(Ordering::Relaxed)),
             ),
             LogField::BytesOut => Value::from(self.bytes_out),
+            LogField::Branch => opt(self.branch.as_deref()),
+            LogField::BranchFallback => Value::from(self.branch_fallback),
+            LogField::Bucket => self.bucket.map_or(Value::Null, Value::from),
         }
     }
 

@@ -39,6 +39,12 @@ struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MirrorLabels {
+    route: Name,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabels {
     service: Name,
 }
@@ -58,6 +64,22 @@ struct HashLabels {
     hash: String,
 }
 
+/// The mirror counters, shared with detached shadow tasks.
+#[derive(Clone)]
+pub struct MirrorCounter(Family<MirrorLabels, Counter>);
+
+impl MirrorCounter {
+    /// Count one outcome (see [`Metrics::mirror`]).
+    pub fn inc(&self, route: &Arc<str>, result: &'static str) {
+        self.0
+            .get_or_create(&MirrorLabels {
+                route: Name(Some(route.clone())),
+                result,
+            })
+            .inc();
+    }
+}
+
 /// Every metric of the gateway; lives as long as the process (survives reloads).
 pub struct Metrics {
     registry: Registry,
@@ -73,6 +95,8 @@ pub struct Metrics {
     config_info: Family<HashLabels, Gauge>,
     config_loaded: Gauge<f64, AtomicU64>,
     endpoints: Family<ServiceLabels, Gauge<i64, AtomicI64>>,
+    guard_tripped: Family<RouteLabels, Counter>,
+    mirror: Family<MirrorLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -171,7 +195,21 @@ impl Metrics {
             "Known endpoint addresses per service",
             endpoints.clone(),
         );
+        let guard_tripped = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "canary_guard_tripped",
+            "Times a route's canary guard cut the canary to weight 0",
+            guard_tripped.clone(),
+        );
+        let mirror = Family::<MirrorLabels, Counter>::default();
+        registry.register(
+            "mirror_requests",
+            "Mirrored requests by route and result: match, mismatch, sent (not compared), dropped (no free slot), skipped (streamed body), failed (no shadow answer), incomplete (no complete primary answer)",
+            mirror.clone(),
+        );
         Metrics {
+            guard_tripped,
+            mirror,
             registry,
             requests,
             duration,
@@ -242,6 +280,31 @@ impl Metrics {
         self.duration
             .get_or_create(&RouteLabels { route })
             .observe(seconds);
+    }
+
+    /// A route's canary guard tripped.
+    pub fn canary_guard_tripped(&self, route: &Arc<str>) {
+        self.guard_tripped
+            .get_or_create(&RouteLabels {
+                route: Name(Some(route.clone())),
+            })
+            .inc();
+    }
+
+    /// A handle on the mirror counters for detached shadow tasks.
+    pub fn mirror_counter(&self) -> MirrorCounter {
+        MirrorCounter(self.mirror.clone())
+    }
+
+    /// One mirrored request's outcome: `match`, `mismatch`, `sent` (not compared),
+    /// `dropped` (no free slot) or `failed` (the shadow did not answer).
+    pub fn mirror(&self, route: &Arc<str>, result: &'static str) {
+        self.mirror
+            .get_or_create(&MirrorLabels {
+                route: Name(Some(route.clone())),
+                result,
+            })
+            .inc();
     }
 
     pub fn upstream(&self, service: &Arc<str>, seconds: f64) {

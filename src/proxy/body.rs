@@ -82,6 +82,22 @@ pub enum UpstreamBody {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+impl UpstreamBody {
+    /// Empty or buffered: can be sent again.
+    pub fn resendable(&self) -> bool {
+        matches!(self, UpstreamBody::Empty | UpstreamBody::Full(_))
+    }
+
+    /// A copy of an empty or buffered body; `None` for a stream.
+    pub fn try_clone(&self) -> Option<UpstreamBody> {
+        match self {
+            UpstreamBody::Empty => Some(UpstreamBody::Empty),
+            UpstreamBody::Full(b) => Some(UpstreamBody::Full(b.clone())),
+            UpstreamBody::Stream(..) => None,
+        }
+    }
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -155,6 +171,25 @@ pub struct ResponseBody {
     span: Option<Box<RequestSpan>>,
     /// The service's concurrency slot, released when the body is done.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// A capped copy for the mirror comparison; never delays a frame.
+    tee: Option<Box<Tee>>,
+}
+
+/// The primary answer's copy for the mirror: sent when the body is complete; dropped
+/// (the comparison is skipped) when the client goes away first.
+#[derive(Debug)]
+pub struct Tee {
+    pub collector: crate::policy::mirror::Collector,
+    pub status: u16,
+    pub headers: Vec<Option<http::HeaderValue>>,
+    pub tx: tokio::sync::oneshot::Sender<crate::policy::mirror::Captured>,
+}
+
+impl Tee {
+    fn finish(self) {
+        let captured = self.collector.finish(self.status, self.headers);
+        let _ = self.tx.send(captured);
+    }
 }
 
 #[derive(Debug)]
@@ -171,6 +206,7 @@ impl ResponseBody {
             record: None,
             span: None,
             permit: None,
+            tee: None,
         }
     }
 
@@ -181,6 +217,7 @@ impl ResponseBody {
             record: None,
             span: None,
             permit: None,
+            tee: None,
         }
     }
 
@@ -191,6 +228,7 @@ impl ResponseBody {
             record: None,
             span: None,
             permit: None,
+            tee: None,
         }
     }
 
@@ -202,6 +240,15 @@ impl ResponseBody {
     /// Attach the request's span; it is exported when this body is dropped.
     pub fn set_span(&mut self, span: Box<RequestSpan>) {
         self.span = Some(span);
+    }
+
+    /// Copy the body for the mirror comparison as it streams.
+    pub fn set_tee(&mut self, tee: Tee) {
+        if self.is_end_stream() {
+            tee.finish();
+        } else {
+            self.tee = Some(Box::new(tee));
+        }
     }
 
     /// Attach the access-log record; it is written when this body is dropped.
@@ -227,6 +274,28 @@ impl Body for ResponseBody {
             && let Some(data) = frame.data_ref()
         {
             r.bytes_out += data.len() as u64;
+        }
+        if this.tee.is_some() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let (Some(data), Some(t)) = (frame.data_ref(), this.tee.as_mut()) {
+                        t.collector.push(data);
+                    }
+                    if this.is_end_stream()
+                        && let Some(t) = this.tee.take()
+                    {
+                        t.finish();
+                    }
+                }
+                Poll::Ready(None) => {
+                    if let Some(t) = this.tee.take() {
+                        t.finish();
+                    }
+                }
+                // An error: the copy is incomplete; dropping it skips the comparison.
+                Poll::Ready(Some(Err(_))) => this.tee = None,
+                Poll::Pending => {}
+            }
         }
         polled
     }

@@ -27,6 +27,9 @@ pub enum ProxyError {
     /// than chunked: a smuggling attempt or a broken client. Answered with 400
     /// `bad_framing`, and the connection is closed.
     AmbiguousFraming,
+    /// The branch header, cookie or baggage names no valid branch (400 `bad_branch`):
+    /// names match `^[a-z0-9][a-z0-9-]{0,62}$`, so nothing else reaches DNS or a URL.
+    BadBranch,
     /// Every backend of the route has weight 0 (500 `no_backend`, as the Gateway API
     /// prescribes).
     NoBackend,
@@ -69,6 +72,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute
             | ProxyError::BadPath
+            | ProxyError::BadBranch
             | ProxyError::AmbiguousFraming
             | ProxyError::UriTooLong
             | ProxyError::BadRequestBody
@@ -88,9 +92,10 @@ impl ProxyError {
     pub fn status(self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::BadPath | ProxyError::AmbiguousFraming | ProxyError::BadRequestBody => {
-                StatusCode::BAD_REQUEST
-            }
+            ProxyError::BadPath
+            | ProxyError::BadBranch
+            | ProxyError::AmbiguousFraming
+            | ProxyError::BadRequestBody => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -109,6 +114,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => "no_route",
             ProxyError::BadPath => "bad_path",
+            ProxyError::BadBranch => "bad_branch",
             ProxyError::AmbiguousFraming => "bad_framing",
             ProxyError::UriTooLong => "uri_too_long",
             ProxyError::BadRequestBody => "bad_request_body",
@@ -176,6 +182,7 @@ mod tests {
         let all = [
             ProxyError::NoRoute,
             ProxyError::BadPath,
+            ProxyError::BadBranch,
             ProxyError::AmbiguousFraming,
             ProxyError::UriTooLong,
             ProxyError::BadRequestBody,

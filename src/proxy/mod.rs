@@ -9,13 +9,20 @@
 //!     ├ normalize_*         canonical path and host (http::normalize)
 //!     ├ Router::find        host -> path -> predicates, or 404; redirect routes answer here
 //!     ├ rate_limit          the route's token bucket for this key, or 429
-//!     ├ Forward::pick       weighted backend (500 when every weight is 0)
+//!     ├ split               weighted backend (500 when every weight is 0); routes with
+//!     │                     a policy: sticky/cohort bucket, force header, canary guard
+//!     ├ branch              topic-branch override behind the gate (400 on a bad name),
+//!     │                     explicit or DNS-template deployment, else main
 //!     ├ concurrency_slot    a slot of the service (bounded wait), or 503 shed
 //!     ├ upstream_request_headers  filters, hop-by-hop cleanup, forwarding headers
 //!     ├ upstream_body       size limit (413), idle timeout (408), buffering for retries
+//!     ├ mirror::start       detached shadow copy (bounded); the primary body is teed
 //!     ├ forward             endpoint pick, pooled connection, per-try and route
 //!     │                     timeouts, retries within the budget, outlier feedback
-//!     └ downstream_response hop-by-hop cleanup, response filter, RateLimit-* headers
+//!     │                     (a branch that refuses the connection: main answers)
+//!     ├ guard_feedback      the canary guard counts this answer
+//!     ├ downstream_response hop-by-hop cleanup, response filter, RateLimit-* headers
+//!     └ policy_response_headers  x-switchyard-service / x-switchyard-served-by
 //! finish                    metrics; x-request-id; the log record rides on the body
 //! ```
 //!
@@ -24,6 +31,7 @@
 
 pub mod body;
 pub mod error;
+mod mirror;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +54,7 @@ use crate::http::normalize::{normalize_host, normalize_path};
 use crate::observe::access_log::AccessRecord;
 use crate::observe::otlp::{RequestSpan, TrySpan};
 use crate::observe::trace::{TRACEPARENT, TraceContext, new_span_id};
+use crate::policy::{self, branch::Ask};
 use crate::resilience::rate_limit::Decision;
 use crate::resilience::retry;
 use crate::router::RequestInfo;
@@ -89,6 +98,14 @@ struct RequestCtx {
     budget_exhausted: bool,
     /// The OTLP server span, when this request is sampled and spans are exported.
     span: Option<Box<RequestSpan>>,
+    /// The split's outcome, for routes with a policy.
+    choice: Option<crate::policy::canary::Choice>,
+    /// The branch the request asked for (admitted by the gate).
+    branch: Option<Box<str>>,
+    /// True when a branch deployment answered (no fallback).
+    branch_hit: bool,
+    /// The branch had no reachable deployment; main answered.
+    branch_fallback: bool,
 }
 
 /// Serve one request. Never fails: errors become the gateway's JSON answers.
@@ -128,6 +145,9 @@ pub async fn serve(
             attempts: 0,
             bytes_in: None,
             bytes_out: 0,
+            branch: None,
+            branch_fallback: false,
+            bucket: None,
         })),
         _ => None,
     };
@@ -141,8 +161,12 @@ pub async fn serve(
         retries: 0,
         budget_exhausted: false,
         span: None,
+        choice: None,
+        branch: None,
+        branch_hit: false,
+        branch_fallback: false,
     };
-    let (mut resp, error) = match pipeline(&snapshot, conn, &mut ctx, req).await {
+    let (mut resp, error) = match pipeline(gw, &snapshot, conn, &mut ctx, req).await {
         Ok(resp) => (resp, None),
         Err(e) => (e.into_response(&ctx.request_id), Some(e.code())),
     };
@@ -151,6 +175,7 @@ pub async fn serve(
 }
 
 async fn pipeline(
+    gw: &Gateway,
     snap: &Snapshot,
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
@@ -205,8 +230,24 @@ async fn pipeline(
         }
     };
     let rate = rate_limit(snap, route_id, conn, &parts.headers)?;
-    let backend = fwd.pick().ok_or(ProxyError::NoBackend)?;
-    let upstream = &snap.upstreams[backend.service];
+    // TODO(auth): the verified JWT claims of the route's auth policy go here; cohorts
+    // and the `jwt-claim:` branch gate read them.
+    let claims: Option<&policy::Claims> = None;
+    let backend = split(snap, route_id, fwd, &parts.headers, claims, ctx)?;
+    strip_force_header(snap, &mut parts.headers);
+    let main_upstream = &snap.upstreams[backend.service];
+    let branch_upstream = branch(
+        gw,
+        snap,
+        conn,
+        fwd,
+        backend,
+        &mut parts.headers,
+        claims,
+        ctx,
+    )
+    .await?;
+    let upstream: &Upstream = branch_upstream.as_deref().unwrap_or(main_upstream);
     ctx.service = Some(upstream.name.clone());
     let permit = concurrency_slot(snap, fwd, upstream).await?;
     let path_and_query = upstream_path_and_query(route, &path, &parts.uri)?;
@@ -224,8 +265,223 @@ async fn pipeline(
         path_and_query,
         headers: parts.headers,
     };
-    let resp = forward(snap, fwd, upstream, ctx, head, body).await?;
-    Ok(downstream_response(resp, route, rate, permit))
+    let primary_copy = fwd
+        .policy
+        .as_ref()
+        .and_then(|p| p.mirror.as_ref())
+        .and_then(|m| {
+            let timeout = fwd.timeout.unwrap_or(snap.config.defaults.request_timeout);
+            mirror::start(gw, snap, route_id, m, timeout, &head, &body)
+        });
+    let resp = match branch_upstream.as_deref() {
+        Some(branch_up) if body.resendable() => {
+            let again = (head.clone(), body.try_clone());
+            match forward(snap, fwd, branch_up, ctx, head, body).await {
+                // No byte reached the branch deployment: main answers instead.
+                Err(ProxyError::ConnectFailed | ProxyError::NoHealthyUpstream) => {
+                    ctx.branch_hit = false;
+                    ctx.branch_fallback = true;
+                    ctx.service = Some(main_upstream.name.clone());
+                    let (head, body) = again;
+                    forward(
+                        snap,
+                        fwd,
+                        main_upstream,
+                        ctx,
+                        head,
+                        body.unwrap_or(UpstreamBody::Empty),
+                    )
+                    .await
+                }
+                r => r,
+            }
+        }
+        _ => forward(snap, fwd, upstream, ctx, head, body).await,
+    };
+    guard_feedback(gw, snap, route_id, fwd, ctx, &resp);
+    let resp = resp?;
+    let tee = primary_copy.map(|c| body::Tee {
+        collector: policy::mirror::Collector::new(c.mirror.max_compare_body),
+        status: resp.status().as_u16(),
+        headers: policy::mirror::pick_headers(&c.mirror, resp.headers()),
+        tx: c.tx,
+    });
+    let mut resp = downstream_response(resp, route, rate, permit);
+    if let Some(t) = tee {
+        resp.body_mut().set_tee(t);
+    }
+    policy_response_headers(snap, ctx, resp.headers_mut());
+    Ok(resp)
+}
+
+/// Phase: the backend of the route. Plain routes take the weighted pick; routes with a
+/// policy go through the sticky/cohort buckets, the force header and the guard.
+fn split<'f>(
+    snap: &Snapshot,
+    route_id: usize,
+    fwd: &'f Forward,
+    headers: &HeaderMap,
+    claims: Option<&policy::Claims>,
+    ctx: &mut RequestCtx,
+) -> Result<&'f crate::config::model::Backend, ProxyError> {
+    let Some(p) = &fwd.policy else {
+        return fwd.pick().ok_or(ProxyError::NoBackend);
+    };
+    let tripped = snap.guards[route_id].as_ref().is_some_and(|g| g.tripped());
+    let choice = policy::canary::choose(fwd, p, &snap.config.policy, headers, claims, tripped)
+        .ok_or(ProxyError::NoBackend)?;
+    ctx.choice = Some(choice);
+    fwd.backends
+        .get(choice.backend)
+        .ok_or(ProxyError::NoBackend)
+}
+
+/// The force header is the gateway's: never passed on, whether the feature is on
+/// (`[canary] force_header`) or off (the default name is stripped).
+fn strip_force_header(snap: &Snapshot, headers: &mut HeaderMap) {
+    match &snap.config.policy.force_header {
+        Some(h) => headers.remove(h),
+        None => headers.remove(policy::FORCE_HEADER_DEFAULT),
+    };
+}
+
+/// Phase: topic-branch override. `Some` when the route's service has a deployment of
+/// the admitted branch; a refused value is stripped; an invalid name is a 400.
+#[allow(clippy::too_many_arguments)]
+async fn branch(
+    gw: &Gateway,
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    fwd: &Forward,
+    chosen: &crate::config::model::Backend,
+    headers: &mut HeaderMap,
+    claims: Option<&policy::Claims>,
+    ctx: &mut RequestCtx,
+) -> Result<Option<Arc<Upstream>>, ProxyError> {
+    let Some(b) = &snap.config.policy.branches else {
+        return Ok(None);
+    };
+    let name: Box<str> = match b.ask(headers, conn.peer.ip(), claims) {
+        Ask::None => return Ok(None),
+        Ask::Refused => {
+            b.strip(headers);
+            return Ok(None);
+        }
+        Ask::Invalid => return Err(ProxyError::BadBranch),
+        Ask::Branch(n) => n.into(),
+    };
+    // The branch deployment is of the route's main service, whichever side of a
+    // canary split the request drew: branch selection wins over the split.
+    let service = match fwd.policy.as_ref().and_then(|p| p.canary.as_ref()) {
+        Some(c) => fwd.backends[c.main].service,
+        None => chosen.service,
+    };
+    let found = branch_upstream(gw, snap, service, &name).await;
+    ctx.branch_hit = found.is_some();
+    ctx.branch_fallback = found.is_none();
+    ctx.branch = Some(name);
+    if found.is_some() {
+        ctx.choice = None;
+    }
+    Ok(found)
+}
+
+/// The deployment of `branch` for a service: explicit endpoints, else the template
+/// through the cache (negative answers cached too).
+async fn branch_upstream(
+    gw: &Gateway,
+    snap: &Snapshot,
+    service: usize,
+    branch: &str,
+) -> Option<Arc<Upstream>> {
+    if let Some(up) = snap.branch_upstreams[service].get(branch) {
+        return Some(up.clone());
+    }
+    let svc = &snap.config.services[service];
+    let (template, port) = svc.branch_endpoint.as_ref()?;
+    let host = template.replace("{branch}", branch);
+    let key = format!("{host}:{port}");
+    if let Some(cached) = snap.branch_cache.get(&key) {
+        return cached;
+    }
+    let addrs = policy::branch::resolve(&host, *port).await;
+    let up = if addrs.is_empty() {
+        None
+    } else {
+        let endpoints = addrs
+            .into_iter()
+            .map(|a| crate::config::model::Endpoint {
+                host: a.ip().to_string(),
+                port: a.port(),
+                addr: Some(a),
+            })
+            .collect();
+        let bs = crate::snapshot::branch_service(svc, branch, endpoints);
+        Some(gw.registry.upstreams.get(&bs, &snap.config.defaults).await)
+    };
+    let ttl = snap
+        .config
+        .policy
+        .branches
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(10), |b| b.cache_ttl);
+    snap.branch_cache.put(key, ttl, up.clone());
+    up
+}
+
+/// Feed the canary guard with this answer; trip it when the canary fails too often.
+fn guard_feedback(
+    gw: &Gateway,
+    snap: &Snapshot,
+    route_id: usize,
+    fwd: &Forward,
+    ctx: &RequestCtx,
+    resp: &Result<Response<Incoming>, ProxyError>,
+) {
+    let (Some(guard), Some(choice)) = (&snap.guards[route_id], ctx.choice) else {
+        return;
+    };
+    let Some(c) = fwd.policy.as_ref().and_then(|p| p.canary.as_ref()) else {
+        return;
+    };
+    let server_error = match resp {
+        Ok(r) => r.status().is_server_error(),
+        Err(e) => e.status().is_server_error(),
+    };
+    if guard.record(choice.backend == c.canary, server_error) {
+        let (canary, canary_5xx, main, main_5xx) = guard.totals();
+        let route = &snap.route_names[route_id];
+        tracing::warn!(
+            route = %route,
+            canary_requests = canary,
+            canary_5xx,
+            main_requests = main,
+            main_5xx,
+            "canary guard tripped: canary weight is 0 until the next reload"
+        );
+        gw.metrics.canary_guard_tripped(route);
+    }
+}
+
+/// `x-switchyard-service` and `x-switchyard-served-by`, when configured.
+fn policy_response_headers(snap: &Snapshot, ctx: &RequestCtx, headers: &mut HeaderMap) {
+    let p = &snap.config.policy;
+    let Some(service) = &ctx.service else { return };
+    if let Some(h) = &p.service_header
+        && let Ok(v) = HeaderValue::from_str(service)
+    {
+        headers.insert(h.clone(), v);
+    }
+    if let Some(h) = p.branches.as_ref().and_then(|b| b.served_by.as_ref()) {
+        let value = if ctx.branch_hit {
+            HeaderValue::from_str(service)
+        } else {
+            HeaderValue::from_str(&format!("{service}@main"))
+        };
+        if let Ok(v) = value {
+            headers.insert(h.clone(), v);
+        }
+    }
 }
 
 /// Phase: a slot of the service's concurrency limit, waiting at most the route's
@@ -448,6 +704,7 @@ fn upstream_request_headers(
 }
 
 /// The parts of the upstream request that are the same for every try.
+#[derive(Clone)]
 struct UpstreamHead {
     method: http::Method,
     path_and_query: PathAndQuery,
@@ -695,6 +952,9 @@ fn finish(
         record.route = ctx.route;
         record.service = ctx.service;
         record.upstream = ctx.upstream_time;
+        record.branch = ctx.branch;
+        record.branch_fallback = ctx.branch_fallback;
+        record.bucket = ctx.choice.and_then(|c| c.bucket);
         resp.body_mut().set_record(record);
     }
     resp.headers_mut()

@@ -14,6 +14,7 @@ mod import_nginx;
 mod limits;
 mod observe;
 mod otlp;
+mod policy;
 mod prometheus;
 mod proxying;
 mod reload;
