@@ -62,6 +62,7 @@ impl Snapshot {
     /// Build a snapshot, reusing the registry's upstreams for unchanged services.
     pub async fn build(loaded: Loaded, registry: &Registry) -> Snapshot {
         let config = loaded.config;
+        registry.upstreams.set_dns(&config.dns_servers);
         let mut upstreams = Vec::with_capacity(config.services.len());
         for s in &config.services {
             upstreams.push(registry.upstreams.get(s, &config.defaults).await);

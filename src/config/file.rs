@@ -35,6 +35,9 @@ pub struct FileConfig {
     /// `[tracing]`: sampling and OTLP span export.
     #[serde(default)]
     pub tracing: Option<TracingFile>,
+    /// `[dns]`: the name servers for upstream names.
+    #[serde(default)]
+    pub dns: Option<DnsFile>,
     /// `[canary]`: gateway-wide canary settings (cohort key, force header, response header).
     #[serde(default)]
     pub canary: Option<Spanned<CanaryGlobalFile>>,
@@ -108,6 +111,13 @@ pub struct MirrorFile {
     pub max_compare_body: Option<SStr>,
     /// Headers whose values are compared (besides status and body).
     pub headers: Option<Vec<SStr>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DnsFile {
+    /// `"IP:PORT"` or `"IP"` (port 53); default: `/etc/resolv.conf`.
+    pub servers: Option<Vec<SStr>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -22,6 +22,8 @@ pub struct Config {
     /// Routes in file order.
     pub routes: Vec<Route>,
     pub tracing: Tracing,
+    /// `[dns] servers`: who resolves upstream names; empty: the system's resolv.conf.
+    pub dns_servers: Vec<std::net::SocketAddr>,
     /// `[canary]` and `[branches]`: gateway-wide traffic-policy settings.
     pub policy: crate::policy::GlobalPolicy,
 }

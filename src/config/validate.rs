@@ -320,6 +320,7 @@ impl Validator<'_> {
             }
         }
         let tracing = self.tracing(f.tracing.unwrap_or_default());
+        let dns_servers = self.dns_servers(f.dns.unwrap_or_default());
         Config {
             listen,
             server,
@@ -327,8 +328,33 @@ impl Validator<'_> {
             services,
             routes,
             tracing,
+            dns_servers,
             policy,
         }
+    }
+
+    fn dns_servers(&mut self, d: file::DnsFile) -> Vec<SocketAddr> {
+        let mut out = Vec::new();
+        for v in d.servers.iter().flatten() {
+            let text = v.get_ref();
+            let parsed = text
+                .parse::<SocketAddr>()
+                .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+            match parsed {
+                Ok(a) => out.push(a),
+                Err(_) => {
+                    self.err(
+                        "SY008",
+                        span(v),
+                        format!("`{text}` is not a name server address"),
+                    )
+                    .help = Some(
+                        "write IP or IP:PORT, like \"10.96.0.10\" or \"127.0.0.1:5353\"".into(),
+                    );
+                }
+            }
+        }
+        out
     }
 
     fn tracing(&mut self, t: file::TracingFile) -> Tracing {

@@ -27,7 +27,10 @@ use health::{EndpointState, OutlierDetector};
 /// The pooled client type used for every upstream.
 pub type HttpClient = Client<HttpConnector, UpstreamBody>;
 
+pub mod dns;
 pub mod health;
+
+use dns::Dns;
 
 /// One address to send requests to.
 #[derive(Debug, Clone)]
@@ -144,26 +147,40 @@ fn carry_state(new: &mut [Target], old: &[Target]) {
     }
 }
 
+/// The endpoints of a service, resolved.
+struct Resolved {
+    targets: Vec<Target>,
+    /// Names that did not resolve, with the reason.
+    failed: Vec<String>,
+    /// When the first of the answers expires (`None`: no TTL known).
+    valid_until: Option<Instant>,
+}
+
 /// Resolve every endpoint; literal addresses need no lookup. Names that fail to resolve
 /// are reported in the error list and left out.
-async fn resolve(endpoints: &[Endpoint], epoch: Instant) -> (Vec<Target>, Vec<String>) {
-    let mut out = Vec::new();
-    let mut failed = Vec::new();
+async fn resolve(dns: &Dns, endpoints: &[Endpoint], epoch: Instant) -> Resolved {
+    let mut r = Resolved {
+        targets: Vec::new(),
+        failed: Vec::new(),
+        valid_until: None,
+    };
     for ep in endpoints {
         match ep.addr {
-            Some(a) => out.extend(target(a, epoch)),
-            None => match tokio::net::lookup_host((ep.host.as_str(), ep.port)).await {
-                Ok(addrs) => {
-                    let mut addrs: Vec<SocketAddr> = addrs.collect();
-                    addrs.sort();
-                    addrs.dedup();
-                    out.extend(addrs.into_iter().filter_map(|a| target(a, epoch)));
+            Some(a) => r.targets.extend(target(a, epoch)),
+            None => match dns.lookup(&ep.host, ep.port).await {
+                Ok(answer) => {
+                    r.targets
+                        .extend(answer.addrs.into_iter().filter_map(|a| target(a, epoch)));
+                    r.valid_until = match (r.valid_until, answer.valid_until) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
                 }
-                Err(e) => failed.push(format!("{ep}: {e}")),
+                Err(e) => r.failed.push(format!("{ep}: {e}")),
             },
         }
     }
-    (out, failed)
+    r
 }
 
 /// Key under which an `Upstream` is shared between snapshots.
@@ -173,29 +190,36 @@ struct Key {
     pool_idle_timeout: Duration,
     pool_max_idle: usize,
     budget_percent: u32,
+    /// `[dns] servers` (empty: the system's).
+    dns_servers: Vec<SocketAddr>,
 }
 
 /// Hands out `Upstream`s, reusing one when a reload did not change its service.
 #[derive(Debug, Default)]
 pub struct Registry {
     live: Mutex<HashMap<Key, Weak<Upstream>>>,
+    /// The resolver for new upstreams and the `[dns] servers` it asks.
+    dns: Mutex<Option<(Vec<SocketAddr>, Arc<Dns>)>>,
 }
 
 impl Registry {
     /// The upstream for `service`: the live one if the same service exists, else new.
     /// Called only while building a snapshot, never on the request path.
     pub async fn get(&self, service: &Service, defaults: &Defaults) -> Arc<Upstream> {
+        let (dns_servers, dns) = self.dns();
         let key = Key {
             service: service.clone(),
             pool_idle_timeout: defaults.pool_idle_timeout,
             pool_max_idle: defaults.pool_max_idle,
             budget_percent: defaults.retry.budget_percent,
+            dns_servers,
         };
         if let Some(up) = self.lock().get(&key).and_then(Weak::upgrade) {
             return up;
         }
-        let up = Arc::new(Self::build(service, defaults).await);
-        spawn_dns_refresh(&up, service);
+        let (up, valid_until) = Self::build(service, defaults, &dns).await;
+        let up = Arc::new(up);
+        spawn_dns_refresh(&up, service, dns, valid_until);
         if let Some(check) = &service.health_check {
             health::spawn_health_checks(
                 Arc::downgrade(&up),
@@ -216,12 +240,45 @@ impl Registry {
         up
     }
 
+    /// Use the servers of `[dns] servers` (empty: the system's configuration) for
+    /// the upstreams built from now on; a change rebuilds the upstreams with names.
+    pub fn set_dns(&self, servers: &[SocketAddr]) {
+        let mut dns = self.dns.lock().unwrap_or_else(|e| e.into_inner());
+        if dns.as_ref().is_some_and(|(s, _)| s.as_slice() == servers) {
+            return;
+        }
+        let resolver = if servers.is_empty() {
+            Dns::system()
+        } else {
+            match Dns::with_servers(servers) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot set up the [dns] servers; using the system's");
+                    Dns::system()
+                }
+            }
+        };
+        *dns = Some((servers.to_vec(), resolver));
+    }
+
+    fn dns(&self) -> (Vec<SocketAddr>, Arc<Dns>) {
+        let dns = self.dns.lock().unwrap_or_else(|e| e.into_inner());
+        match dns.as_ref() {
+            Some((servers, r)) => (servers.clone(), r.clone()),
+            None => (Vec::new(), Dns::system()),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Weak<Upstream>>> {
         // A panic while holding this lock cannot leave the map inconsistent.
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn build(service: &Service, defaults: &Defaults) -> Upstream {
+    async fn build(
+        service: &Service,
+        defaults: &Defaults,
+        dns: &Dns,
+    ) -> (Upstream, Option<Instant>) {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(service.connect_timeout));
         connector.set_nodelay(true);
@@ -232,11 +289,12 @@ impl Registry {
             .timer(TokioTimer::new())
             .build(connector);
         let epoch = Instant::now();
-        let (targets, failed) = resolve(&service.endpoints, epoch).await;
-        if !failed.is_empty() {
-            tracing::warn!(service = %service.name, failed = ?failed, "endpoints did not resolve; retrying in the background");
+        let resolved = resolve(dns, &service.endpoints, epoch).await;
+        if !resolved.failed.is_empty() {
+            tracing::warn!(service = %service.name, failed = ?resolved.failed, "endpoints did not resolve; retrying in the background");
         }
-        Upstream {
+        let targets = resolved.targets;
+        let up = Upstream {
             name: service.name.as_str().into(),
             targets: ArcSwap::from_pointee(targets),
             next: AtomicUsize::new(0),
@@ -250,13 +308,20 @@ impl Registry {
                 .clone()
                 .map(|policy| OutlierDetector { policy }),
             epoch,
-        }
+        };
+        (up, resolved.valid_until)
     }
 }
 
-/// Start re-resolving the DNS names of `up`'s service every `dns_refresh`, for as long
-/// as `up` is alive. Literal-only services need no task.
-fn spawn_dns_refresh(up: &Arc<Upstream>, service: &Service) {
+/// Re-resolve the DNS names of `up`'s service when their answers expire (at most every
+/// `dns_refresh`, see [`dns::next_refresh`]), for as long as `up` is alive.
+/// Literal-only services need no task.
+fn spawn_dns_refresh(
+    up: &Arc<Upstream>,
+    service: &Service,
+    dns: Arc<Dns>,
+    mut valid_until: Option<Instant>,
+) {
     if service.endpoints.iter().all(|e| e.addr.is_some()) {
         return;
     }
@@ -266,15 +331,26 @@ fn spawn_dns_refresh(up: &Arc<Upstream>, service: &Service) {
     tokio::spawn(async move {
         let mut failing = false;
         loop {
-            tokio::time::sleep(every).await;
+            tokio::time::sleep(dns::next_refresh(valid_until, every, Instant::now())).await;
             let Some(up) = weak.upgrade() else { return };
-            let (mut targets, failed) = resolve(&endpoints, up.epoch).await;
-            carry_state(&mut targets, &up.targets.load());
+            let resolved = resolve(&dns, &endpoints, up.epoch).await;
+            valid_until = resolved.valid_until;
+            let (mut targets, failed) = (resolved.targets, resolved.failed);
+            let old = up.targets.load_full();
+            carry_state(&mut targets, &old);
             if failed.is_empty() {
                 if failing {
                     tracing::info!(service = %up.name, "endpoints resolve again");
                 }
                 failing = false;
+                if !targets
+                    .iter()
+                    .map(|t| t.addr)
+                    .eq(old.iter().map(|t| t.addr))
+                {
+                    let addrs: Vec<String> = targets.iter().map(|t| t.addr.to_string()).collect();
+                    tracing::info!(service = %up.name, endpoints = ?addrs, "DNS answer changed");
+                }
                 up.targets.store(Arc::new(targets));
             } else {
                 // Keep the last good answer rather than dropping live endpoints, and say

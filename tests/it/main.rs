@@ -8,6 +8,7 @@ mod bad_input;
 mod check;
 mod deploy;
 mod diff;
+mod dns;
 mod filters;
 mod import;
 mod import_nginx;
