@@ -38,6 +38,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/routes", get(routes))
         .route("/upstreams", get(upstreams))
+        .route("/certificates", get(certificates))
         .route("/metrics", get(metrics))
         .route("/reload", post(reload_handler))
         .route("/openapi.json", get(openapi))
@@ -118,6 +119,34 @@ async fn upstreams(State(s): State<AdminState>) -> Json<serde_json::Value> {
         })
         .collect();
     Json(json!({ "services": services }))
+}
+
+/// The certificates in service on the HTTPS listener: names, expiry, days left.
+async fn certificates(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    let table = s.gw.certs.table();
+    let default = table.default_index();
+    let certs: Vec<serde_json::Value> = table
+        .certs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let not_after = time::OffsetDateTime::from_unix_timestamp(c.not_after)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                });
+            json!({
+                "cert": c.cert_path.display().to_string(),
+                "key": c.key_path.display().to_string(),
+                "names": c.names,
+                "not_after": not_after,
+                "days_left": c.days_left(),
+                "default": default == Some(i),
+            })
+        })
+        .collect();
+    Json(json!({ "certificates": certs }))
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {

@@ -38,4 +38,5 @@ pub mod router;
 pub mod run;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;

@@ -54,6 +54,14 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabels {
+    /// The certificate file, as configured.
+    certificate: String,
+    /// The certificate's first DNS name.
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HashLabels {
     hash: String,
 }
@@ -73,6 +81,7 @@ pub struct Metrics {
     config_info: Family<HashLabels, Gauge>,
     config_loaded: Gauge<f64, AtomicU64>,
     endpoints: Family<ServiceLabels, Gauge<i64, AtomicI64>>,
+    cert_not_after: Family<CertLabels, Gauge<i64, AtomicI64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -171,8 +180,15 @@ impl Metrics {
             "Known endpoint addresses per service",
             endpoints.clone(),
         );
+        let cert_not_after = Family::<CertLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "tls_certificate_not_after_seconds",
+            "Unix time at which a certificate in service expires, by certificate file",
+            cert_not_after.clone(),
+        );
         Metrics {
             registry,
+            cert_not_after,
             requests,
             duration,
             upstream_duration,
@@ -274,6 +290,19 @@ impl Metrics {
             })
             .set(1);
         self.config_loaded.set(loaded_unix);
+    }
+
+    /// The certificates in service now: one series per certificate (old ones removed).
+    pub fn certificates(&self, certs: &[Arc<crate::tls::LoadedCert>]) {
+        self.cert_not_after.clear();
+        for c in certs {
+            self.cert_not_after
+                .get_or_create(&CertLabels {
+                    certificate: c.cert_path.display().to_string(),
+                    name: c.names.first().cloned().unwrap_or_default(),
+                })
+                .set(c.not_after);
+        }
     }
 
     pub fn endpoints(&self, service: &Arc<str>, n: usize) {

@@ -24,6 +24,7 @@
 
 pub mod body;
 pub mod error;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,7 +32,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Instant, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 use tokio::sync::OwnedSemaphorePermit;
@@ -138,10 +139,17 @@ pub async fn serve(
         retries: 0,
         budget_exhausted: false,
     };
+    let grpc = is_grpc(req.headers());
     let (mut resp, error) = match pipeline(&snapshot, conn, &mut ctx, req).await {
         Ok(resp) => (resp, None),
-        Err(e) => (e.into_response(&ctx.request_id), Some(e.code())),
+        Err(e) => (e.into_response(&ctx.request_id, grpc), Some(e.code())),
     };
+    if conn.proto == "https"
+        && let Some(hsts) = &snapshot.config.tls.hsts
+    {
+        resp.headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     finish(gw, &mut resp, ctx, &method, error, started);
     resp
 }
@@ -153,6 +161,7 @@ async fn pipeline(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
+    let upgrade = upgrade::requested(&parts);
     let trace = TraceContext::from_headers(&mut parts.headers);
     if let Some(r) = &mut ctx.record {
         r.trace_id = trace.trace_id;
@@ -193,7 +202,27 @@ async fn pipeline(
     let permit = concurrency_slot(snap, fwd, upstream).await?;
     let path_and_query = upstream_path_and_query(route, &path, &parts.uri)?;
     route.request_headers.apply(&mut parts.headers);
+    let te_trailers = wants_trailers(&parts.headers);
     upstream_request_headers(snap, conn, &mut parts.headers, raw_host, &ctx.request_id);
+    if te_trailers && upstream.protocol.is_h2() {
+        // The one TE value HTTP/2 allows; gRPC servers may insist on it.
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    let upgrade = match upgrade {
+        Some(u) if upstream.protocol.is_h2() => {
+            // No HTTP/1.1 Upgrade towards an HTTP/2 upstream: the request goes as a
+            // plain request, and no tunnel is made whatever the answer.
+            drop(u);
+            None
+        }
+        Some(u) => {
+            u.restore_headers(&mut parts.headers);
+            Some(u.take_pending(&mut parts.extensions))
+        }
+        None => None,
+    };
     parts
         .headers
         .insert(TRACEPARENT.clone(), trace.header_value());
@@ -206,8 +235,16 @@ async fn pipeline(
         path_and_query,
         headers: parts.headers,
     };
-    let resp = forward(snap, fwd, upstream, ctx, head, body).await?;
-    Ok(downstream_response(resp, route, rate, permit))
+    let mut resp = forward(snap, fwd, upstream, ctx, head, body).await?;
+    let tunnel = match upgrade {
+        Some(pending) => upgrade::accept(pending, &mut resp, server.upgrade_idle_timeout),
+        None => None,
+    };
+    let mut resp = downstream_response(resp, route, rate, permit);
+    if let Some(value) = tunnel {
+        upgrade::response_headers(resp.headers_mut(), value);
+    }
+    Ok(resp)
 }
 
 /// Phase: a slot of the service's concurrency limit, waiting at most the route's
@@ -293,6 +330,24 @@ async fn buffer(body: UpstreamBody) -> Result<UpstreamBody, ProxyError> {
             None => ProxyError::BadRequestBody,
         }),
     }
+}
+
+/// A gRPC request (`content-type: application/grpc` or `application/grpc+proto`, …):
+/// the gateway's own errors are answered as gRPC status.
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Did the client say it accepts trailers (`TE: trailers`)?
+fn wants_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    })
 }
 
 /// `Content-Length`, when the client declared one.
@@ -511,7 +566,7 @@ async fn forward(
             };
             let Some(h) = h else { break };
             let uri = Uri::builder()
-                .scheme(Scheme::HTTP)
+                .scheme(upstream.scheme.clone())
                 .authority(target.authority.clone())
                 .path_and_query(h.path_and_query)
                 .build()

@@ -20,3 +20,4 @@ mod resilience;
 mod routing;
 mod shutdown;
 mod streaming;
+mod tls;
