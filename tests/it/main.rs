@@ -9,6 +9,7 @@ mod check;
 mod deploy;
 mod diff;
 mod filters;
+mod grpc;
 mod import;
 mod import_nginx;
 mod limits;
