@@ -22,3 +22,4 @@ mod routing;
 mod shutdown;
 mod streaming;
 mod tls;
+mod websocket;
