@@ -10,6 +10,7 @@ mod deploy;
 mod diff;
 mod filters;
 mod grpc;
+mod h2;
 mod import;
 mod import_nginx;
 mod limits;
