@@ -47,6 +47,10 @@ pub struct TlsFile {
     pub default: Option<SStr>,
     /// `Strict-Transport-Security` value added to HTTPS answers, e.g. `"max-age=31536000"`.
     pub hsts: Option<SStr>,
+    /// Hosts whose plain-HTTP requests are redirected to HTTPS (`"*"`: every host).
+    pub redirect_http: Option<Vec<SStr>>,
+    /// Port in the redirect's `Location`; default 443 (left out).
+    pub redirect_port: Option<Spanned<i64>>,
 }
 
 /// `[[tls.certificates]] cert = "…", key = "…"` (PEM files).

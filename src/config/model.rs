@@ -36,6 +36,34 @@ pub struct Tls {
     pub default: Option<String>,
     /// `Strict-Transport-Security` value for answers on the HTTPS listener.
     pub hsts: Option<HeaderValue>,
+    /// Plain-HTTP requests for these hosts are redirected to the HTTPS listener.
+    pub redirect_http: RedirectHttp,
+    /// The public HTTPS port for those redirects (the listener's port is often not the
+    /// one clients reach through a load balancer); 443 is left out of the URL.
+    pub redirect_port: u16,
+}
+
+/// Which hosts the plain listener sends to HTTPS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RedirectHttp {
+    /// None (the default).
+    #[default]
+    Off,
+    /// Every host (`redirect_http = ["*"]`).
+    All,
+    /// These hosts.
+    Hosts(Vec<HostMatch>),
+}
+
+impl RedirectHttp {
+    /// Is a plain-HTTP request for `host` (normalised) redirected?
+    pub fn covers(&self, host: Option<&str>) -> bool {
+        match self {
+            RedirectHttp::Off => false,
+            RedirectHttp::All => true,
+            RedirectHttp::Hosts(hosts) => host.is_some_and(|h| hosts.iter().any(|m| m.matches(h))),
+        }
+    }
 }
 
 /// One `[[tls.certificates]]` entry. Relative paths are relative to the config file's

@@ -404,6 +404,21 @@ impl Validator<'_> {
                     None
                 }
             });
+        let redirect_http = match &tf.redirect_http {
+            None => RedirectHttp::Off,
+            Some(list) if list.iter().any(|h| h.get_ref() == "*") => RedirectHttp::All,
+            Some(list) => RedirectHttp::Hosts(list.iter().filter_map(|h| self.host(h)).collect()),
+        };
+        if redirect_http != RedirectHttp::Off
+            && https.is_none()
+            && let Some(list) = &tf.redirect_http
+        {
+            self.err(
+                "SY011",
+                list.first().and_then(span),
+                "`redirect_http` needs an https listener",
+            );
+        }
         Tls {
             certificates,
             default: tf
@@ -411,6 +426,8 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|d| d.get_ref().to_ascii_lowercase()),
             hsts,
+            redirect_http,
+            redirect_port: self.count(&tf.redirect_port, 443, 1, 65535) as u16,
         }
     }
 

@@ -187,6 +187,9 @@ async fn pipeline(
         query: parts.uri.query(),
         headers: &parts.headers,
     };
+    if conn.proto == "http" && snap.config.tls.redirect_http.covers(host.as_deref()) {
+        return https_redirect(snap, &parts.method, &parts.uri, raw_host);
+    }
     let (route_id, route) = snap.router.find(&info).ok_or(ProxyError::NoRoute)?;
     ctx.route = Some(snap.route_names[route_id].clone());
     let fwd = match &route.action {
@@ -439,6 +442,32 @@ fn redirect(
     let value = HeaderValue::from_str(&location).map_err(|_| ProxyError::BadPath)?;
     let mut resp = Response::new(ResponseBody::empty());
     *resp.status_mut() = http::StatusCode::from_u16(rd.status).map_err(|_| ProxyError::BadPath)?;
+    resp.headers_mut().insert(header::LOCATION, value);
+    Ok(resp)
+}
+
+/// Phase (plain listener, `[tls] redirect_http`): send the client to the same URL on
+/// the HTTPS listener. 301 for GET and HEAD, 308 (method and body kept) otherwise.
+fn https_redirect(
+    snap: &Snapshot,
+    method: &http::Method,
+    uri: &Uri,
+    raw_host: Option<&str>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let (host, _) = split_host_port(raw_host.ok_or(ProxyError::BadPath)?);
+    let port = snap.config.tls.redirect_port;
+    let mut location = format!("https://{host}");
+    if port != 443 {
+        location.push_str(&format!(":{port}"));
+    }
+    location.push_str(uri.path_and_query().map_or("/", |pq| pq.as_str()));
+    let value = HeaderValue::from_str(&location).map_err(|_| ProxyError::BadPath)?;
+    let mut resp = Response::new(ResponseBody::empty());
+    *resp.status_mut() = if matches!(*method, http::Method::GET | http::Method::HEAD) {
+        http::StatusCode::MOVED_PERMANENTLY
+    } else {
+        http::StatusCode::PERMANENT_REDIRECT
+    };
     resp.headers_mut().insert(header::LOCATION, value);
     Ok(resp)
 }

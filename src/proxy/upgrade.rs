@@ -43,6 +43,14 @@ pub fn requested(parts: &http::request::Parts) -> Option<Requested> {
         return None;
     }
     let protocol = parts.headers.get(header::UPGRADE)?.clone();
+    // `Upgrade: h2c` is never tunnelled: the upstream would speak HTTP/2 on a raw
+    // tunnel and every later request on it would bypass routing ("h2c smuggling").
+    let h2c = protocol.to_str().map_or(true, |v| {
+        v.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c"))
+    });
+    if h2c {
+        return None;
+    }
     Some(Requested { protocol })
 }
 

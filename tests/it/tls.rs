@@ -563,3 +563,59 @@ async fn h2load_ten_thousand_requests_over_a_hundred_streams_without_errors() {
     );
     assert!(text.contains("h2"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_requests_for_listed_hosts_are_redirected_to_https() {
+    let up = Upstream::echo("s").await;
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path(), "a", &make_cert(&["a.test"]));
+    write_cert(dir.path(), "b", &make_cert(&["*.b.test"]));
+    let tls = format!("[tls]\nredirect_http = [\"a.test\", \"*.b.test\"]\n\n{PAIRS}");
+    let gw = start_tls(dir.path(), &tls, &up);
+    let c = client();
+    let req = |method: &str, host: &str| {
+        http::Request::builder()
+            .method(method)
+            .uri(gw.url("/x?y=1"))
+            .header("host", host)
+            .body(empty())
+            .unwrap()
+    };
+    let a = send(&c, req("GET", "a.test:8080")).await;
+    assert_eq!(a.status, 301);
+    assert_eq!(a.headers["location"], "https://a.test/x?y=1");
+    let a = send(&c, req("POST", "api.b.test")).await;
+    assert_eq!(a.status, 308, "a POST keeps its method");
+    assert_eq!(a.headers["location"], "https://api.b.test/x?y=1");
+    let a = send(&c, req("GET", "other.test")).await;
+    assert_eq!(a.status, 200, "hosts not listed are served on plain HTTP");
+    // A public port other than 443 (the listener's own port is often not it).
+    let with_port = format!("[tls]\nredirect_http = [\"*\"]\nredirect_port = 8443\n\n{PAIRS}");
+    std::fs::write(
+        dir.path().join("routes.toml"),
+        std::fs::read_to_string(dir.path().join("routes.toml"))
+            .unwrap()
+            .replace(&tls, &with_port),
+    )
+    .unwrap();
+    let deadline = Instant::now() + SOON;
+    loop {
+        let a = send(&c, req("GET", "any.test")).await;
+        if a.status == 301 {
+            assert_eq!(a.headers["location"], "https://any.test:8443/x?y=1");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reload never took effect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // On the HTTPS listener the same host is served.
+    let s = https_get(
+        &tls_client_config(&[b"h2"]),
+        gw.https.unwrap(),
+        Some("a.test"),
+        "/x",
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.status, 200);
+}
