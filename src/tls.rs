@@ -206,6 +206,23 @@ pub fn check_files(config: &crate::config::Config) -> Vec<ConfigError> {
             }
         }
     }
+    for s in config.services.iter().filter(|s| s.protocol.is_tls()) {
+        let [ca_span, cert_span, key_span] = &s.tls.spans;
+        if let Some(ca) = &s.tls.ca
+            && let Err(e) = crate::upstream::tls::read_ca(ca)
+        {
+            out.push(ConfigError::new("SY022", ca_span.0.clone(), e));
+        }
+        if let Some((cert, key)) = &s.tls.client_cert
+            && let Err(e) = load_pair(cert, key)
+        {
+            let span = match e {
+                CertError::Cert(_) => cert_span,
+                CertError::Key(_) | CertError::Mismatch(_) => key_span,
+            };
+            out.push(ConfigError::new("SY022", span.0.clone(), e.to_string()));
+        }
+    }
     if let Some(d) = &config.tls.default
         && !all_names.is_empty()
         && pick(&all_names, d).is_none()

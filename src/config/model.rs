@@ -112,6 +112,25 @@ pub struct UpstreamTls {
     pub client_cert: Option<(PathBuf, PathBuf)>,
     /// SNI and verified name; `None`: the first endpoint's host.
     pub server_name: Option<String>,
+    /// Where `ca`, `client_cert` and `client_key` are written, for `check` findings.
+    pub spans: [SourceSpan; 3],
+}
+
+/// Where a value was written in the file. Ignored by equality and hashing: moving a
+/// service to other lines must not make it a changed service (with a new pool).
+#[derive(Debug, Clone, Default)]
+pub struct SourceSpan(pub Option<Range<usize>>);
+
+impl PartialEq for SourceSpan {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for SourceSpan {}
+
+impl std::hash::Hash for SourceSpan {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
 }
 
 impl Config {

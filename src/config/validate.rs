@@ -654,6 +654,8 @@ impl Validator<'_> {
                     (None, None) => None,
                 },
                 server_name: s.server_name.as_ref().map(|n| n.get_ref().clone()),
+                spans: [&s.ca, &s.client_cert, &s.client_key]
+                    .map(|v| SourceSpan(v.as_ref().and_then(span))),
             };
             if !protocol.is_tls() {
                 for v in [&s.ca, &s.client_cert, &s.client_key, &s.server_name]

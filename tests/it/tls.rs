@@ -619,3 +619,38 @@ async fn plain_http_requests_for_listed_hosts_are_redirected_to_https() {
     .unwrap();
     assert_eq!(s.status, 200);
 }
+
+#[test]
+fn check_warns_about_a_certificate_that_expires_soon() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["soon.test".to_string()]).unwrap();
+    params.not_after =
+        time::OffsetDateTime::now_utc() + time::Duration::days(5) + time::Duration::hours(1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("soon.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("soon.key"), key.serialize_pem()).unwrap();
+    let toml = "[listen]\nhttps = \"127.0.0.1:0\"\n\n[[tls.certificates]]\ncert = \"soon.crt\"\nkey = \"soon.key\"\n\n\
+                [services.s]\nendpoints = [\"127.0.0.1:1\"]\n\n[[routes]]\nname = \"r\"\npath = \"/\"\nservice = \"s\"\n";
+    std::fs::write(dir.path().join("routes.toml"), toml).unwrap();
+    let run = |strict: bool| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.arg("check").current_dir(dir.path());
+        if strict {
+            cmd.arg("--strict");
+        }
+        let out = cmd.arg("routes.toml").output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(false);
+    assert_eq!(code, Some(0), "a warning does not fail the check:\n{out}");
+    assert!(
+        out.contains("routes.toml:5:8: warning[SY023]: certificate ./soon.crt expires in 5 days"),
+        "{out}"
+    );
+    let (code, _) = run(true);
+    assert_eq!(code, Some(1), "--strict fails on the warning");
+}
