@@ -209,6 +209,8 @@ async fn reload_handler(State(s): State<AdminState>, headers: HeaderMap) -> Resp
             Json(json!({"result": "reloaded", "hash": hash})).into_response()
         }
         Outcome::Unchanged => {
+            // Like SIGHUP: the certificates are read again even when the table is not.
+            s.gw.reload_certificates();
             Json(json!({"result": "unchanged", "hash": s.gw.snapshot().hash})).into_response()
         }
         Outcome::Rejected(detail) => (

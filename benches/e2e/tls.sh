@@ -5,8 +5,9 @@
 # Scenarios, both driven by wrk (OpenSSL) over TLS 1.3:
 #   keepalive  small GET over 64 keep-alive HTTPS connections: HTTPS req/s;
 #   handshake  `Connection: close` on every request, 16 connections: each request is
-#              a new TCP connection with a full TLS handshake (wrk resumes no session):
-#              new handshakes per second.
+#              a new TCP connection with a TLS handshake: new connections per second;
+#   s_time     `openssl s_time -new`: one connection at a time, each a full handshake
+#              (no resumption) and a GET: full handshakes per second, latency-bound.
 # Core layout as in run.sh: cpu0 = wrk + upstream; cpu1 = the proxy under test alone.
 # switchyard runs with TOKIO_WORKER_THREADS=1, nginx with 1 worker. The certificate is
 # ECDSA P-256 (the common choice for edge certificates).
@@ -19,6 +20,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-2}
+SCENARIOS=${SCENARIOS:-"keepalive handshake s_time"}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/switchyard-target}
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin:$HOME/.cargo/bin"
 
@@ -114,7 +116,6 @@ http {
     upstream up { server 127.0.0.1:$UPSTREAM_PORT; keepalive 256; }
     server {
         listen 127.0.0.1:$1 ssl backlog=4096;
-        http2 on;
         ssl_certificate $WORK/tls.crt;
         ssl_certificate_key $WORK/tls.key;
         ssl_protocols TLSv1.2 TLSv1.3;
@@ -160,8 +161,13 @@ EOF
     STARTED+=("$PID")
 }
 
-# wrk's summary line "Requests/sec: N" -> N
+# wrk's summary line "Requests/sec: N" -> N; s_time: connections per second
 run_wrk() { # run_wrk PORT SCENARIO
+    if [[ $2 == s_time ]]; then
+        taskset -c 0 openssl s_time -connect "127.0.0.1:$1" -new -time "$DURATION" 2>/dev/null |
+            awk '/connections in [0-9]+ real seconds/ {printf "%.1f\n", $1 / $4}' | tail -1
+        return
+    fi
     local args=(-t1 -d"${DURATION}s")
     case $2 in
     keepalive) args+=(-c64) ;;
@@ -177,7 +183,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         port=$(free_port)
         "start_$proxy" "$port"
         wait_ready "$PID" "$port"
-        for sc in keepalive handshake; do
+        for sc in $SCENARIOS; do
             taskset -c 0 wrk -t1 -c16 -d1s "https://127.0.0.1:$port/" >/dev/null 2>&1 || true
             r=$(run_wrk "$port" "$sc")
             log "round $round $proxy $sc: $r req/s"
@@ -188,7 +194,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 
 printf '\n%-10s %-12s %12s %12s %8s\n' scenario round nginx switchyard ratio
-for sc in keepalive handshake; do
+for sc in $SCENARIOS; do
     for ((round = 1; round <= ROUNDS; round++)); do
         n=${RESULT[$round,nginx,$sc]}
         s=${RESULT[$round,switchyard,$sc]}

@@ -205,9 +205,9 @@ async fn pipeline(
     let permit = concurrency_slot(snap, fwd, upstream).await?;
     let path_and_query = upstream_path_and_query(route, &path, &parts.uri)?;
     route.request_headers.apply(&mut parts.headers);
-    let te_trailers = wants_trailers(&parts.headers);
+    let te_trailers = upstream.protocol.is_h2() && wants_trailers(&parts.headers);
     upstream_request_headers(snap, conn, &mut parts.headers, raw_host, &ctx.request_id);
-    if te_trailers && upstream.protocol.is_h2() {
+    if te_trailers {
         // The one TE value HTTP/2 allows; gRPC servers may insist on it.
         parts
             .headers
