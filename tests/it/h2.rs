@@ -242,3 +242,75 @@ async fn rapid_reset_of_ten_thousand_streams_stays_within_cpu_and_memory_bounds(
     let a = get(&client(), &gw.url("/after")).await;
     assert_eq!(a.status, 200);
 }
+
+/// One HTTP/2 frame: 9-byte header and payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuation_flood_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start(|_req| async { text("ok") }).await;
+    let gw = Gateway::start(&config(&format!(
+        "[services.s]\nendpoints = [{}]\n[[routes]]\nname = \"r\"\npath = \"/\"\nservice = \"s\"\n",
+        up.endpoint()
+    )));
+    let rss_before = gw.peak_rss_kib();
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    // Read until the gateway closes the connection; note whether a GOAWAY came.
+    let reader = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(SOON, rd.read_to_end(&mut buf)).await;
+        buf
+    });
+    let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    start.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    // HEADERS without END_HEADERS: `:method GET` (indexed 2), then the block goes on in
+    // CONTINUATION frames full of literal headers, never ending.
+    start.extend(frame(0x1, 0x1, 1, &[0x82]));
+    wr.write_all(&start).await.unwrap();
+    let mut literal = vec![0x00, 3, b'x', b'-', b'a', 100];
+    literal.extend([b'v'; 100]);
+    let payload: Vec<u8> = literal.iter().copied().cycle().take(16_000).collect();
+    let cont = frame(0x9, 0, 1, &payload);
+    let mut sent = 0usize;
+    let limit = 64 << 20; // 64 MiB of header block, far over any header limit
+    while sent < limit {
+        match tokio::time::timeout(SOON, wr.write_all(&cont)).await {
+            Ok(Ok(())) => sent += cont.len(),
+            _ => break,
+        }
+    }
+    let got = reader.await.unwrap();
+    let rss = gw.peak_rss_kib();
+    println!(
+        "CONTINUATION flood: {} KiB sent before the gateway stopped reading; {} bytes back; \
+         peak RSS {rss_before} -> {rss} KiB",
+        sent / 1024,
+        got.len()
+    );
+    assert!(
+        sent < limit,
+        "the gateway read the whole endless header block"
+    );
+    let mut kinds = Vec::new();
+    let mut at = 0;
+    while at + 9 <= got.len() {
+        let len = (usize::from(got[at]) << 16)
+            | (usize::from(got[at + 1]) << 8)
+            | usize::from(got[at + 2]);
+        kinds.push(got[at + 3]);
+        at += 9 + len;
+    }
+    assert!(kinds.contains(&0x7), "no GOAWAY, frames: {kinds:?}");
+    assert!(rss < rss_before + 64 * 1024, "peak RSS {rss} KiB");
+    // Still serving.
+    let a = get(&client(), &gw.url("/after")).await;
+    assert_eq!(a.status, 200);
+}
