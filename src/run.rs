@@ -137,21 +137,17 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
     );
 
     let tracker = TaskTracker::new();
+    let limit = server::connection_limit(&gw);
     let plain = async {
         if let Some(l) = listener {
-            server::serve(l, gw.clone(), shutdown.clone(), tracker.clone(), None).await;
+            let (gw, stop, t) = (gw.clone(), shutdown.clone(), tracker.clone());
+            server::serve(l, gw, stop, t, None, limit.clone()).await;
         }
     };
     let secure = async {
         if let Some((l, acceptor)) = tls_listener {
-            server::serve(
-                l,
-                gw.clone(),
-                shutdown.clone(),
-                tracker.clone(),
-                Some(acceptor),
-            )
-            .await;
+            let (gw, stop, t) = (gw.clone(), shutdown.clone(), tracker.clone());
+            server::serve(l, gw, stop, t, Some(acceptor), limit.clone()).await;
         }
     };
     tokio::join!(plain, secure);

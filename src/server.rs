@@ -30,18 +30,24 @@ use tokio_util::task::TaskTracker;
 use crate::gateway::Gateway;
 use crate::proxy::{self, ConnInfo};
 
+/// The connection limit shared by the listeners: `[server] max_connections` slots.
+pub fn connection_limit(gw: &Gateway) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(gw.snapshot().config.server.max_connections))
+}
+
 /// Accept connections on `listener` until `shutdown` fires, then stop accepting and
 /// ask every open connection to finish its in-flight requests. Connection tasks are
-/// tracked by `tracker`; the caller waits on it (with the drain timeout).
+/// tracked by `tracker`; the caller waits on it (with the drain timeout). `limit`
+/// holds `max_connections` slots shared by every listener of the process; `tls`
+/// makes this the HTTPS listener.
 pub async fn serve(
     listener: TcpListener,
     gw: Arc<Gateway>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     tls: Option<TlsAcceptor>,
+    limit: Arc<Semaphore>,
 ) {
-    let max = gw.snapshot().config.server.max_connections;
-    let limit = Arc::new(Semaphore::new(max));
     loop {
         // Take a connection slot before accepting: over the limit, clients wait in the
         // kernel's accept queue instead of being accepted and dropped.

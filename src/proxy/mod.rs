@@ -3,10 +3,12 @@
 //! ```text
 //! serve                     load the snapshot once; request id; access-log record
 //!  └ pipeline
+//!     ├ upgrade::requested  an HTTP/1.1 Upgrade (WebSocket) request? (not h2c)
 //!     ├ TraceContext        continue or start the W3C trace (traceparent)
 //!     ├ check_framing       refuse ambiguous Content-Length/Transfer-Encoding
 //!     ├ (limits)            request target length (414)
 //!     ├ normalize_*         canonical path and host (http::normalize)
+//!     ├ https_redirect      plain listener, host in [tls] redirect_http: 301/308
 //!     ├ Router::find        host -> path -> predicates, or 404; redirect routes answer here
 //!     ├ rate_limit          the route's token bucket for this key, or 429
 //!     ├ Forward::pick       weighted backend (500 when every weight is 0)
@@ -15,12 +17,16 @@
 //!     ├ upstream_body       size limit (413), idle timeout (408), buffering for retries
 //!     ├ forward             endpoint pick, pooled connection, per-try and route
 //!     │                     timeouts, retries within the budget, outlier feedback
+//!     ├ upgrade::accept     on 101 to an upgrade request: tunnel both connections
 //!     └ downstream_response hop-by-hop cleanup, response filter, RateLimit-* headers
+//! (errors)                  ProxyError -> JSON, or gRPC status for gRPC requests
+//! (https)                   Strict-Transport-Security when [tls] hsts is set
 //! finish                    metrics; x-request-id; the log record rides on the body
 //! ```
 //!
-//! Every failure is a [`ProxyError`], turned into the JSON answer in one place
-//! ([`ProxyError::into_response`]).
+//! Every failure is a [`ProxyError`], turned into the JSON (or gRPC) answer in one
+//! place ([`ProxyError::into_response`]). Bodies stream both ways frame by frame, so
+//! HTTP/2 trailers (gRPC's `grpc-status`) pass through untouched.
 
 pub mod body;
 pub mod error;
