@@ -14,8 +14,9 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 # Debian packages the tests use, as "command:package". nginx: the differential test of
 # `switchyard import` (tests/it/import_nginx.rs) runs real nginx; prometheus: the
-# scrape test (tests/it/prometheus.rs). Both skip with a message when missing.
-needs=(curl:curl nginx:nginx prometheus:prometheus)
+# scrape test (tests/it/prometheus.rs); h2load (nghttp2-client): the HTTP/2 load test
+# (tests/it/tls.rs). Each skips with a message when missing.
+needs=(curl:curl nginx:nginx prometheus:prometheus h2load:nghttp2-client)
 missing=()
 for pair in "${needs[@]}"; do
   cmd="${pair%%:*}"

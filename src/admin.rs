@@ -39,6 +39,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/routes", get(routes))
         .route("/upstreams", get(upstreams))
         .route("/mirror/mismatches", get(mismatches))
+        .route("/certificates", get(certificates))
         .route("/metrics", get(metrics))
         .route("/reload", post(reload_handler))
         .route("/openapi.json", get(openapi))
@@ -162,6 +163,34 @@ async fn upstreams(State(s): State<AdminState>) -> Json<serde_json::Value> {
     Json(json!({ "services": services }))
 }
 
+/// The certificates in service on the HTTPS listener: names, expiry, days left.
+async fn certificates(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    let table = s.gw.certs.table();
+    let default = table.default_index();
+    let certs: Vec<serde_json::Value> = table
+        .certs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let not_after = time::OffsetDateTime::from_unix_timestamp(c.not_after)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                });
+            json!({
+                "cert": c.cert_path.display().to_string(),
+                "key": c.key_path.display().to_string(),
+                "names": c.names,
+                "not_after": not_after,
+                "days_left": c.days_left(),
+                "default": default == Some(i),
+            })
+        })
+        .collect();
+    Json(json!({ "certificates": certs }))
+}
+
 async fn metrics(State(s): State<AdminState>) -> Response {
     // Endpoint counts change with DNS between reloads: refresh them at scrape time.
     let snap = s.gw.snapshot();
@@ -222,6 +251,8 @@ async fn reload_handler(State(s): State<AdminState>, headers: HeaderMap) -> Resp
             Json(json!({"result": "reloaded", "hash": hash})).into_response()
         }
         Outcome::Unchanged => {
+            // Like SIGHUP: the certificates are read again even when the table is not.
+            s.gw.reload_certificates();
             Json(json!({"result": "unchanged", "hash": s.gw.snapshot().hash})).into_response()
         }
         Outcome::Rejected(detail) => (

@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use crate::observe::access_log::Sink;
 use crate::observe::metrics::Metrics;
 use crate::snapshot::{Registry, Snapshot};
+use crate::tls::CertStore;
 
 /// Shared state of one gateway process.
 #[derive(Debug)]
@@ -21,6 +22,8 @@ pub struct Gateway {
     pub access_log: Option<Sink>,
     /// Process-wide metrics, served at the admin API's `/metrics`.
     pub metrics: Metrics,
+    /// Certificates of the HTTPS listener (reloaded on their own, see [`crate::tls`]).
+    pub certs: Arc<CertStore>,
     /// Set when shutdown starts: `/readyz` answers 503 so load balancers stop sending.
     draining: AtomicBool,
 }
@@ -30,7 +33,11 @@ impl Gateway {
         let mut metrics = Metrics::new();
         metrics.register_spans(&registry.spans.counters);
         record_snapshot(&metrics, &snapshot);
+        let certs = Arc::new(CertStore::default());
+        certs.reload(&snapshot.config.tls);
+        metrics.certificates(&certs.table().certs);
         Self {
+            certs,
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             access_log,
@@ -57,6 +64,13 @@ impl Gateway {
     pub fn store(&self, snapshot: Snapshot) {
         record_snapshot(&self.metrics, &snapshot);
         self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// Read the certificate files again (SIGHUP, a file change, a config reload).
+    pub fn reload_certificates(&self) {
+        let spec = self.snapshot.load().config.tls.clone();
+        self.certs.reload(&spec);
+        self.metrics.certificates(&self.certs.table().certs);
     }
 }
 

@@ -3,8 +3,10 @@
 //! One request passes through these modules, top to bottom, in one pass:
 //!
 //! ```text
-//! server      accept (connection limit) -> hyper-util auto (HTTP/1.1 + h2c),
-//!             header-read timeout, header size/count limits, graceful drain
+//! server      accept (connection limit) -> [tls: rustls handshake, certificate by
+//!             SNI from tls::CertStore, ALPN h2/http1.1] -> hyper-util auto
+//!             (HTTP/1.1 + HTTP/2), header-read timeout, header size/count limits,
+//!             graceful drain
 //!   proxy::serve            load the Snapshot once (ArcSwap), request id
 //!     check_framing         CL+TE, duplicate CL, non-chunked TE -> 400 + close
 //!     http::normalize       canonical path (dot segments, //, %XX) and host
@@ -12,15 +14,17 @@
 //!     policy                canary split (sticky, cohort, guard), topic-branch
 //!                           override behind a gate, mirror copy (detached)
 //!     upstream_request      hop-by-hop out, X-Forwarded-*, x-request-id, rewrite
-//!     forward               upstream::Upstream: round-robin, pooled client,
-//!                           connect retry, route timeout
-//!     downstream_response   hop-by-hop out, stream the body back
+//!     forward               upstream::Upstream: round-robin, pooled client
+//!                           (http1 | h2c | h2 | https), connect retry, route timeout
+//!     downstream_response   hop-by-hop out, stream the body back (trailers too);
+//!                           an accepted Upgrade becomes a tunnel (proxy::upgrade)
 //!   observe::access_log     one JSON line when the response body is done
 //! ```
 //!
 //! Configuration (`config`) is parsed and validated once per load into a
 //! [`snapshot::Snapshot`]; `reload` builds the next one on the side and swaps it in.
-//! The hot path never parses config or takes a global lock.
+//! The hot path never parses config or takes a global lock. Certificates are reloaded
+//! on their own (`tls`), since a Secret update does not touch the config file.
 
 #![forbid(unsafe_code)]
 
@@ -41,4 +45,5 @@ pub mod router;
 pub mod run;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;

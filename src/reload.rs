@@ -58,6 +58,7 @@ pub async fn reload(gw: &Gateway, path: &Path) -> Outcome {
             let routes = loaded.config.routes.len();
             let snapshot = Snapshot::build(loaded, &gw.registry).await;
             gw.store(snapshot);
+            gw.reload_certificates();
             gw.metrics.reload("success");
             let build_ms = started.elapsed().as_secs_f64() * 1e3;
             tracing::info!(%hash, routes, build_ms, "config reloaded");
@@ -91,7 +92,12 @@ fn is_relevant(event: &notify::Event, file_name: Option<&std::ffi::OsStr>) -> bo
 }
 
 /// Watch for SIGHUP and file changes until `shutdown`.
-pub fn spawn(gw: Arc<Gateway>, path: PathBuf, shutdown: CancellationToken) {
+pub fn spawn(
+    gw: Arc<Gateway>,
+    path: PathBuf,
+    shutdown: CancellationToken,
+    rewatch_certs: mpsc::UnboundedSender<()>,
+) {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -127,14 +133,23 @@ pub fn spawn(gw: Arc<Gateway>, path: PathBuf, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                Some(()) = async { match &mut hup { Some(h) => h.recv().await, None => std::future::pending().await } } => {}
+                Some(()) = async { match &mut hup { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    // SIGHUP also re-reads the certificates when the config is unchanged.
+                    if let Outcome::Unchanged = reload(&gw, &path).await {
+                        gw.reload_certificates();
+                    }
+                    let _ = rewatch_certs.send(());
+                    continue;
+                }
                 Some(()) = rx.recv() => {
                     // Let a burst of events (write + rename + chmod) settle into one reload.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     while rx.try_recv().is_ok() {}
                 }
             }
-            reload(&gw, &path).await;
+            if let Outcome::Reloaded { .. } = reload(&gw, &path).await {
+                let _ = rewatch_certs.send(());
+            }
         }
     });
 }

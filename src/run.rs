@@ -32,6 +32,15 @@ pub enum RunError {
     Config(LoadError),
     NoListener,
     Bind(SocketAddr, std::io::Error),
+    Tls(rustls::Error),
+}
+
+async fn bind(a: SocketAddr) -> Result<(TcpListener, SocketAddr), RunError> {
+    let l = TcpListener::bind(a)
+        .await
+        .map_err(|e| RunError::Bind(a, e))?;
+    let local = l.local_addr().map_err(|e| RunError::Bind(a, e))?;
+    Ok((l, local))
 }
 
 impl std::fmt::Display for RunError {
@@ -43,6 +52,7 @@ impl std::fmt::Display for RunError {
             RunError::Config(e) => write!(f, "{e}"),
             RunError::NoListener => f.write_str("no listener configured"),
             RunError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
+            RunError::Tls(e) => write!(f, "cannot set up TLS: {e}"),
         }
     }
 }
@@ -55,17 +65,32 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
     for w in &loaded.warnings {
         tracing::warn!(warning = %w, "config warning");
     }
-    let addr = loaded.config.listen.http.ok_or(RunError::NoListener)?;
+    let addr = loaded.config.listen.http;
+    let tls_addr = loaded.config.listen.https;
+    if addr.is_none() && tls_addr.is_none() {
+        return Err(RunError::NoListener);
+    }
     let admin_addr = loaded.config.listen.admin;
     let hash = loaded.hash.clone();
     let registry = Registry::default();
     let snapshot = Snapshot::build(loaded, &registry).await;
     let gw = Arc::new(Gateway::new(snapshot, registry, opts.access_log));
 
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| RunError::Bind(addr, e))?;
-    let local = listener.local_addr().map_err(|e| RunError::Bind(addr, e))?;
+    let (listener, local) = match addr {
+        Some(a) => {
+            let (l, local) = bind(a).await?;
+            (Some(l), Some(local))
+        }
+        None => (None, None),
+    };
+    let (tls_listener, tls_local) = match tls_addr {
+        Some(a) => {
+            let (l, local) = bind(a).await?;
+            let cfg = crate::tls::server_config(gw.certs.clone()).map_err(RunError::Tls)?;
+            (Some((l, tokio_rustls::TlsAcceptor::from(cfg))), Some(local))
+        }
+        None => (None, None),
+    };
     let admin_listener = match admin_addr {
         Some(a) => {
             let l = TcpListener::bind(a)
@@ -82,7 +107,8 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
         spawn_signal_handler(shutdown.clone());
     }
     // Watch before announcing: a change made right after "listening" must be seen.
-    reload::spawn(gw.clone(), opts.config.clone(), shutdown.clone());
+    let rewatch = crate::tls::spawn_watcher(gw.clone(), shutdown.clone());
+    reload::spawn(gw.clone(), opts.config.clone(), shutdown.clone(), rewatch);
     // The admin API outlives the drain (readiness must say "draining"), so it has its
     // own stop signal, fired after the proxy listener has drained.
     let admin_stop = CancellationToken::new();
@@ -101,10 +127,30 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
         )
     });
     let admin_local = admin_task.as_ref().map(|(a, _)| a.to_string());
-    tracing::info!(addr = %local, admin = admin_local.as_deref().unwrap_or("off"), %hash, "listening");
+    let show = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
+    tracing::info!(
+        addr = %show(local),
+        https = %show(tls_local),
+        admin = admin_local.as_deref().unwrap_or("off"),
+        %hash,
+        "listening"
+    );
 
     let tracker = TaskTracker::new();
-    server::serve(listener, gw.clone(), shutdown.clone(), tracker.clone()).await;
+    let limit = server::connection_limit(&gw);
+    let plain = async {
+        if let Some(l) = listener {
+            let (gw, stop, t) = (gw.clone(), shutdown.clone(), tracker.clone());
+            server::serve(l, gw, stop, t, None, limit.clone()).await;
+        }
+    };
+    let secure = async {
+        if let Some((l, acceptor)) = tls_listener {
+            let (gw, stop, t) = (gw.clone(), shutdown.clone(), tracker.clone());
+            server::serve(l, gw, stop, t, Some(acceptor), limit.clone()).await;
+        }
+    };
+    tokio::join!(plain, secure);
 
     gw.set_draining();
     tracker.close();

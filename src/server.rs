@@ -1,5 +1,13 @@
-//! Listeners and connections: accept, connection limit, hyper's HTTP/1.1 + HTTP/2
-//! server with limits, graceful drain.
+//! Listeners and connections: accept, connection limit, TLS handshake (HTTPS
+//! listener), hyper's HTTP/1.1 + HTTP/2 server with limits, graceful drain.
+//!
+//! HTTP/2 is found by the client's connection preface (hyper-util's auto builder): h2
+//! over TLS after ALPN `h2`, and h2c with prior knowledge on the plain listener.
+//! HTTP/2 limits: at most 256 concurrent streams per connection, the header list
+//! bounded by `max_header_bytes` (h2 enforces it while it reads CONTINUATION frames,
+//! so a CONTINUATION flood ends in an error instead of unbounded buffering), and
+//! rapid-reset protection (CVE-2023-44487): a client that resets more than 50 streams
+//! before the server has accepted them gets GOAWAY (ENHANCE_YOUR_CALM).
 //!
 //! Limits come from the snapshot current when the connection is accepted, so a reload
 //! changes them for new connections only. The header-read timeout needs the `TokioTimer`
@@ -7,6 +15,7 @@
 //! could hold a connection forever.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::service::service_fn;
@@ -14,23 +23,31 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::gateway::Gateway;
 use crate::proxy::{self, ConnInfo};
 
+/// The connection limit shared by the listeners: `[server] max_connections` slots.
+pub fn connection_limit(gw: &Gateway) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(gw.snapshot().config.server.max_connections))
+}
+
 /// Accept connections on `listener` until `shutdown` fires, then stop accepting and
 /// ask every open connection to finish its in-flight requests. Connection tasks are
-/// tracked by `tracker`; the caller waits on it (with the drain timeout).
+/// tracked by `tracker`; the caller waits on it (with the drain timeout). `limit`
+/// holds `max_connections` slots shared by every listener of the process; `tls`
+/// makes this the HTTPS listener.
 pub async fn serve(
     listener: TcpListener,
     gw: Arc<Gateway>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    tls: Option<TlsAcceptor>,
+    limit: Arc<Semaphore>,
 ) {
-    let max = gw.snapshot().config.server.max_connections;
-    let limit = Arc::new(Semaphore::new(max));
     loop {
         // Take a connection slot before accepting: over the limit, clients wait in the
         // kernel's accept queue instead of being accepted and dropped.
@@ -53,32 +70,74 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let gw = gw.clone();
         let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            let conn_info = Arc::new(ConnInfo::new(peer, "http"));
-            let builder = builder(&gw);
-            let svc = service_fn(move |req| {
-                let gw = gw.clone();
-                let conn_info = conn_info.clone();
-                async move {
-                    let snap = gw.snapshot();
-                    Ok::<_, Infallible>(proxy::serve(&gw, snap, &conn_info, req).await)
-                }
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                res = conn.as_mut() => {
-                    if let Err(e) = res {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+        match &tls {
+            None => {
+                tracker.spawn(async move {
+                    let _permit = permit;
+                    serve_connection(gw, TokioIo::new(stream), peer, "http", shutdown).await;
+                });
             }
-        });
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tracker.spawn(async move {
+                    let _permit = permit;
+                    // The handshake counts against the header-read timeout: a client
+                    // that stalls in it must not hold the slot forever.
+                    let limit = gw.snapshot().config.server.header_read_timeout;
+                    let stream = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        r = tokio::time::timeout(limit, acceptor.accept(stream)) => match r {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        },
+                    };
+                    serve_connection(gw, TokioIo::new(stream), peer, "https", shutdown).await;
+                });
+            }
+        }
+    }
+}
+
+/// Serve HTTP/1.1 or HTTP/2 (by the client's preface) on one accepted connection until
+/// it ends, or until shutdown asks it to finish its in-flight requests.
+async fn serve_connection<I>(
+    gw: Arc<Gateway>,
+    io: I,
+    peer: SocketAddr,
+    proto: &'static str,
+    shutdown: CancellationToken,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let conn_info = Arc::new(ConnInfo::new(peer, proto));
+    let builder = builder(&gw);
+    let svc = service_fn(move |req| {
+        let gw = gw.clone();
+        let conn_info = conn_info.clone();
+        async move {
+            let snap = gw.snapshot();
+            Ok::<_, Infallible>(proxy::serve(&gw, snap, &conn_info, req).await)
+        }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }
 

@@ -44,6 +44,9 @@ pub struct FileConfig {
     /// `[branches]`: topic-branch routing by header or cookie.
     #[serde(default)]
     pub branches: Option<Spanned<BranchesFile>>,
+    /// `[tls]`: certificates of the HTTPS listener.
+    #[serde(default)]
+    pub tls: Option<Spanned<TlsFile>>,
 }
 
 /// `[canary]`.
@@ -131,10 +134,35 @@ pub struct TracingFile {
     pub service_name: Option<SStr>,
 }
 
+/// `[tls]` with `[[tls.certificates]]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    #[serde(default)]
+    pub certificates: Vec<Spanned<CertificateFile>>,
+    /// Name whose certificate answers clients without SNI or with an unknown name.
+    pub default: Option<SStr>,
+    /// `Strict-Transport-Security` value added to HTTPS answers, e.g. `"max-age=31536000"`.
+    pub hsts: Option<SStr>,
+    /// Hosts whose plain-HTTP requests are redirected to HTTPS (`"*"`: every host).
+    pub redirect_http: Option<Vec<SStr>>,
+    /// Port in the redirect's `Location`; default 443 (left out).
+    pub redirect_port: Option<Spanned<i64>>,
+}
+
+/// `[[tls.certificates]] cert = "…", key = "…"` (PEM files).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFile {
+    pub cert: SStr,
+    pub key: SStr,
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ListenFile {
     pub http: Option<SStr>,
+    pub https: Option<SStr>,
     pub admin: Option<SStr>,
 }
 
@@ -153,6 +181,9 @@ pub struct ServerFile {
     pub trusted_proxies: Option<Vec<SStr>>,
     pub access_log: Option<SStr>,
     pub access_log_fields: Option<Vec<SStr>>,
+    /// A WebSocket (or other upgraded) connection with no byte either way for this
+    /// long is closed.
+    pub upgrade_idle_timeout: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -182,6 +213,15 @@ pub struct RetryFile {
 pub struct ServiceFile {
     pub endpoints: Spanned<Vec<SStr>>,
     pub protocol: Option<SStr>,
+    /// PEM file of the CA(s) that sign the upstream's certificate (`h2`/`https`);
+    /// default: the system's roots.
+    pub ca: Option<SStr>,
+    /// Client certificate and key (PEM) for mTLS to the upstream.
+    pub client_cert: Option<SStr>,
+    pub client_key: Option<SStr>,
+    /// Name sent as SNI and checked against the upstream's certificate; default: the
+    /// first endpoint's host.
+    pub server_name: Option<SStr>,
     pub load_balancing: Option<SStr>,
     pub connect_timeout: Option<SStr>,
     pub dns_refresh: Option<SStr>,

@@ -55,10 +55,44 @@ pub fn parse(src: &str) -> Result<Loaded, ConfigErrors> {
     })
 }
 
-/// Read and parse a file.
+/// Read and parse a file; the files it names are checked too ([`parse_at`]).
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     let src = std::fs::read_to_string(path).map_err(LoadError::Io)?;
-    parse(&src).map_err(|errors| LoadError::Invalid { src, errors })
+    parse_at(&src, config_dir(path)).map_err(|errors| LoadError::Invalid { src, errors })
+}
+
+/// The directory relative paths in the config at `path` are relative to.
+pub fn config_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Parse text read from a file in `dir`: relative paths are resolved against `dir`, and
+/// the files the config names (certificates and keys) are read and checked
+/// ([`crate::tls::check_files`]).
+pub fn parse_at(src: &str, dir: &Path) -> Result<Loaded, ConfigErrors> {
+    let mut loaded = parse(src)?;
+    loaded.config.resolve_paths(dir);
+    let findings = crate::tls::check_files(&loaded.config);
+    if findings.is_empty() {
+        return Ok(loaded);
+    }
+    loaded.warnings.extend(findings);
+    loaded
+        .warnings
+        .sort_by_key(|e| e.span.as_ref().map_or(0, |s| s.start));
+    if loaded
+        .warnings
+        .iter()
+        .any(|e| e.severity == Severity::Error)
+    {
+        return Err(ConfigErrors {
+            items: loaded.warnings,
+        });
+    }
+    Ok(loaded)
 }
 
 /// FNV-1a 64 of the text, as 16 hex digits.

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -26,12 +27,149 @@ pub struct Config {
     pub dns_servers: Vec<std::net::SocketAddr>,
     /// `[canary]` and `[branches]`: gateway-wide traffic-policy settings.
     pub policy: crate::policy::GlobalPolicy,
+    /// Certificates of the HTTPS listener.
+    pub tls: Tls,
+}
+
+/// `[tls]`: what the HTTPS listener serves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tls {
+    /// Certificate/key pairs; the one for a handshake is chosen by SNI among their SANs.
+    pub certificates: Vec<CertPair>,
+    /// The name whose certificate answers handshakes without SNI or with an unknown
+    /// name; `None`: the first certificate.
+    pub default: Option<String>,
+    /// `Strict-Transport-Security` value for answers on the HTTPS listener.
+    pub hsts: Option<HeaderValue>,
+    /// Plain-HTTP requests for these hosts are redirected to the HTTPS listener.
+    pub redirect_http: RedirectHttp,
+    /// The public HTTPS port for those redirects (the listener's port is often not the
+    /// one clients reach through a load balancer); 443 is left out of the URL.
+    pub redirect_port: u16,
+}
+
+/// Which hosts the plain listener sends to HTTPS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RedirectHttp {
+    /// None (the default).
+    #[default]
+    Off,
+    /// Every host (`redirect_http = ["*"]`).
+    All,
+    /// These hosts.
+    Hosts(Vec<HostMatch>),
+}
+
+impl RedirectHttp {
+    /// Is a plain-HTTP request for `host` (normalised) redirected?
+    pub fn covers(&self, host: Option<&str>) -> bool {
+        match self {
+            RedirectHttp::Off => false,
+            RedirectHttp::All => true,
+            RedirectHttp::Hosts(hosts) => host.is_some_and(|h| hosts.iter().any(|m| m.matches(h))),
+        }
+    }
+}
+
+/// One `[[tls.certificates]]` entry. Relative paths are relative to the config file's
+/// directory ([`Config::resolve_paths`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Where `cert` and `key` are written in the file, for `check` findings.
+    pub cert_span: Range<usize>,
+    pub key_span: Range<usize>,
+}
+
+/// Wire protocol towards a service's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Protocol {
+    /// HTTP/1.1 over TCP (pooled keep-alive connections).
+    #[default]
+    Http1,
+    /// HTTP/2 over TCP with prior knowledge; one shared connection per endpoint.
+    H2c,
+    /// HTTP/2 over TLS (ALPN h2); one shared connection per endpoint.
+    H2,
+    /// HTTP/1.1 over TLS.
+    Https,
+}
+
+impl Protocol {
+    /// HTTP/2 towards the upstream (`h2c`, `h2`)?
+    pub fn is_h2(self) -> bool {
+        matches!(self, Protocol::H2c | Protocol::H2)
+    }
+
+    /// Does this protocol need TLS towards the upstream?
+    pub fn is_tls(self) -> bool {
+        matches!(self, Protocol::H2 | Protocol::Https)
+    }
+}
+
+/// TLS towards an upstream (`h2` and `https` services).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct UpstreamTls {
+    /// CA bundle to verify the upstream's certificate with; `None`: system roots.
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key for mTLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// SNI and verified name; `None`: the first endpoint's host.
+    pub server_name: Option<String>,
+    /// Where `ca`, `client_cert` and `client_key` are written, for `check` findings.
+    pub spans: [SourceSpan; 3],
+}
+
+/// Where a value was written in the file. Ignored by equality and hashing: moving a
+/// service to other lines must not make it a changed service (with a new pool).
+#[derive(Debug, Clone, Default)]
+pub struct SourceSpan(pub Option<Range<usize>>);
+
+impl PartialEq for SourceSpan {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for SourceSpan {}
+
+impl std::hash::Hash for SourceSpan {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+impl Config {
+    /// Make relative file paths (certificates, CA bundles) relative to `dir`, the
+    /// directory of the config file, so that they do not depend on the working
+    /// directory of the process.
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        for c in &mut self.tls.certificates {
+            fix(&mut c.cert);
+            fix(&mut c.key);
+        }
+        for s in &mut self.services {
+            if let Some(ca) = &mut s.tls.ca {
+                fix(ca);
+            }
+            if let Some((c, k)) = &mut s.tls.client_cert {
+                fix(c);
+                fix(k);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listen {
     /// Plain HTTP listener (HTTP/1.1 and h2c).
     pub http: Option<SocketAddr>,
+    /// TLS listener (HTTP/1.1 and HTTP/2 by ALPN); needs `[[tls.certificates]]`.
+    pub https: Option<SocketAddr>,
     /// Admin listener; loopback unless configured otherwise.
     pub admin: Option<SocketAddr>,
 }
@@ -60,6 +198,8 @@ pub struct Server {
     pub trusted_proxies: Vec<IpNet>,
     /// Access log format.
     pub access_log: AccessLog,
+    /// An upgraded connection (WebSocket) idle this long in both directions is closed.
+    pub upgrade_idle_timeout: Duration,
 }
 
 /// Access-log settings: format and the fields to write, in order.
@@ -189,6 +329,10 @@ pub struct Retry {
 pub struct Service {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
+    /// Wire protocol to the endpoints.
+    pub protocol: Protocol,
+    /// TLS settings for `h2` and `https`.
+    pub tls: UpstreamTls,
     pub connect_timeout: Duration,
     /// How often DNS names among the endpoints are resolved again.
     pub dns_refresh: Duration,

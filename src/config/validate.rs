@@ -280,6 +280,7 @@ impl Validator<'_> {
 
     fn config(&mut self, f: FileConfig) -> Config {
         let listen = self.listen(f.listen.as_ref());
+        let tls = self.tls(f.tls.as_ref(), f.listen.as_ref());
         let server = self.server(f.server.unwrap_or_default());
         let defaults = self.defaults(f.defaults.unwrap_or_default());
         let services = self.services(&f.services, &defaults);
@@ -330,6 +331,7 @@ impl Validator<'_> {
             tracing,
             dns_servers,
             policy,
+            tls,
         }
     }
 
@@ -412,25 +414,111 @@ impl Validator<'_> {
         let Some(l) = l else {
             return Listen {
                 http: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
+                https: None,
                 admin: Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
             };
         };
         let http = self.listen_addr(&l.get_ref().http, "listen");
+        let https = self.listen_addr(&l.get_ref().https, "listen");
         // The admin API is on by default, on loopback; "off" turns it off.
         let admin = match &l.get_ref().admin {
             Some(a) if a.get_ref() == "off" => None,
             Some(_) => self.listen_addr(&l.get_ref().admin, "admin"),
             None => Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
         };
-        if http.is_none() && l.get_ref().http.is_none() {
+        if l.get_ref().http.is_none() && l.get_ref().https.is_none() {
             self.err(
                 "SY011",
                 span(l),
-                "[listen] has no `http` address: the gateway would serve nothing",
+                "[listen] has no `http` or `https` address: the gateway would serve nothing",
             )
             .help = Some("add http = \"0.0.0.0:8080\"".into());
         }
-        Listen { http, admin }
+        Listen { http, https, admin }
+    }
+
+    /// `[tls]`. The files themselves are read by `tls::check_files` (the text alone
+    /// cannot say whether a path exists).
+    fn tls(
+        &mut self,
+        t: Option<&Spanned<file::TlsFile>>,
+        listen: Option<&Spanned<file::ListenFile>>,
+    ) -> Tls {
+        let https = listen.and_then(|l| l.get_ref().https.as_ref());
+        let Some(t) = t else {
+            if let Some(h) = https {
+                self.err("SY011", span(h), "the https listener has no certificate")
+                    .help = Some(
+                    "add [[tls.certificates]] with cert = \"tls.crt\" and key = \"tls.key\"".into(),
+                );
+            }
+            return Tls::default();
+        };
+        let tf = t.get_ref();
+        if tf.certificates.is_empty()
+            && let Some(h) = https
+        {
+            self.err("SY011", span(h), "the https listener has no certificate")
+                .help = Some(
+                "add [[tls.certificates]] with cert = \"tls.crt\" and key = \"tls.key\"".into(),
+            );
+        }
+        let certificates = tf
+            .certificates
+            .iter()
+            .map(|c| {
+                let c = c.get_ref();
+                CertPair {
+                    cert: c.cert.get_ref().into(),
+                    key: c.key.get_ref().into(),
+                    cert_span: c.cert.span(),
+                    key_span: c.key.span(),
+                }
+            })
+            .collect();
+        let hsts = tf
+            .hsts
+            .as_ref()
+            .and_then(|h| match HeaderValue::from_str(h.get_ref()) {
+                Ok(v) if h.get_ref().starts_with("max-age=") => Some(v),
+                _ => {
+                    self.err(
+                        "SY018",
+                        span(h),
+                        format!("`{}` is not a Strict-Transport-Security value", h.get_ref()),
+                    )
+                    .help = Some(
+                        "write hsts = \"max-age=31536000\" (optionally \"; includeSubDomains\")"
+                            .into(),
+                    );
+                    None
+                }
+            });
+        let redirect_http = match &tf.redirect_http {
+            None => RedirectHttp::Off,
+            Some(list) if list.iter().any(|h| h.get_ref() == "*") => RedirectHttp::All,
+            Some(list) => RedirectHttp::Hosts(list.iter().filter_map(|h| self.host(h)).collect()),
+        };
+        if redirect_http != RedirectHttp::Off
+            && https.is_none()
+            && let Some(list) = &tf.redirect_http
+        {
+            self.err(
+                "SY011",
+                list.first().and_then(span),
+                "`redirect_http` needs an https listener",
+            );
+        }
+        Tls {
+            certificates,
+            default: tf
+                .default
+                .as_ref()
+                .map(|d| d.get_ref().to_ascii_lowercase()),
+            hsts,
+            redirect_http,
+            redirect_port: self.count(&tf.redirect_port, 443, 1, 65535) as u16,
+        }
     }
 
     fn server(&mut self, s: file::ServerFile) -> Server {
@@ -513,6 +601,7 @@ impl Validator<'_> {
             max_connections: self.count(&s.max_connections, 10_000, 1, 1_000_000),
             trusted_proxies: trusted,
             access_log,
+            upgrade_idle_timeout: self.duration(&s.upgrade_idle_timeout, Duration::from_secs(300)),
         }
     }
 
@@ -626,17 +715,49 @@ impl Validator<'_> {
                     }
                 }
             }
-            if let Some(p) = &s.protocol
-                && p.get_ref() != "http1"
-            {
-                self.err(
-                    "SY019",
-                    span(p),
-                    format!("protocol `{}` is not supported yet", p.get_ref()),
-                )
-                .help = Some(
-                    "use \"http1\" (h2c, h2 and https upstreams come with HTTP/2 support)".into(),
-                );
+            let protocol = match s.protocol.as_ref().map(|p| (p, p.get_ref().as_str())) {
+                None | Some((_, "http1")) => Protocol::Http1,
+                Some((_, "h2c")) => Protocol::H2c,
+                Some((_, "h2")) => Protocol::H2,
+                Some((_, "https")) => Protocol::Https,
+                Some((p, other)) => {
+                    let known = ["http1", "h2c", "h2", "https"];
+                    let help = did_you_mean(other, known)
+                        .unwrap_or_else(|| "use \"http1\", \"h2c\", \"h2\" or \"https\"".into());
+                    self.err("SY019", span(p), format!("unknown protocol `{other}`"))
+                        .help = Some(help);
+                    Protocol::Http1
+                }
+            };
+            let tls = UpstreamTls {
+                ca: s.ca.as_ref().map(|c| c.get_ref().into()),
+                client_cert: match (&s.client_cert, &s.client_key) {
+                    (Some(c), Some(k)) => Some((c.get_ref().into(), k.get_ref().into())),
+                    (Some(c), None) => {
+                        self.err("SY011", span(c), "`client_cert` needs `client_key`");
+                        None
+                    }
+                    (None, Some(k)) => {
+                        self.err("SY011", span(k), "`client_key` needs `client_cert`");
+                        None
+                    }
+                    (None, None) => None,
+                },
+                server_name: s.server_name.as_ref().map(|n| n.get_ref().clone()),
+                spans: [&s.ca, &s.client_cert, &s.client_key]
+                    .map(|v| SourceSpan(v.as_ref().and_then(span))),
+            };
+            if !protocol.is_tls() {
+                for v in [&s.ca, &s.client_cert, &s.client_key, &s.server_name]
+                    .into_iter()
+                    .flatten()
+                {
+                    self.err(
+                        "SY010",
+                        span(v),
+                        "TLS settings need protocol = \"h2\" or \"https\"",
+                    );
+                }
             }
             if let Some(lb) = &s.load_balancing
                 && lb.get_ref() != "round-robin"
@@ -656,6 +777,8 @@ impl Validator<'_> {
                 branch_endpoint,
                 name: name.get_ref().clone(),
                 endpoints,
+                protocol,
+                tls,
                 connect_timeout: self.duration(&s.connect_timeout, d.connect_timeout),
                 dns_refresh: self.duration(&s.dns_refresh, Duration::from_secs(5)),
                 outlier: self.outlier(s.outlier.as_ref()),

@@ -60,6 +60,14 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabels {
+    /// The certificate file, as configured.
+    certificate: String,
+    /// The certificate's first DNS name.
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HashLabels {
     hash: String,
 }
@@ -97,6 +105,7 @@ pub struct Metrics {
     endpoints: Family<ServiceLabels, Gauge<i64, AtomicI64>>,
     guard_tripped: Family<RouteLabels, Counter>,
     mirror: Family<MirrorLabels, Counter>,
+    cert_not_after: Family<CertLabels, Gauge<i64, AtomicI64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -207,10 +216,17 @@ impl Metrics {
             "Mirrored requests by route and result: match, mismatch, sent (not compared), dropped (no free slot), skipped (streamed body), failed (no shadow answer), incomplete (no complete primary answer)",
             mirror.clone(),
         );
+        let cert_not_after = Family::<CertLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "tls_certificate_not_after_seconds",
+            "Unix time at which a certificate in service expires, by certificate file",
+            cert_not_after.clone(),
+        );
         Metrics {
             guard_tripped,
             mirror,
             registry,
+            cert_not_after,
             requests,
             duration,
             upstream_duration,
@@ -356,6 +372,19 @@ impl Metrics {
             })
             .set(1);
         self.config_loaded.set(loaded_unix);
+    }
+
+    /// The certificates in service now: one series per certificate (old ones removed).
+    pub fn certificates(&self, certs: &[Arc<crate::tls::LoadedCert>]) {
+        self.cert_not_after.clear();
+        for c in certs {
+            self.cert_not_after
+                .get_or_create(&CertLabels {
+                    certificate: c.cert_path.display().to_string(),
+                    name: c.names.first().cloned().unwrap_or_default(),
+                })
+                .set(c.not_after);
+        }
     }
 
     pub fn endpoints(&self, service: &Arc<str>, n: usize) {

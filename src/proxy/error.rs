@@ -130,8 +130,40 @@ impl ProxyError {
         }
     }
 
-    /// The JSON answer: `{"error":"…","request_id":"…"}`.
-    pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
+    /// gRPC status code of the answer to a gRPC request (the codes of
+    /// `grpc/doc/statuscodes.md`; connection failures are UNAVAILABLE, which clients
+    /// may retry; timeouts DEADLINE_EXCEEDED).
+    pub fn grpc_status(self) -> u8 {
+        const INVALID_ARGUMENT: u8 = 3;
+        const DEADLINE_EXCEEDED: u8 = 4;
+        const RESOURCE_EXHAUSTED: u8 = 8;
+        const UNIMPLEMENTED: u8 = 12;
+        const INTERNAL: u8 = 13;
+        const UNAVAILABLE: u8 = 14;
+        match self {
+            ProxyError::NoRoute => UNIMPLEMENTED,
+            ProxyError::BadPath
+            | ProxyError::UriTooLong
+            | ProxyError::AmbiguousFraming
+            | ProxyError::BadRequestBody
+            | ProxyError::BadBranch => INVALID_ARGUMENT,
+            ProxyError::PayloadTooLarge | ProxyError::RateLimited { .. } => RESOURCE_EXHAUSTED,
+            ProxyError::BodyTimeout | ProxyError::UpstreamTimeout => DEADLINE_EXCEEDED,
+            ProxyError::NoBackend => INTERNAL,
+            ProxyError::Overloaded
+            | ProxyError::NoHealthyUpstream
+            | ProxyError::ConnectFailed
+            | ProxyError::BadUpstreamResponse => UNAVAILABLE,
+        }
+    }
+
+    /// The answer: JSON `{"error":"…","request_id":"…"}`, or for a gRPC request
+    /// (`grpc`) a Trailers-Only gRPC answer: HTTP 200 with `grpc-status` and
+    /// `grpc-message` (the same stable code), as gRPC clients read only those.
+    pub fn into_response(self, request_id: &HeaderValue, grpc: bool) -> Response<ResponseBody> {
+        if grpc {
+            return self.into_grpc_response();
+        }
         let id = request_id.to_str().unwrap_or("");
         // The id was validated or generated: only [A-Za-z0-9._:-], nothing to escape.
         let body = format!(
@@ -171,6 +203,25 @@ impl ProxyError {
         }
         resp
     }
+
+    fn into_grpc_response(self) -> Response<ResponseBody> {
+        let mut resp = Response::new(ResponseBody::empty());
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(self.grpc_status())),
+        );
+        // The code is plain ASCII: nothing to percent-encode.
+        h.insert("grpc-message", HeaderValue::from_static(self.code()));
+        if let ProxyError::RateLimited { retry_after, .. } = self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        resp
+    }
 }
 
 #[cfg(test)]
@@ -200,8 +251,15 @@ mod tests {
             ProxyError::BadUpstreamResponse,
         ];
         for e in all {
-            let resp = e.into_response(&HeaderValue::from_static("abc"));
+            let resp = e.into_response(&HeaderValue::from_static("abc"), false);
             assert_eq!(resp.status(), e.status());
+            let g = e.into_response(&HeaderValue::from_static("abc"), true);
+            assert_eq!(g.status(), StatusCode::OK);
+            assert_eq!(
+                g.headers()["grpc-status"],
+                e.grpc_status().to_string().as_str()
+            );
+            assert_eq!(g.headers()["grpc-message"], e.code());
             assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
             assert_eq!(
                 e.status().is_client_error(),

@@ -3,10 +3,12 @@
 //! ```text
 //! serve                     load the snapshot once; request id; access-log record
 //!  └ pipeline
+//!     ├ upgrade::requested  an HTTP/1.1 Upgrade (WebSocket) request? (not h2c)
 //!     ├ TraceContext        continue or start the W3C trace (traceparent)
 //!     ├ check_framing       refuse ambiguous Content-Length/Transfer-Encoding
 //!     ├ (limits)            request target length (414)
 //!     ├ normalize_*         canonical path and host (http::normalize)
+//!     ├ https_redirect      plain listener, host in [tls] redirect_http: 301/308
 //!     ├ Router::find        host -> path -> predicates, or 404; redirect routes answer here
 //!     ├ rate_limit          the route's token bucket for this key, or 429
 //!     ├ split               weighted backend (500 when every weight is 0); routes with
@@ -22,16 +24,21 @@
 //!     │                     (a branch that refuses the connection: main answers)
 //!     ├ guard_feedback      the canary guard counts this answer
 //!     ├ downstream_response hop-by-hop cleanup, response filter, RateLimit-* headers
+//!     ├ upgrade::accept     on 101 to an upgrade request: tunnel both connections
 //!     └ policy_response_headers  x-switchyard-service / x-switchyard-served-by
+//! (errors)                  ProxyError -> JSON, or gRPC status for gRPC requests
+//! (https)                   Strict-Transport-Security when [tls] hsts is set
 //! finish                    metrics; x-request-id; the log record rides on the body
 //! ```
 //!
-//! Every failure is a [`ProxyError`], turned into the JSON answer in one place
-//! ([`ProxyError::into_response`]).
+//! Every failure is a [`ProxyError`], turned into the JSON (or gRPC) answer in one
+//! place ([`ProxyError::into_response`]). Bodies stream both ways frame by frame, so
+//! HTTP/2 trailers (gRPC's `grpc-status`) pass through untouched.
 
 pub mod body;
 pub mod error;
 mod mirror;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,7 +46,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Instant, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 use tokio::sync::OwnedSemaphorePermit;
@@ -166,10 +173,17 @@ pub async fn serve(
         branch_hit: false,
         branch_fallback: false,
     };
+    let grpc = is_grpc(req.headers());
     let (mut resp, error) = match pipeline(gw, &snapshot, conn, &mut ctx, req).await {
         Ok(resp) => (resp, None),
-        Err(e) => (e.into_response(&ctx.request_id), Some(e.code())),
+        Err(e) => (e.into_response(&ctx.request_id, grpc), Some(e.code())),
     };
+    if conn.proto == "https"
+        && let Some(hsts) = &snapshot.config.tls.hsts
+    {
+        resp.headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     finish(gw, &mut resp, ctx, &method, error, started);
     resp
 }
@@ -182,6 +196,7 @@ async fn pipeline(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
+    let upgrade = upgrade::requested(&parts);
     let trace = TraceContext::from_headers(&mut parts.headers, snap.config.tracing.sample_ratio);
     if let Some(r) = &mut ctx.record {
         r.trace_id = trace.trace_id;
@@ -221,6 +236,9 @@ async fn pipeline(
         query: parts.uri.query(),
         headers: &parts.headers,
     };
+    if conn.proto == "http" && snap.config.tls.redirect_http.covers(host.as_deref()) {
+        return https_redirect(snap, &parts.method, &parts.uri, raw_host);
+    }
     let (route_id, route) = snap.router.find(&info).ok_or(ProxyError::NoRoute)?;
     ctx.route = Some(snap.route_names[route_id].clone());
     let fwd = match &route.action {
@@ -252,7 +270,27 @@ async fn pipeline(
     let permit = concurrency_slot(snap, fwd, upstream).await?;
     let path_and_query = upstream_path_and_query(route, &path, &parts.uri)?;
     route.request_headers.apply(&mut parts.headers);
+    let te_trailers = upstream.protocol.is_h2() && wants_trailers(&parts.headers);
     upstream_request_headers(snap, conn, &mut parts.headers, raw_host, &ctx.request_id);
+    if te_trailers {
+        // The one TE value HTTP/2 allows; gRPC servers may insist on it.
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    let upgrade = match upgrade {
+        Some(u) if upstream.protocol.is_h2() => {
+            // No HTTP/1.1 Upgrade towards an HTTP/2 upstream: the request goes as a
+            // plain request, and no tunnel is made whatever the answer.
+            drop(u);
+            None
+        }
+        Some(u) => {
+            u.restore_headers(&mut parts.headers);
+            Some(u.take_pending(&mut parts.extensions))
+        }
+        None => None,
+    };
     parts
         .headers
         .insert(TRACEPARENT.clone(), trace.header_value());
@@ -269,6 +307,9 @@ async fn pipeline(
         .policy
         .as_ref()
         .and_then(|p| p.mirror.as_ref())
+        // A WebSocket (or other upgrade) request is never copied: the shadow cannot
+        // take part in the tunnel.
+        .filter(|_| upgrade.is_none())
         .and_then(|m| {
             let timeout = fwd.timeout.unwrap_or(snap.config.defaults.request_timeout);
             mirror::start(gw, snap, route_id, m, timeout, &head, &body)
@@ -299,7 +340,11 @@ async fn pipeline(
         _ => forward(snap, fwd, upstream, ctx, head, body).await,
     };
     guard_feedback(gw, snap, route_id, fwd, ctx, &resp);
-    let resp = resp?;
+    let mut resp = resp?;
+    let tunnel = match upgrade {
+        Some(pending) => upgrade::accept(pending, &mut resp, server.upgrade_idle_timeout),
+        None => None,
+    };
     let tee = primary_copy.map(|c| body::Tee {
         collector: policy::mirror::Collector::new(c.mirror.max_compare_body),
         status: resp.status().as_u16(),
@@ -307,6 +352,9 @@ async fn pipeline(
         tx: c.tx,
     });
     let mut resp = downstream_response(resp, route, rate, permit);
+    if let Some(value) = tunnel {
+        upgrade::response_headers(resp.headers_mut(), value);
+    }
     if let Some(t) = tee {
         resp.body_mut().set_tee(t);
     }
@@ -569,6 +617,24 @@ async fn buffer(body: UpstreamBody) -> Result<UpstreamBody, ProxyError> {
     }
 }
 
+/// A gRPC request (`content-type: application/grpc` or `application/grpc+proto`, …):
+/// the gateway's own errors are answered as gRPC status.
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Did the client say it accepts trailers (`TE: trailers`)?
+fn wants_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    })
+}
+
 /// `Content-Length`, when the client declared one.
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
@@ -658,6 +724,32 @@ fn redirect(
     let value = HeaderValue::from_str(&location).map_err(|_| ProxyError::BadPath)?;
     let mut resp = Response::new(ResponseBody::empty());
     *resp.status_mut() = http::StatusCode::from_u16(rd.status).map_err(|_| ProxyError::BadPath)?;
+    resp.headers_mut().insert(header::LOCATION, value);
+    Ok(resp)
+}
+
+/// Phase (plain listener, `[tls] redirect_http`): send the client to the same URL on
+/// the HTTPS listener. 301 for GET and HEAD, 308 (method and body kept) otherwise.
+fn https_redirect(
+    snap: &Snapshot,
+    method: &http::Method,
+    uri: &Uri,
+    raw_host: Option<&str>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let (host, _) = split_host_port(raw_host.ok_or(ProxyError::BadPath)?);
+    let port = snap.config.tls.redirect_port;
+    let mut location = format!("https://{host}");
+    if port != 443 {
+        location.push_str(&format!(":{port}"));
+    }
+    location.push_str(uri.path_and_query().map_or("/", |pq| pq.as_str()));
+    let value = HeaderValue::from_str(&location).map_err(|_| ProxyError::BadPath)?;
+    let mut resp = Response::new(ResponseBody::empty());
+    *resp.status_mut() = if matches!(*method, http::Method::GET | http::Method::HEAD) {
+        http::StatusCode::MOVED_PERMANENTLY
+    } else {
+        http::StatusCode::PERMANENT_REDIRECT
+    };
     resp.headers_mut().insert(header::LOCATION, value);
     Ok(resp)
 }
@@ -795,7 +887,7 @@ async fn forward(
                 (id, SystemTime::now())
             });
             let uri = Uri::builder()
-                .scheme(Scheme::HTTP)
+                .scheme(upstream.scheme.clone())
                 .authority(target.authority.clone())
                 .path_and_query(h.path_and_query)
                 .build()

@@ -14,21 +14,45 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
-use hyper_util::client::legacy::Client;
+use http::uri::Scheme;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::model::{Defaults, Endpoint, Service};
+use crate::config::model::{Defaults, Endpoint, Protocol, Service};
 use crate::proxy::body::UpstreamBody;
 use crate::resilience::concurrency::Concurrency;
 use crate::resilience::retry::RetryBudget;
 use health::{EndpointState, OutlierDetector};
 
-/// The pooled client type used for every upstream.
+/// The pooled client of a plain-TCP service (`http1`, `h2c`).
 pub type HttpClient = Client<HttpConnector, UpstreamBody>;
+/// The pooled client of a TLS service (`https`, `h2`).
+pub type HttpsClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+
+/// A service's pooled client. An enum rather than a boxed service: the plain client
+/// costs no more than before TLS existed. With `h2c` and `h2` the pool holds one
+/// shared HTTP/2 connection per endpoint that carries every request.
+#[derive(Debug, Clone)]
+pub enum UpstreamClient {
+    Plain(HttpClient),
+    Tls(HttpsClient),
+}
+
+impl UpstreamClient {
+    /// Send one request.
+    pub fn request(&self, req: http::Request<UpstreamBody>) -> ResponseFuture {
+        match self {
+            UpstreamClient::Plain(c) => c.request(req),
+            UpstreamClient::Tls(c) => c.request(req),
+        }
+    }
+}
 
 pub mod dns;
 pub mod health;
+pub mod tls;
 
 use dns::Dns;
 
@@ -48,7 +72,11 @@ pub struct Upstream {
     pub name: Arc<str>,
     targets: ArcSwap<Vec<Target>>,
     next: AtomicUsize,
-    pub client: HttpClient,
+    pub client: UpstreamClient,
+    /// `http` or `https`, for the request URI.
+    pub scheme: Scheme,
+    /// The wire protocol (an upgrade needs HTTP/1.1).
+    pub protocol: Protocol,
     /// `max_in_flight` / `max_pending`, when the service has them.
     pub concurrency: Option<Concurrency>,
     /// How many retries this service may still get.
@@ -282,12 +310,25 @@ impl Registry {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(service.connect_timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(defaults.pool_idle_timeout)
             .pool_max_idle_per_host(defaults.pool_max_idle)
             .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+            .timer(TokioTimer::new());
+        if matches!(service.protocol, Protocol::H2c | Protocol::H2) {
+            builder
+                .http2_only(true)
+                .http2_keep_alive_interval(Some(Duration::from_secs(20)))
+                .http2_keep_alive_while_idle(true);
+        }
+        let client = match service.protocol {
+            Protocol::Http1 | Protocol::H2c => UpstreamClient::Plain(builder.build(connector)),
+            Protocol::Https | Protocol::H2 => {
+                connector.enforce_http(false);
+                UpstreamClient::Tls(builder.build(tls::connector(service, connector)))
+            }
+        };
         let epoch = Instant::now();
         let resolved = resolve(dns, &service.endpoints, epoch).await;
         if !resolved.failed.is_empty() {
@@ -299,6 +340,12 @@ impl Registry {
             targets: ArcSwap::from_pointee(targets),
             next: AtomicUsize::new(0),
             client,
+            scheme: if service.protocol.is_tls() {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            },
+            protocol: service.protocol,
             concurrency: service
                 .concurrency
                 .map(|(max, pending)| Concurrency::new(max, pending)),

@@ -38,6 +38,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// The admin API's address, when the config enables it.
     pub admin: Option<SocketAddr>,
+    /// The HTTPS listener's address, when the config has one.
+    pub https: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     logs: mpsc::Receiver<Value>,
@@ -118,6 +120,7 @@ impl Gateway {
             child,
             addr: "0.0.0.0:0".parse().unwrap(),
             admin: None,
+            https: None,
             dir,
             config,
             logs,
@@ -132,6 +135,9 @@ impl Gateway {
             .parse()
             .expect("socket addr");
         gw.admin = listening["fields"]["admin"]
+            .as_str()
+            .and_then(|a| a.parse().ok());
+        gw.https = listening["fields"]["https"]
             .as_str()
             .and_then(|a| a.parse().ok());
         gw
@@ -180,6 +186,19 @@ impl Gateway {
             .status()
             .expect("kill");
         assert!(status.success());
+    }
+
+    /// CPU time (user + system) the gateway process has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("proc stat");
+        // Fields after the command name (which may hold spaces) start after ") ".
+        let rest = &stat[stat.rfind(") ").expect("stat format") + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        let hz = 100; // USER_HZ on Linux
+        Duration::from_millis(ticks * 1000 / hz)
     }
 
     /// Peak resident set size of the gateway process in KiB (VmHWM).

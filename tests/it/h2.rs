@@ -1,0 +1,316 @@
+//! HTTP/2 towards upstreams (h2c, h2 over TLS, HTTP/1.1 over TLS, mTLS) and the
+//! downstream rapid-reset guard (CVE-2023-44487).
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+
+use crate::support::*;
+use crate::tls::{TestCert, make_cert, write_cert};
+
+/// An upstream that answers with the HTTP version it saw; plain (HTTP/1.1 and h2c by
+/// preface) or TLS with the given server config.
+struct VersionUpstream {
+    addr: std::net::SocketAddr,
+    conns: Arc<AtomicUsize>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+async fn version_upstream(tls: Option<Arc<rustls::ServerConfig>>) -> VersionUpstream {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let conns2 = conns.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let tls = tls.clone();
+            let conns = conns2.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    Ok::<_, Infallible>(text(format!("{:?}", req.version())))
+                });
+                let builder = auto::Builder::new(TokioExecutor::new());
+                match tls {
+                    None => {
+                        conns.fetch_add(1, Ordering::SeqCst);
+                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                    Some(cfg) => {
+                        let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await
+                        else {
+                            return;
+                        };
+                        conns.fetch_add(1, Ordering::SeqCst);
+                        let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                    }
+                }
+            });
+        }
+    });
+    VersionUpstream {
+        addr,
+        conns,
+        _task: task,
+    }
+}
+
+fn server_config(cert: &TestCert, client_ca: Option<&TestCert>) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = vec![rustls::pki_types::CertificateDer::from(cert.der.clone())];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+    let b = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let b = match client_ca {
+        None => b.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.der.clone().into()).unwrap();
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            b.with_client_cert_verifier(v)
+        }
+    };
+    let mut cfg = b.with_single_cert(chain, key).unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+fn service_config(dir: &Path, addr: std::net::SocketAddr, service: &str) -> std::path::PathBuf {
+    let toml = config(&format!(
+        "[services.up]\nendpoints = [\"{addr}\"]\n{service}\n\n\
+         [[routes]]\nname = \"r\"\npath = \"/\"\nservice = \"up\"\n"
+    ));
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_upstream_requests_share_one_connection() {
+    let up = version_upstream(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_at(&service_config(dir.path(), up.addr, "protocol = \"h2c\""));
+    let c = client();
+    let a = get(&c, &gw.url("/first")).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(&a.body[..], b"HTTP/2.0");
+    let mut all = Vec::new();
+    for i in 0..50 {
+        let c = c.clone();
+        let url = gw.url(&format!("/{i}"));
+        all.push(tokio::spawn(async move { get(&c, &url).await }));
+    }
+    for t in all {
+        let a = t.await.unwrap();
+        assert_eq!(a.status, 200);
+        assert_eq!(&a.body[..], b"HTTP/2.0");
+    }
+    assert_eq!(
+        up.conns.load(Ordering::SeqCst),
+        1,
+        "51 requests over one shared HTTP/2 connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_and_https_upstreams_verify_against_the_configured_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(&["up.test"]);
+    write_cert(dir.path(), "up", &cert);
+    let up = version_upstream(Some(server_config(&cert, None))).await;
+    for (protocol, version) in [("h2", "HTTP/2.0"), ("https", "HTTP/1.1")] {
+        let gw = Gateway::start_at(&service_config(
+            dir.path(),
+            up.addr,
+            &format!("protocol = \"{protocol}\"\nca = \"up.crt\"\nserver_name = \"up.test\""),
+        ));
+        let a = get(&client(), &gw.url("/")).await;
+        assert_eq!(a.status, 200, "{protocol}: {a:?}");
+        assert_eq!(&a.body[..], version.as_bytes(), "{protocol}");
+    }
+    // The wrong name, or no CA (the system roots do not know this certificate): the
+    // handshake fails and the client gets 502.
+    for extra in ["ca = \"up.crt\"\nserver_name = \"other.test\"", ""] {
+        let gw = Gateway::start_at(&service_config(
+            dir.path(),
+            up.addr,
+            &format!("protocol = \"h2\"\n{extra}"),
+        ));
+        let a = get(&client(), &gw.url("/")).await;
+        assert_eq!(a.status, 502, "{extra}: {a:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_upstream_gets_the_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = make_cert(&["up.test"]);
+    let client_cert = make_cert(&["gateway.test"]);
+    write_cert(dir.path(), "up", &server);
+    write_cert(dir.path(), "client", &client_cert);
+    let up = version_upstream(Some(server_config(&server, Some(&client_cert)))).await;
+    let base = "protocol = \"https\"\nca = \"up.crt\"\nserver_name = \"up.test\"";
+    let gw = Gateway::start_at(&service_config(
+        dir.path(),
+        up.addr,
+        &format!("{base}\nclient_cert = \"client.crt\"\nclient_key = \"client.key\""),
+    ));
+    let a = get(&client(), &gw.url("/")).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let gw = Gateway::start_at(&service_config(dir.path(), up.addr, base));
+    let a = get(&client(), &gw.url("/")).await;
+    assert_eq!(a.status, 502, "no client certificate, no service: {a:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_of_ten_thousand_streams_stays_within_cpu_and_memory_bounds() {
+    let up = Upstream::start(|_req| async { text("ok") }).await;
+    let gw = Gateway::start(&config(&format!(
+        "[services.s]\nendpoints = [{}]\n[[routes]]\nname = \"r\"\npath = \"/\"\nservice = \"s\"\n",
+        up.endpoint()
+    )));
+    let cpu_before = gw.cpu_time();
+    let rss_before = gw.peak_rss_kib();
+    let started = Instant::now();
+    let mut reset = 0usize;
+    let mut connections = 0usize;
+    let mut goaways = 0usize;
+    // An attacker opens streams and cancels each at once, reconnecting whenever the
+    // gateway closes the connection.
+    while reset < 10_000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "attack too slow"
+        );
+        let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let Ok((mut send, conn)) = h2::client::handshake(tcp).await else {
+            continue;
+        };
+        connections += 1;
+        let driver = tokio::spawn(conn);
+        loop {
+            if reset >= 10_000 {
+                break;
+            }
+            let req = http::Request::get(format!("http://{}/", gw.addr))
+                .body(())
+                .unwrap();
+            let ready = std::future::poll_fn(|cx| send.poll_ready(cx));
+            if !matches!(tokio::time::timeout(SOON, ready).await, Ok(Ok(()))) {
+                break;
+            }
+            match send.send_request(req, true) {
+                Ok((_resp, mut stream)) => {
+                    stream.send_reset(h2::Reason::CANCEL);
+                    reset += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        drop(send);
+        if let Ok(Err(e)) = tokio::time::timeout(SOON, driver).await.map(|r| r.unwrap())
+            && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+        {
+            goaways += 1;
+        }
+    }
+    let cpu = gw.cpu_time().saturating_sub(cpu_before);
+    let rss = gw.peak_rss_kib();
+    println!(
+        "rapid reset: {reset} streams over {connections} connections ({goaways} GOAWAY \
+         ENHANCE_YOUR_CALM) in {:?}; gateway CPU {cpu:?}, peak RSS {rss_before} -> {rss} KiB",
+        started.elapsed()
+    );
+    assert!(cpu < Duration::from_secs(20), "gateway CPU time {cpu:?}");
+    assert!(rss < 256 * 1024, "peak RSS {rss} KiB");
+    // Still serving.
+    let a = get(&client(), &gw.url("/after")).await;
+    assert_eq!(a.status, 200);
+}
+
+/// One HTTP/2 frame: 9-byte header and payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuation_flood_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start(|_req| async { text("ok") }).await;
+    let gw = Gateway::start(&config(&format!(
+        "[services.s]\nendpoints = [{}]\n[[routes]]\nname = \"r\"\npath = \"/\"\nservice = \"s\"\n",
+        up.endpoint()
+    )));
+    let rss_before = gw.peak_rss_kib();
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    // Read until the gateway closes the connection; note whether a GOAWAY came.
+    let reader = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(SOON, rd.read_to_end(&mut buf)).await;
+        buf
+    });
+    let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    start.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    // HEADERS without END_HEADERS: `:method GET` (indexed 2), then the block goes on in
+    // CONTINUATION frames full of literal headers, never ending.
+    start.extend(frame(0x1, 0x1, 1, &[0x82]));
+    wr.write_all(&start).await.unwrap();
+    let mut literal = vec![0x00, 3, b'x', b'-', b'a', 100];
+    literal.extend([b'v'; 100]);
+    let payload: Vec<u8> = literal.iter().copied().cycle().take(16_000).collect();
+    let cont = frame(0x9, 0, 1, &payload);
+    let mut sent = 0usize;
+    let limit = 64 << 20; // 64 MiB of header block, far over any header limit
+    while sent < limit {
+        match tokio::time::timeout(SOON, wr.write_all(&cont)).await {
+            Ok(Ok(())) => sent += cont.len(),
+            _ => break,
+        }
+    }
+    let got = reader.await.unwrap();
+    let rss = gw.peak_rss_kib();
+    println!(
+        "CONTINUATION flood: {} KiB sent before the gateway stopped reading; {} bytes back; \
+         peak RSS {rss_before} -> {rss} KiB",
+        sent / 1024,
+        got.len()
+    );
+    assert!(
+        sent < limit,
+        "the gateway read the whole endless header block"
+    );
+    let mut kinds = Vec::new();
+    let mut at = 0;
+    while at + 9 <= got.len() {
+        let len = (usize::from(got[at]) << 16)
+            | (usize::from(got[at + 1]) << 8)
+            | usize::from(got[at + 2]);
+        kinds.push(got[at + 3]);
+        at += 9 + len;
+    }
+    assert!(kinds.contains(&0x7), "no GOAWAY, frames: {kinds:?}");
+    assert!(rss < rss_before + 64 * 1024, "peak RSS {rss} KiB");
+    // Still serving.
+    let a = get(&client(), &gw.url("/after")).await;
+    assert_eq!(a.status, 200);
+}
