@@ -203,7 +203,7 @@ fn check(file: &Path, strict: bool, format: Format) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (findings, summary) = match config::parse(&src) {
+    let (findings, summary) = match config::parse_in(&src, file.parent()) {
         Ok(loaded) => (
             loaded.warnings,
             Some((loaded.config.routes.len(), loaded.config.services.len())),

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::auth::{self, Auth};
 use crate::config::{Config, Loaded};
 use crate::resilience::rate_limit::{self, RouteLimiter};
 use crate::router::Router;
@@ -18,6 +19,8 @@ use crate::upstream::{self, Upstream};
 pub struct Registry {
     pub upstreams: upstream::Registry,
     pub limiters: rate_limit::Registry,
+    /// JWKS caches of URL key sources.
+    pub auth: auth::Registry,
 }
 
 /// One loaded configuration, ready to serve.
@@ -31,6 +34,8 @@ pub struct Snapshot {
     pub route_names: Vec<Arc<str>>,
     /// Per route (same index as `config.routes`), its rate limiter.
     pub limiters: Vec<Option<Arc<RouteLimiter>>>,
+    /// Auth policies with their keys, the identity headers to strip, the minter.
+    pub auth: Auth,
     /// Hash of the source text.
     pub hash: String,
     pub loaded_at: SystemTime,
@@ -52,6 +57,7 @@ impl Snapshot {
                 Some(registry.limiters.get(&r.name, spec))
             })
             .collect();
+        let auth = Auth::build(&config, &registry.auth).await;
         let router = Router::new(&config);
         let route_names = config
             .routes
@@ -63,6 +69,7 @@ impl Snapshot {
             upstreams,
             route_names,
             limiters,
+            auth,
             hash: loaded.hash,
             loaded_at: SystemTime::now(),
             config,

@@ -47,24 +47,43 @@ impl std::error::Error for LoadError {}
 
 /// Parse configuration text.
 pub fn parse(src: &str) -> Result<Loaded, ConfigErrors> {
-    let (config, warnings) = validate::parse(src)?;
+    parse_in(src, None)
+}
+
+/// Parse configuration text whose relative file names (keys) are relative to `base`.
+pub fn parse_in(src: &str, base: Option<&Path>) -> Result<Loaded, ConfigErrors> {
+    let (config, warnings, files) = validate::parse_in(src, base)?;
+    // A changed key file changes the hash, so a reload picks it up.
+    let hash = if files.is_empty() {
+        source_hash(src)
+    } else {
+        let mut all = src.as_bytes().to_vec();
+        for f in &files {
+            all.extend_from_slice(f);
+        }
+        source_hash_bytes(&all)
+    };
     Ok(Loaded {
         config,
         warnings,
-        hash: source_hash(src),
+        hash,
     })
 }
 
-/// Read and parse a file.
+/// Read and parse a file; files it names are read relative to its directory.
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     let src = std::fs::read_to_string(path).map_err(LoadError::Io)?;
-    parse(&src).map_err(|errors| LoadError::Invalid { src, errors })
+    parse_in(&src, path.parent()).map_err(|errors| LoadError::Invalid { src, errors })
 }
 
 /// FNV-1a 64 of the text, as 16 hex digits.
 pub fn source_hash(src: &str) -> String {
+    source_hash_bytes(src.as_bytes())
+}
+
+fn source_hash_bytes(src: &[u8]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in src.bytes() {
+    for &b in src {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }

@@ -18,8 +18,21 @@ use super::file::{self, FileConfig, SStr};
 use super::model::*;
 use crate::http::normalize::normalize_path;
 
-/// Parse and validate. `Ok` carries the config and any warnings.
+mod auth;
+
+/// Parse and validate. `Ok` carries the config and any warnings. Files the config
+/// names (keys) are read relative to the working directory.
 pub fn parse(src: &str) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
+    parse_in(src, None).map(|(c, w, _)| (c, w))
+}
+
+/// Parse and validate, reading the files the config names (JWKS, secrets, signing
+/// keys) relative to `base`. `Ok` also carries the contents of those files, so that a
+/// change in a key file counts as a change of the configuration.
+pub fn parse_in(
+    src: &str,
+    base: Option<&std::path::Path>,
+) -> Result<(Config, Vec<ConfigError>, Vec<Vec<u8>>), ConfigErrors> {
     let file: FileConfig = match toml::from_str(src) {
         Ok(f) => f,
         Err(e) => {
@@ -35,6 +48,8 @@ pub fn parse(src: &str) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
         src,
         line_starts,
         errors: Vec::new(),
+        base,
+        files: Vec::new(),
     };
     let config = v.config(file);
     v.errors
@@ -45,7 +60,7 @@ pub fn parse(src: &str) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
     {
         Err(ConfigErrors { items: v.errors })
     } else {
-        Ok((config, v.errors))
+        Ok((config, v.errors, v.files))
     }
 }
 
@@ -137,6 +152,10 @@ struct Validator<'s> {
     /// produce thousands of messages).
     line_starts: Vec<usize>,
     errors: Vec<ConfigError>,
+    /// Directory that relative file names are read from; `None`: the working directory.
+    base: Option<&'s std::path::Path>,
+    /// Contents of every file read, for the config hash.
+    files: Vec<Vec<u8>>,
 }
 
 impl Validator<'_> {
@@ -215,6 +234,7 @@ impl Validator<'_> {
         let burst = self.count(&r.burst, per_second as usize, 1, 10_000_000) as u32;
         let key = match r.key.as_ref().map(|k| (k, k.get_ref().as_str())) {
             None | Some((_, "client_ip")) => RateLimitKey::ClientIp,
+            Some((_, "jwt:sub")) => RateLimitKey::JwtSub,
             Some((k, text)) => match text
                 .strip_prefix("header:")
                 .map(|h| HeaderName::from_bytes(h.as_bytes()))
@@ -222,7 +242,7 @@ impl Validator<'_> {
                 Some(Ok(h)) => RateLimitKey::Header(h),
                 _ => {
                     self.err("SY019", span(k), format!("unknown rate-limit key `{text}`"))
-                        .help = Some("use \"client_ip\" or \"header:NAME\"".into());
+                        .help = Some("use \"client_ip\", \"jwt:sub\" or \"header:NAME\"".into());
                     return None;
                 }
             },
@@ -286,7 +306,14 @@ impl Validator<'_> {
             .enumerate()
             .map(|(i, s)| (s.name.as_str(), i))
             .collect();
-        let routes = self.routes(&f.routes, &names);
+        let auth = self.auth_policies(&f.auth);
+        let auth_names: HashMap<&str, usize> = auth
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.as_str(), i))
+            .collect();
+        let identity = f.identity.as_ref().and_then(|i| self.identity(i));
+        let routes = self.routes(&f.routes, &names, &auth_names);
         self.unreachable_routes(&routes);
         self.lint(&routes, &defaults);
         for s in &services {
@@ -315,6 +342,8 @@ impl Validator<'_> {
             defaults,
             services,
             routes,
+            auth,
+            identity,
         }
     }
 
@@ -583,6 +612,7 @@ impl Validator<'_> {
         &mut self,
         routes: &[Spanned<file::RouteFile>],
         services: &HashMap<&str, usize>,
+        auth_names: &HashMap<&str, usize>,
     ) -> Vec<Route> {
         let mut out = Vec::with_capacity(routes.len());
         let mut seen: HashMap<&str, &SStr> = HashMap::new();
@@ -632,8 +662,10 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|f| self.header_filter(f, Direction::Response))
                 .unwrap_or_default();
+            let auth = r.auth.as_ref().and_then(|a| self.auth_ref(a, auth_names));
             if let (Some(path), Some(action)) = (path, action) {
                 out.push(Route {
+                    auth,
                     name: name.clone(),
                     host,
                     path,
@@ -684,6 +716,7 @@ impl Validator<'_> {
                 ("rewrite", r.rewrite.as_ref().map(|s| s.span())),
                 ("strip_prefix", r.strip_prefix.as_ref().map(|s| s.span())),
                 ("timeout", r.timeout.as_ref().map(|s| s.span())),
+                ("auth", r.auth.as_ref().map(|s| s.span())),
                 (
                     "request_headers",
                     r.request_headers.as_ref().map(|s| s.span()),
