@@ -60,9 +60,13 @@ impl Minter {
     /// A signed token for `service`, as the header value to send; `None` only if
     /// signing fails (it does not with a key that validation accepted).
     pub fn mint(&self, user: &Map<String, Value>, service: &str) -> Option<HeaderValue> {
-        let token = encode(&self.header, &self.claims(user, service), &self.identity.key)
-            .map_err(|e| tracing::error!(error = %e, "minting the identity token failed"))
-            .ok()?;
+        let token = encode(
+            &self.header,
+            &self.claims(user, service),
+            &self.identity.key,
+        )
+        .map_err(|e| tracing::error!(error = %e, "minting the identity token failed"))
+        .ok()?;
         let value = if self.bearer {
             format!("Bearer {token}")
         } else {

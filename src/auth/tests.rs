@@ -7,14 +7,20 @@ fn bearer_token_then_cookie() {
     h.insert(header::COOKIE, HeaderValue::from_static("a=b; tok=xyz"));
     assert!(matches!(find_token(&h, Some("tok")), Found::Token("xyz")));
     assert!(matches!(find_token(&h, None), Found::None));
-    h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer abc"));
+    h.insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_static("bearer abc"),
+    );
     assert!(matches!(find_token(&h, Some("tok")), Found::Token("abc")));
     h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
     assert!(matches!(find_token(&h, None), Found::Bad));
     h.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
     assert!(matches!(find_token(&h, None), Found::Bad));
     let mut basic = HeaderMap::new();
-    basic.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic dTpw"));
+    basic.insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_static("Basic dTpw"),
+    );
     assert!(matches!(find_token(&basic, None), Found::None));
 }
 
@@ -23,7 +29,11 @@ fn scope_is_a_space_separated_list() {
     let v = Value::from("orders:read orders:write");
     assert!(has_value(&v, "orders:write", true));
     assert!(!has_value(&v, "orders:write", false));
-    assert!(!has_value(&Value::from("orders:writer"), "orders:write", true));
+    assert!(!has_value(
+        &Value::from("orders:writer"),
+        "orders:write",
+        true
+    ));
     assert!(has_value(&serde_json::json!(["a", "b"]), "b", false));
     assert!(has_value(&Value::from(true), "true", false));
 }

@@ -211,7 +211,13 @@ async fn pipeline(
     if let Some(h) = &fwd.host {
         parts.headers.insert(header::HOST, h.clone());
     }
-    identity_headers(snap, route, upstream, ctx.claims.as_deref(), &mut parts.headers);
+    identity_headers(
+        snap,
+        route,
+        upstream,
+        ctx.claims.as_deref(),
+        &mut parts.headers,
+    );
     let body = upstream_body(snap, fwd, ctx, &parts.headers, body).await?;
     let head = UpstreamHead {
         method: parts.method,

@@ -46,7 +46,9 @@ impl Validator<'_> {
         let ps = p.span();
         let p = p.get_ref();
         let algorithms = self.algorithms(&p.algorithms)?;
-        let hmac = algorithms.iter().any(|a| a.family() == AlgorithmFamily::Hmac);
+        let hmac = algorithms
+            .iter()
+            .any(|a| a.family() == AlgorithmFamily::Hmac);
         let keys = match (&p.jwks, &p.secret_file) {
             (Some(_), Some(s)) => {
                 self.err(
@@ -215,7 +217,10 @@ impl Validator<'_> {
                 }
             }
         }
-        let hmac = out.iter().filter(|a| a.family() == AlgorithmFamily::Hmac).count();
+        let hmac = out
+            .iter()
+            .filter(|a| a.family() == AlgorithmFamily::Hmac)
+            .count();
         if hmac > 0 && hmac < out.len() {
             self.err(
                 "SY022",
@@ -268,12 +273,8 @@ impl Validator<'_> {
         let url = match text.parse::<http::Uri>() {
             Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => u,
             _ => {
-                self.err(
-                    "SY022",
-                    span(j),
-                    format!("`{text}` is not a JWKS source"),
-                )
-                .help = Some("write \"file:PATH\" or \"http://HOST/PATH\"".into());
+                self.err("SY022", span(j), format!("`{text}` is not a JWKS source"))
+                    .help = Some("write \"file:PATH\" or \"http://HOST/PATH\"".into());
                 return None;
             }
         };
@@ -298,9 +299,7 @@ impl Validator<'_> {
             return None;
         };
         let reserved = gateway_owned_header(&text, true).or(match text.as_str() {
-            "host" | "cookie" | "authorization" => {
-                Some("it carries the client's own request data")
-            }
+            "host" | "cookie" | "authorization" => Some("it carries the client's own request data"),
             _ => None,
         });
         if let Some(why) = reserved {
@@ -330,7 +329,7 @@ impl Validator<'_> {
                 self.err(
                     "SY023",
                     span(path),
-                    format!("cannot read `{}`: {e}", full.display()),
+                    format!("cannot read `{}`: {e}", path.get_ref()),
                 );
                 None
             }
@@ -441,7 +440,12 @@ impl Validator<'_> {
     }
 
     /// A private key file for `alg`, and its public JWK with `kid`.
-    fn signing_key(&mut self, path: &SStr, alg: Algorithm, kid: &SStr) -> Option<(EncodingKey, Jwk)> {
+    fn signing_key(
+        &mut self,
+        path: &SStr,
+        alg: Algorithm,
+        kid: &SStr,
+    ) -> Option<(EncodingKey, Jwk)> {
         if kid.get_ref().is_empty() {
             self.err("SY022", span(kid), "kid is empty");
             return None;
