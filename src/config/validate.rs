@@ -307,11 +307,14 @@ impl Validator<'_> {
             .map(|(i, s)| (s.name.as_str(), i))
             .collect();
         let auth = self.auth_policies(&f.auth);
-        let auth_names: HashMap<&str, usize> = auth
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.name.as_str(), i))
+        let mut auth_names: HashMap<&str, Option<usize>> = f
+            .auth
+            .keys()
+            .map(|k| (k.get_ref().as_str(), None))
             .collect();
+        for (i, p) in auth.iter().enumerate() {
+            auth_names.insert(p.name.as_str(), Some(i));
+        }
         let identity = f.identity.as_ref().and_then(|i| self.identity(i));
         let routes = self.routes(&f.routes, &names, &auth_names);
         self.unreachable_routes(&routes);
@@ -612,7 +615,7 @@ impl Validator<'_> {
         &mut self,
         routes: &[Spanned<file::RouteFile>],
         services: &HashMap<&str, usize>,
-        auth_names: &HashMap<&str, usize>,
+        auth_names: &HashMap<&str, Option<usize>>,
     ) -> Vec<Route> {
         let mut out = Vec::with_capacity(routes.len());
         let mut seen: HashMap<&str, &SStr> = HashMap::new();

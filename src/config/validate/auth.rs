@@ -336,10 +336,15 @@ impl Validator<'_> {
         }
     }
 
-    /// `route.auth = "NAME"`.
-    pub(super) fn auth_ref(&mut self, a: &SStr, names: &HashMap<&str, usize>) -> Option<usize> {
+    /// `route.auth = "NAME"`. `names` has every declared policy; `None` for those
+    /// that did not validate (already reported).
+    pub(super) fn auth_ref(
+        &mut self,
+        a: &SStr,
+        names: &HashMap<&str, Option<usize>>,
+    ) -> Option<usize> {
         match names.get(a.get_ref().as_str()) {
-            Some(&i) => Some(i),
+            Some(&i) => i,
             None => {
                 let help = did_you_mean(a.get_ref(), names.keys().copied());
                 self.err(
@@ -356,19 +361,17 @@ impl Validator<'_> {
     /// `[identity]`.
     pub(super) fn identity(&mut self, i: &Spanned<file::IdentityFile>) -> Option<Identity> {
         let i = i.get_ref();
-        let algorithm = self.signing_algorithm(&i.algorithm)?;
-        let (key, current) = self.signing_key(&i.key, algorithm, &i.kid)?;
-        let mut public = vec![current];
+        let algorithm = self.signing_algorithm(&i.algorithm);
+        let current = algorithm.and_then(|alg| self.signing_key(&i.key, alg, &i.kid));
+        let mut public: Vec<Jwk> = current.iter().map(|(_, jwk)| jwk.clone()).collect();
+        let mut kids = vec![i.kid.get_ref().as_str()];
         for prev in i.previous_keys.iter().flatten() {
             let prev = prev.get_ref();
             let alg = match &prev.algorithm {
-                Some(a) => self.signing_algorithm(a)?,
+                Some(a) => self.signing_algorithm(a),
                 None => algorithm,
             };
-            if public
-                .iter()
-                .any(|k| k.common.key_id.as_deref() == Some(prev.kid.get_ref()))
-            {
+            if kids.contains(&prev.kid.get_ref().as_str()) {
                 self.err(
                     "SY022",
                     span(&prev.kid),
@@ -376,7 +379,9 @@ impl Validator<'_> {
                 );
                 continue;
             }
-            if let Some((_, jwk)) = self.signing_key(&prev.key, alg, &prev.kid) {
+            kids.push(prev.kid.get_ref());
+            if let Some((_, jwk)) = alg.and_then(|alg| self.signing_key(&prev.key, alg, &prev.kid))
+            {
                 public.push(jwk);
             }
         }
@@ -391,11 +396,11 @@ impl Validator<'_> {
             }
         };
         let header = match &i.header {
-            None => HeaderName::from_static("x-switchyard-identity"),
+            None => Some(HeaderName::from_static("x-switchyard-identity")),
             Some(h) if h.get_ref().eq_ignore_ascii_case("authorization") => {
-                http::header::AUTHORIZATION
+                Some(http::header::AUTHORIZATION)
             }
-            Some(h) => self.identity_header(h)?,
+            Some(h) => self.identity_header(h),
         };
         let mut claims = Vec::new();
         for c in i.claims.iter().flatten() {
@@ -412,6 +417,7 @@ impl Validator<'_> {
                 claims.push(c.get_ref().clone());
             }
         }
+        let ((key, _), algorithm, header) = (current?, algorithm?, header?);
         Some(Identity {
             algorithm,
             kid: i.kid.get_ref().clone(),
