@@ -190,7 +190,10 @@ fn auth(c: &mut Criterion) {
         let mut h = Header::new(alg);
         h.kid = Some(kid.into());
         let token = jsonwebtoken::encode(&h, &claims, &key(file, alg)).expect("sign");
-        assert!(rt.block_on(policy.verify(&token)).is_ok(), "{alg:?} verifies");
+        assert!(
+            rt.block_on(policy.verify(&token)).is_ok(),
+            "{alg:?} verifies"
+        );
         group.bench_function(format!("verify_{alg:?}"), |b| {
             b.iter(|| rt.block_on(policy.verify(black_box(&token))))
         });

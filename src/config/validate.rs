@@ -1621,6 +1621,53 @@ mod tests {
         );
     }
 
+    fn with_policy(algorithms: &str, route_auth: &str) -> String {
+        format!(
+            "{BASE}[auth.user-jwt]\nalgorithms = {algorithms}\njwks = \"http://idp/jwks.json\"\n\
+             [[routes]]\nname = \"u\"\npath = \"/u\"\nservice = \"users\"\nauth = \"{route_auth}\"\n"
+        )
+    }
+
+    #[test]
+    fn auth_algorithm_none_is_rejected() {
+        let e = errors(&with_policy("[\"none\"]", "user-jwt"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("algorithm `none` is never accepted"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn auth_hmac_cannot_be_mixed_with_public_key_algorithms() {
+        let e = errors(&with_policy("[\"RS256\", \"HS256\"]", "user-jwt"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("cannot be mixed"), "{e:?}");
+    }
+
+    #[test]
+    fn auth_unknown_policy_suggests_the_closest_name() {
+        let e = errors(&with_policy("[\"RS256\"]", "user-jtw"));
+        assert_eq!(
+            e,
+            ["unknown auth policy `user-jtw` (did you mean `user-jwt`?)"]
+        );
+    }
+
+    #[test]
+    fn auth_policy_is_built_with_every_check_set() {
+        let (c, _) = parse(&with_policy("[\"RS256\", \"ES256\"]", "user-jwt")).unwrap();
+        assert_eq!(c.routes[0].auth, Some(0));
+        let p = &c.auth[0];
+        assert!(p.required);
+        assert_eq!(p.leeway, Duration::from_secs(30));
+        assert_eq!(p.max_token_bytes, 8192);
+        assert!(matches!(
+            &p.keys,
+            KeySource::Url { refetch, .. } if *refetch == Duration::from_secs(30)
+        ));
+    }
+
     #[test]
     fn strip_prefix_must_begin_the_path() {
         let src = format!(

@@ -627,3 +627,61 @@ async fn minted_identity_verifies_with_the_admin_jwks() {
     let a = call(&gw, "/open", &[("x-switchyard-identity", "forged")]).await;
     assert!(a.json()["headers"].get("x-switchyard-identity").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_the_jwks_cache_and_rereads_jwks_files() {
+    let (jwks, _) = jwks_server(two_key_jwks()).await;
+    let up = Upstream::echo("s").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file_jwks = |file: &str, kid: &str| {
+        std::fs::write(
+            dir.path().join("jwks.json"),
+            json!({ "keys": [jwk(file, Algorithm::ES256, kid)] }).to_string(),
+        )
+        .unwrap()
+    };
+    file_jwks("ec.pem", "f1");
+    let table = |extra: &str| {
+        config(&format!(
+            "[server]\naccess_log = \"off\"\n[services.s]\nendpoints = [{}]\n\
+             [auth.url]\nalgorithms = [\"RS256\"]\njwks = \"http://{}/jwks.json\"\n\
+             [auth.file]\nalgorithms = [\"ES256\"]\njwks = \"file:jwks.json\"\n\
+             [[routes]]\nname = \"url\"\npath = \"/url\"\nservice = \"s\"\nauth = \"url\"\n\
+             [[routes]]\nname = \"file\"\npath = \"/file\"\nservice = \"s\"\nauth = \"file\"\n{extra}",
+            up.endpoint(),
+            jwks.addr
+        ))
+    };
+    let config_path = dir.path().join("routes.toml");
+    std::fs::write(&config_path, table("")).unwrap();
+    let mut gw = Gateway::start_at(&config_path);
+    let c = claims(json!({}));
+    let url_token = sign("rsa.pem", Algorithm::RS256, Some("rsa-1"), &c);
+    let f1 = sign("ec.pem", Algorithm::ES256, Some("f1"), &c);
+    let f2 = sign("ec2.pem", Algorithm::ES256, Some("f2"), &c);
+    assert_eq!(with_token(&gw, "/url", &url_token).await.status, 200);
+    assert_eq!(with_token(&gw, "/file", &f1).await.status, 200);
+    assert_eq!(jwks.hits(), 1);
+
+    // A reload that leaves the URL policy alone keeps its cache: no new fetch.
+    let tmp = dir.path().join(".routes.toml.tmp");
+    std::fs::write(
+        &tmp,
+        table("[[routes]]\nname = \"more\"\npath = \"/more\"\nservice = \"s\"\n"),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &config_path).unwrap();
+    gw.wait_log("config reloaded");
+    assert_eq!(with_token(&gw, "/url", &url_token).await.status, 200);
+    assert_eq!(jwks.hits(), 1, "the reload refetched an unchanged JWKS URL");
+
+    // A JWKS file is part of the config: the next reload (SIGHUP) reads it again.
+    file_jwks("ec2.pem", "f2");
+    gw.signal("HUP");
+    gw.wait_log("config reloaded");
+    assert_eq!(with_token(&gw, "/file", &f2).await.status, 200);
+    assert_401(
+        &with_token(&gw, "/file", &f1).await,
+        "key removed from the file",
+    );
+}
