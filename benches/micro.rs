@@ -1,8 +1,9 @@
 //! Microbenchmarks of the hot path's pure parts (`cargo bench --bench micro`):
 //! route match at 10 / 1,000 / 10,000 routes, path normalisation, header processing,
 //! building the table of a 10,000-route config (parse + validate + compile), and the
-//! cost of auth per request: verifying an RS256 / ES256 token and minting the
-//! EdDSA / ES256 identity token (keys from `tests/fixtures/auth/`).
+//! cost of auth per request: verifying an RS256 / ES256 token (every check, and a hit
+//! in the verified-token cache) and minting the EdDSA identity token (keys from
+//! `tests/fixtures/auth/`).
 
 use std::hint::black_box;
 
@@ -195,6 +196,9 @@ fn auth(c: &mut Criterion) {
             "{alg:?} verifies"
         );
         group.bench_function(format!("verify_{alg:?}"), |b| {
+            b.iter(|| rt.block_on(policy.verify_uncached(black_box(&token))))
+        });
+        group.bench_function(format!("verify_{alg:?}_cached"), |b| {
             b.iter(|| rt.block_on(policy.verify(black_box(&token))))
         });
     }

@@ -188,6 +188,8 @@ struct Remote {
 /// The live keys of one source.
 pub struct KeyStore {
     keys: ArcSwap<KeySet>,
+    /// Bumped whenever `keys` is replaced; verified-token caches key on it.
+    generation: AtomicU64,
     remote: Option<Remote>,
 }
 
@@ -205,8 +207,14 @@ impl KeyStore {
     fn fixed(set: KeySet) -> KeyStore {
         KeyStore {
             keys: ArcSwap::from_pointee(set),
+            generation: AtomicU64::new(0),
             remote: None,
         }
+    }
+
+    /// Changes whenever the key set is replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The key for a token; on an unknown `kid`, refetch a URL source if the cooldown
@@ -260,6 +268,7 @@ impl KeyStore {
                 let set = KeySet::from_jwks(&jwks);
                 tracing::info!(url = %r.url, keys = set.len(), "jwks fetched");
                 self.keys.store(Arc::new(set));
+                self.generation.fetch_add(1, Ordering::AcqRel);
             }
             Ok(Ok(_)) => {
                 tracing::warn!(url = %r.url, "jwks has no usable key; keeping the cached keys")
@@ -330,6 +339,7 @@ impl Registry {
             }
             let store = Arc::new(KeyStore {
                 keys: ArcSwap::from_pointee(KeySet::default()),
+                generation: AtomicU64::new(0),
                 remote: Some(Remote {
                     url: url.clone(),
                     refetch,

@@ -17,6 +17,7 @@
 //! Keys live in [`jwks::KeyStore`]s; URL stores are kept in the long-lived
 //! [`Registry`] so that a reload does not refetch them.
 
+pub mod cache;
 pub mod jwks;
 pub mod mint;
 
@@ -109,6 +110,8 @@ pub struct Policy {
     /// One `Validation` per allowed algorithm, built once: `jsonwebtoken` wants every
     /// algorithm of a validation to fit the key, so each token uses the one of its alg.
     validations: Vec<(Algorithm, Validation)>,
+    /// Tokens that verified, until they expire or the keys change.
+    cache: cache::TokenCache,
 }
 
 impl std::fmt::Debug for Policy {
@@ -139,6 +142,7 @@ impl Policy {
             spec,
             keys,
             validations,
+            cache: cache::TokenCache::default(),
         }
     }
 
@@ -153,11 +157,29 @@ impl Policy {
         };
         let claims = self.verify(token).await?;
         self.authorize(&claims)?;
-        Ok(Some(Arc::new(claims)))
+        Ok(Some(claims))
     }
 
-    /// Signature and registered claims of one token.
-    pub async fn verify(&self, token: &str) -> Result<Map<String, Value>, Failure> {
+    /// Signature and registered claims of one token, from the cache of verified tokens
+    /// when it was seen before.
+    pub async fn verify(&self, token: &str) -> Result<Claims, Failure> {
+        if token.len() > self.spec.max_token_bytes {
+            return Err(Failure::Invalid("token too large"));
+        }
+        let digest = cache::digest(token);
+        let generation = self.keys.generation();
+        let now = jsonwebtoken::get_current_timestamp();
+        let leeway = self.spec.leeway.as_secs();
+        if let Some(claims) = self.cache.get(&digest, now, leeway, generation) {
+            return Ok(claims);
+        }
+        let claims = Arc::new(self.verify_uncached(token).await?);
+        self.cache.put(digest, claims.clone(), generation);
+        Ok(claims)
+    }
+
+    /// [`Policy::verify`] without the cache: every check, every time.
+    pub async fn verify_uncached(&self, token: &str) -> Result<Map<String, Value>, Failure> {
         if token.len() > self.spec.max_token_bytes {
             return Err(Failure::Invalid("token too large"));
         }
