@@ -207,6 +207,11 @@ fn auth(c: &mut Criterion) {
     group.bench_function("mint_EdDSA", |b| {
         b.iter(|| minter.mint(black_box(&user), "orders"))
     });
+    let shared = std::sync::Arc::new(user.clone());
+    let service: std::sync::Arc<str> = "orders".into();
+    group.bench_function("mint_EdDSA_reused", |b| {
+        b.iter(|| minter.token_for(black_box(&shared), &service))
+    });
     group.finish();
 }
 

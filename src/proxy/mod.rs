@@ -215,7 +215,7 @@ async fn pipeline(
         snap,
         route,
         upstream,
-        ctx.claims.as_deref(),
+        ctx.claims.as_ref(),
         &mut parts.headers,
     );
     let body = upstream_body(snap, fwd, ctx, &parts.headers, body).await?;
@@ -254,7 +254,7 @@ fn identity_headers(
     snap: &Snapshot,
     route: &Route,
     upstream: &Upstream,
-    claims: Option<&serde_json::Map<String, serde_json::Value>>,
+    claims: Option<&Claims>,
     headers: &mut HeaderMap,
 ) {
     let (Some(claims), Some(policy)) = (claims, route.auth.and_then(|i| snap.auth.policies.get(i)))
@@ -263,7 +263,7 @@ fn identity_headers(
     };
     policy.forward(claims, headers);
     if let Some(minter) = &snap.auth.minter
-        && let Some(token) = minter.mint(claims, &upstream.name)
+        && let Some(token) = minter.token_for(claims, &upstream.name)
     {
         headers.insert(minter.header_name().clone(), token);
     }

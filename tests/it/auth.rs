@@ -590,6 +590,17 @@ async fn minted_identity_verifies_with_the_admin_jwks() {
         .expect("identity header")
         .to_string();
     assert_ne!(minted, "forged");
+    // The same user token to the same service within ttl/4: the same minted token.
+    let again = call(
+        &gw,
+        "/api/orders",
+        &[("authorization", &format!("Bearer {user}"))],
+    )
+    .await;
+    assert_eq!(
+        again.json()["headers"]["x-switchyard-identity"],
+        minted.as_str()
+    );
 
     let set: JwkSet = serde_json::from_slice(
         &get(&client(), &gw.admin_url("/.well-known/jwks.json"))
