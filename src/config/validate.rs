@@ -26,13 +26,13 @@ pub fn parse(src: &str) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
     parse_in(src, None).map(|(c, w, _)| (c, w))
 }
 
+/// A validated config, its warnings, and the contents of every file it names.
+pub type Parsed = (Config, Vec<ConfigError>, Vec<Vec<u8>>);
+
 /// Parse and validate, reading the files the config names (JWKS, secrets, signing
 /// keys) relative to `base`. `Ok` also carries the contents of those files, so that a
 /// change in a key file counts as a change of the configuration.
-pub fn parse_in(
-    src: &str,
-    base: Option<&std::path::Path>,
-) -> Result<(Config, Vec<ConfigError>, Vec<Vec<u8>>), ConfigErrors> {
+pub fn parse_in(src: &str, base: Option<&std::path::Path>) -> Result<Parsed, ConfigErrors> {
     let file: FileConfig = match toml::from_str(src) {
         Ok(f) => f,
         Err(e) => {
