@@ -109,8 +109,13 @@ impl Minter {
         }
         out.insert("iss".into(), ISSUER.into());
         out.insert("aud".into(), service.into());
+        // Never valid for longer than the user's own token.
+        let mut exp = now + self.identity.ttl.as_secs();
+        if let Some(user_exp) = user.get("exp").and_then(serde_json::Value::as_u64) {
+            exp = exp.min(user_exp);
+        }
         out.insert("iat".into(), now.into());
-        out.insert("exp".into(), (now + self.identity.ttl.as_secs()).into());
+        out.insert("exp".into(), exp.into());
         out
     }
 

@@ -631,8 +631,27 @@ async fn minted_identity_verifies_with_the_admin_jwks() {
         got["exp"].as_u64().unwrap() - got["iat"].as_u64().unwrap(),
         60
     );
-    // The user's own token is not copied: no `iss` of the IdP, no other claims.
-    assert!(got.get("iat").is_some() && got.get("scope").is_none());
+    // The user's own token is not copied: no other claims.
+    assert!(got.get("scope").is_none());
+
+    // A user token that expires sooner than the TTL caps the minted token's exp.
+    let short_exp = now() + 20;
+    let short = sign(
+        "rsa.pem",
+        Algorithm::RS256,
+        Some("rsa-1"),
+        &claims(json!({"sub": "dave", "exp": short_exp})),
+    );
+    let a = with_token(&gw, "/api/orders", &short).await;
+    let minted = a.json()["headers"]["x-switchyard-identity"]
+        .as_str()
+        .expect("identity header")
+        .to_string();
+    let got = jsonwebtoken::decode::<Value>(&minted, &key, &v)
+        .expect("verifies")
+        .claims;
+    assert_eq!(got["sub"], "dave");
+    assert_eq!(got["exp"].as_u64().unwrap(), short_exp);
 
     // Unauthenticated routes never carry a client-sent identity token.
     let a = call(&gw, "/open", &[("x-switchyard-identity", "forged")]).await;
