@@ -1,6 +1,9 @@
 //! Microbenchmarks of the hot path's pure parts (`cargo bench --bench micro`):
 //! route match at 10 / 1,000 / 10,000 routes, path normalisation, header processing,
-//! and building the table of a 10,000-route config (parse + validate + compile).
+//! building the table of a 10,000-route config (parse + validate + compile), and the
+//! cost of auth per request: verifying an RS256 / ES256 token (every check, and a hit
+//! in the verified-token cache) and minting the EdDSA identity token (keys from
+//! `tests/fixtures/auth/`).
 
 use std::hint::black_box;
 
@@ -127,11 +130,97 @@ fn config_build(c: &mut Criterion) {
     group.finish();
 }
 
+/// The fixed test key `file` under `tests/fixtures/auth/`.
+fn fixture(file: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/auth")
+        .join(file)
+}
+
+fn auth(c: &mut Criterion) {
+    use jsonwebtoken::jwk::Jwk;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use switchyard::auth::{Auth, Registry};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let key = |file: &str, alg: Algorithm| {
+        let pem = std::fs::read(fixture(file)).expect("fixture");
+        match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
+            _ => EncodingKey::from_ec_pem(&pem),
+        }
+        .expect("key")
+    };
+    let jwk = |file: &str, alg: Algorithm, kid: &str| {
+        let mut j = Jwk::from_encoding_key(&key(file, alg), alg).expect("jwk");
+        j.common.key_id = Some(kid.into());
+        j
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jwks = dir.path().join("jwks.json");
+    let set = serde_json::json!({ "keys": [
+        jwk("rsa.pem", Algorithm::RS256, "rsa-1"),
+        jwk("ec.pem", Algorithm::ES256, "ec-1"),
+    ]});
+    std::fs::write(&jwks, set.to_string()).expect("write jwks");
+    let src = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[services.s]\nendpoints = [\"127.0.0.1:1\"]\n\
+         [auth.user]\nissuer = \"idp\"\naudiences = [\"api\"]\nalgorithms = [\"RS256\", \"ES256\"]\n\
+         jwks = \"file:{}\"\nforward_claims = {{ sub = \"x-user-id\" }}\n\
+         [identity]\nkey = \"{}\"\nalgorithm = \"EdDSA\"\nkid = \"gw\"\nclaims = [\"email\"]\n\
+         [[routes]]\nname = \"r\"\npath = \"/\"\nservice = \"s\"\nauth = \"user\"\n",
+        jwks.display(),
+        fixture("ed.pem").display()
+    );
+    let loaded = config::parse(&src).unwrap_or_else(|e| panic!("{}", e.render("bench", &src)));
+    let built = rt.block_on(Auth::build(&loaded.config, &Registry::default()));
+    let policy = &built.policies[0];
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = serde_json::json!({
+        "iss": "idp", "aud": "api", "sub": "alice", "email": "alice@example.com",
+        "exp": now + 3600, "iat": now,
+    });
+    let mut group = c.benchmark_group("auth");
+    for (alg, file, kid) in [
+        (Algorithm::RS256, "rsa.pem", "rsa-1"),
+        (Algorithm::ES256, "ec.pem", "ec-1"),
+    ] {
+        let mut h = Header::new(alg);
+        h.kid = Some(kid.into());
+        let token = jsonwebtoken::encode(&h, &claims, &key(file, alg)).expect("sign");
+        assert!(
+            rt.block_on(policy.verify(&token)).is_ok(),
+            "{alg:?} verifies"
+        );
+        group.bench_function(format!("verify_{alg:?}"), |b| {
+            b.iter(|| rt.block_on(policy.verify_uncached(black_box(&token))))
+        });
+        group.bench_function(format!("verify_{alg:?}_cached"), |b| {
+            b.iter(|| rt.block_on(policy.verify(black_box(&token))))
+        });
+    }
+    let user = claims.as_object().expect("object").clone();
+    let minter = built.minter.as_ref().expect("identity");
+    group.bench_function("mint_EdDSA", |b| {
+        b.iter(|| minter.mint(black_box(&user), "orders"))
+    });
+    let shared = std::sync::Arc::new(user.clone());
+    let service: std::sync::Arc<str> = "orders".into();
+    group.bench_function("mint_EdDSA_reused", |b| {
+        b.iter(|| minter.token_for(black_box(&shared), &service))
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     route_match,
     normalisation,
     header_processing,
-    config_build
+    config_build,
+    auth
 );
 criterion_main!(benches);

@@ -43,6 +43,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/reload", post(reload_handler))
         .route("/openapi.json", get(openapi))
+        .route("/.well-known/jwks.json", get(jwks))
         .with_state(state)
 }
 
@@ -263,6 +264,24 @@ async fn reload_handler(State(s): State<AdminState>, headers: HeaderMap) -> Resp
     }
 }
 
+/// The public keys of the gateway-minted identity tokens (current, then previous);
+/// an empty set when `[identity]` is not configured.
+async fn jwks(State(s): State<AdminState>) -> Response {
+    let snap = s.gw.snapshot();
+    let body = match &snap.auth.minter {
+        Some(m) => m.jwks(),
+        None => json!({ "keys": [] }),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, "application/jwk-set+json"),
+            (header::CACHE_CONTROL, "max-age=60"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
 async fn openapi() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -296,6 +315,7 @@ mod tests {
             "/metrics",
             "/reload",
             "/openapi.json",
+            "/.well-known/jwks.json",
         ] {
             assert!(
                 v["paths"].get(path).is_some(),

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use tokio::sync::Semaphore;
 
+use crate::auth::{self, Auth};
 use crate::config::model::{Endpoint, Service};
 use crate::config::{Config, Loaded};
 use crate::observe::otlp::{self, SpanSink};
@@ -29,6 +30,8 @@ pub struct Registry {
     pub spans: otlp::Registry,
     /// The last mirror mismatches, kept across reloads for the admin API.
     pub mismatches: Arc<MismatchLog>,
+    /// JWKS caches of URL key sources.
+    pub auth: auth::Registry,
 }
 
 /// One loaded configuration, ready to serve.
@@ -53,6 +56,8 @@ pub struct Snapshot {
     /// Template branch lookups (short TTL, negative answers too).
     pub branch_cache: BranchCache,
     pub mismatches: Arc<MismatchLog>,
+    /// Auth policies with their keys, the identity headers to strip, the minter.
+    pub auth: Auth,
     /// Hash of the source text.
     pub hash: String,
     pub loaded_at: SystemTime,
@@ -101,6 +106,7 @@ impl Snapshot {
                 Some(Arc::new(Semaphore::new(m.max_in_flight)))
             })
             .collect();
+        let auth = Auth::build(&config, &registry.auth).await;
         // Building the matcher for a large table is CPU work: off the runtime's worker
         // threads (a reload must not stall the requests being served).
         let (config, router) = match tokio::task::spawn_blocking(move || {
@@ -129,6 +135,7 @@ impl Snapshot {
             branch_upstreams,
             branch_cache: BranchCache::default(),
             mismatches: registry.mismatches.clone(),
+            auth,
             hash: loaded.hash,
             loaded_at: SystemTime::now(),
             config,

@@ -47,6 +47,12 @@ pub struct FileConfig {
     /// `[tls]`: certificates of the HTTPS listener.
     #[serde(default)]
     pub tls: Option<Spanned<TlsFile>>,
+    /// `[auth.NAME]`: JWT policies that routes name with `auth = "NAME"`.
+    #[serde(default)]
+    pub auth: BTreeMap<SStr, Spanned<AuthPolicyFile>>,
+    /// `[identity]`: the gateway-minted identity token sent to upstreams.
+    #[serde(default)]
+    pub identity: Option<Spanned<IdentityFile>>,
 }
 
 /// `[canary]`.
@@ -156,6 +162,66 @@ pub struct TlsFile {
 pub struct CertificateFile {
     pub cert: SStr,
     pub key: SStr,
+}
+
+/// `[auth.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthPolicyFile {
+    /// Accepted `iss` values (one string or a list).
+    pub issuer: Option<Spanned<OneOrMany>>,
+    /// Accepted `aud` values; the token's `aud` must contain one.
+    pub audiences: Option<Vec<SStr>>,
+    pub algorithms: Spanned<Vec<SStr>>,
+    /// `"file:jwks.json"` or `"http://…/jwks.json"`.
+    pub jwks: Option<SStr>,
+    /// HS256/384/512 shared secret, read from this file.
+    pub secret_file: Option<SStr>,
+    pub leeway: Option<SStr>,
+    pub required: Option<Spanned<bool>>,
+    pub cookie: Option<SStr>,
+    pub forward_claims: Option<BTreeMap<SStr, SStr>>,
+    pub require: Option<BTreeMap<SStr, SStr>>,
+    /// Service names allowed to call (matched on `sub` or the `service` claim).
+    pub allow: Option<Vec<SStr>>,
+    pub max_token_bytes: Option<SStr>,
+    /// How often a JWKS URL is fetched again in the background.
+    pub refresh_interval: Option<SStr>,
+    /// Least time between two fetches caused by unknown `kid`s.
+    pub refetch_interval: Option<SStr>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `[identity]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityFile {
+    /// PEM file with the private signing key (PKCS#8).
+    pub key: SStr,
+    pub algorithm: SStr,
+    pub kid: SStr,
+    pub ttl: Option<SStr>,
+    pub header: Option<SStr>,
+    /// Claims of the verified user token copied into the minted one.
+    pub claims: Option<Vec<SStr>>,
+    /// Keys still published at `/.well-known/jwks.json` after a rotation.
+    pub previous_keys: Option<Vec<Spanned<PreviousKeyFile>>>,
+}
+
+/// `previous_keys = [{ key = "old.pem", kid = "2025-01" }]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousKeyFile {
+    pub key: SStr,
+    pub kid: SStr,
+    pub algorithm: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -286,6 +352,8 @@ pub struct RouteFile {
     pub sticky: Option<SStr>,
     /// `mirror = { service, percent, compare, … }`.
     pub mirror: Option<Spanned<MirrorFile>>,
+    /// Name of an `[auth.NAME]` policy.
+    pub auth: Option<SStr>,
 }
 
 /// `rate_limit = { per_second = 100, burst = 200, key = "client_ip" }`.

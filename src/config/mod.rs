@@ -47,11 +47,26 @@ impl std::error::Error for LoadError {}
 
 /// Parse configuration text.
 pub fn parse(src: &str) -> Result<Loaded, ConfigErrors> {
-    let (config, warnings) = validate::parse(src)?;
+    parse_in(src, None)
+}
+
+/// Parse configuration text whose relative file names (keys) are relative to `base`.
+pub fn parse_in(src: &str, base: Option<&Path>) -> Result<Loaded, ConfigErrors> {
+    let (config, warnings, files) = validate::parse_in(src, base)?;
+    // A changed key file changes the hash, so a reload picks it up.
+    let hash = if files.is_empty() {
+        source_hash(src)
+    } else {
+        let mut all = src.as_bytes().to_vec();
+        for f in &files {
+            all.extend_from_slice(f);
+        }
+        source_hash_bytes(&all)
+    };
     Ok(Loaded {
         config,
         warnings,
-        hash: source_hash(src),
+        hash,
     })
 }
 
@@ -73,7 +88,7 @@ pub fn config_dir(path: &Path) -> &Path {
 /// the files the config names (certificates and keys) are read and checked
 /// ([`crate::tls::check_files`]).
 pub fn parse_at(src: &str, dir: &Path) -> Result<Loaded, ConfigErrors> {
-    let mut loaded = parse(src)?;
+    let mut loaded = parse_in(src, Some(dir))?;
     loaded.config.resolve_paths(dir);
     let findings = crate::tls::check_files(&loaded.config);
     if findings.is_empty() {
@@ -97,8 +112,12 @@ pub fn parse_at(src: &str, dir: &Path) -> Result<Loaded, ConfigErrors> {
 
 /// FNV-1a 64 of the text, as 16 hex digits.
 pub fn source_hash(src: &str) -> String {
+    source_hash_bytes(src.as_bytes())
+}
+
+fn source_hash_bytes(src: &[u8]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in src.bytes() {
+    for &b in src {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }

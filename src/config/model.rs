@@ -29,6 +29,10 @@ pub struct Config {
     pub policy: crate::policy::GlobalPolicy,
     /// Certificates of the HTTPS listener.
     pub tls: Tls,
+    /// `[auth.NAME]` policies in name order; routes refer to them by index.
+    pub auth: Vec<AuthPolicy>,
+    /// `[identity]`: the token the gateway mints for upstreams, when configured.
+    pub identity: Option<Identity>,
 }
 
 /// `[tls]`: what the HTTPS listener serves.
@@ -472,6 +476,8 @@ pub struct Route {
     pub request_headers: HeaderFilter,
     /// Applied to the upstream's response.
     pub response_headers: HeaderFilter,
+    /// Index into `Config::auth`: the JWT policy requests must pass.
+    pub auth: Option<usize>,
     /// Position in the file (0-based), the last tie-breaker.
     pub order: usize,
     /// Byte span of the route's table in the source, for messages.
@@ -518,6 +524,9 @@ pub struct RateLimit {
 pub enum RateLimitKey {
     /// The client's IP address (after `trusted_proxies`: the connection's peer).
     ClientIp,
+    /// The verified token's `sub` (`jwt:sub`); anonymous requests share their client
+    /// IP's bucket.
+    JwtSub,
     /// A request header's value; requests without it share their client IP's bucket.
     Header(HeaderName),
 }
@@ -630,6 +639,87 @@ impl HeaderFilter {
         for (name, value) in &self.add {
             headers.append(name.clone(), value.clone());
         }
+    }
+}
+
+/// A validated `[auth.NAME]` policy; its key material is already read and parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AuthPolicy {
+    pub name: String,
+    /// Accepted `iss` values; empty: `iss` is not checked.
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values; empty: `aud` is not checked.
+    pub audiences: Vec<String>,
+    /// The allow-list; never empty, never mixes HMAC with public-key algorithms.
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub keys: KeySource,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// `false`: a request without a token passes anonymously (a bad token never does).
+    pub required: bool,
+    /// Also take the token from this cookie when there is no `Authorization: Bearer`.
+    pub cookie: Option<String>,
+    /// Claim -> header towards the upstream.
+    pub forward_claims: Vec<(String, HeaderName)>,
+    /// Claim -> value the token must carry (`scope` is a space-separated list; array
+    /// claims must contain the value); 403 otherwise.
+    pub require: Vec<(String, String)>,
+    /// Callers allowed (by `sub` or the `service` claim); empty: any verified caller.
+    pub allow: Vec<String>,
+    /// Longer tokens are refused before any parsing.
+    pub max_token_bytes: usize,
+}
+
+/// Where a policy's verification keys come from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeySource {
+    /// A JWKS file, read when the config is (re)loaded.
+    File(Vec<jsonwebtoken::jwk::Jwk>),
+    /// A JWKS URL, fetched at start, refreshed every `refresh`, and refetched on an
+    /// unknown `kid` at most once per `refetch`.
+    Url {
+        url: http::Uri,
+        refresh: Duration,
+        refetch: Duration,
+    },
+    /// An HMAC secret read from `secret_file`.
+    Secret(Secret),
+}
+
+/// Secret bytes that never show in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
+/// `[identity]`: how the gateway signs the identity token it sends upstream.
+#[derive(Clone)]
+pub struct Identity {
+    pub algorithm: jsonwebtoken::Algorithm,
+    pub kid: String,
+    pub key: std::sync::Arc<jsonwebtoken::EncodingKey>,
+    pub ttl: Duration,
+    /// `x-switchyard-identity` (the default) or `authorization` (then `Bearer …`).
+    pub header: HeaderName,
+    /// Claims of the user's token copied into the minted one.
+    pub claims: Vec<String>,
+    /// Public keys (current first, then `previous_keys`), served as the JWKS.
+    pub public: Vec<jsonwebtoken::jwk::Jwk>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("algorithm", &self.algorithm)
+            .field("kid", &self.kid)
+            .field("ttl", &self.ttl)
+            .field("header", &self.header)
+            .field("claims", &self.claims)
+            .finish_non_exhaustive()
     }
 }
 

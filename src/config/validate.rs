@@ -21,7 +21,21 @@ use crate::http::normalize::normalize_path;
 mod policy;
 
 /// Parse and validate. `Ok` carries the config and any warnings.
+mod auth;
+
+/// Parse and validate. `Ok` carries the config and any warnings. Files the config
+/// names (keys) are read relative to the working directory.
 pub fn parse(src: &str) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
+    parse_in(src, None).map(|(c, w, _)| (c, w))
+}
+
+/// A validated config, its warnings, and the contents of every file it names.
+pub type Parsed = (Config, Vec<ConfigError>, Vec<Vec<u8>>);
+
+/// Parse and validate, reading the files the config names (JWKS, secrets, signing
+/// keys) relative to `base`. `Ok` also carries the contents of those files, so that a
+/// change in a key file counts as a change of the configuration.
+pub fn parse_in(src: &str, base: Option<&std::path::Path>) -> Result<Parsed, ConfigErrors> {
     let file: FileConfig = match toml::from_str(src) {
         Ok(f) => f,
         Err(e) => {
@@ -37,6 +51,8 @@ pub fn parse(src: &str) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
         src,
         line_starts,
         errors: Vec::new(),
+        base,
+        files: Vec::new(),
     };
     let config = v.config(file);
     v.errors
@@ -47,7 +63,7 @@ pub fn parse(src: &str) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
     {
         Err(ConfigErrors { items: v.errors })
     } else {
-        Ok((config, v.errors))
+        Ok((config, v.errors, v.files))
     }
 }
 
@@ -139,6 +155,10 @@ struct Validator<'s> {
     /// produce thousands of messages).
     line_starts: Vec<usize>,
     errors: Vec<ConfigError>,
+    /// Directory that relative file names are read from; `None`: the working directory.
+    base: Option<&'s std::path::Path>,
+    /// Contents of every file read, for the config hash.
+    files: Vec<Vec<u8>>,
 }
 
 impl Validator<'_> {
@@ -217,6 +237,7 @@ impl Validator<'_> {
         let burst = self.count(&r.burst, per_second as usize, 1, 10_000_000) as u32;
         let key = match r.key.as_ref().map(|k| (k, k.get_ref().as_str())) {
             None | Some((_, "client_ip")) => RateLimitKey::ClientIp,
+            Some((_, "jwt:sub")) => RateLimitKey::JwtSub,
             Some((k, text)) => match text
                 .strip_prefix("header:")
                 .map(|h| HeaderName::from_bytes(h.as_bytes()))
@@ -224,7 +245,7 @@ impl Validator<'_> {
                 Some(Ok(h)) => RateLimitKey::Header(h),
                 _ => {
                     self.err("SY019", span(k), format!("unknown rate-limit key `{text}`"))
-                        .help = Some("use \"client_ip\" or \"header:NAME\"".into());
+                        .help = Some("use \"client_ip\", \"jwt:sub\" or \"header:NAME\"".into());
                     return None;
                 }
             },
@@ -290,7 +311,17 @@ impl Validator<'_> {
             .map(|(i, s)| (s.name.as_str(), i))
             .collect();
         let policy = self.global_policy(f.canary.as_ref(), f.branches.as_ref());
-        let routes = self.routes(&f.routes, &names);
+        let auth = self.auth_policies(&f.auth);
+        let mut auth_names: HashMap<&str, Option<usize>> = f
+            .auth
+            .keys()
+            .map(|k| (k.get_ref().as_str(), None))
+            .collect();
+        for (i, p) in auth.iter().enumerate() {
+            auth_names.insert(p.name.as_str(), Some(i));
+        }
+        let identity = f.identity.as_ref().and_then(|i| self.identity(i));
+        let routes = self.routes(&f.routes, &names, &auth_names);
         self.policy_lints(f.branches.as_ref(), &routes, &policy);
         self.unreachable_routes(&routes);
         self.lint(&routes, &defaults);
@@ -332,6 +363,8 @@ impl Validator<'_> {
             dns_servers,
             policy,
             tls,
+            auth,
+            identity,
         }
     }
 
@@ -799,6 +832,7 @@ impl Validator<'_> {
         &mut self,
         routes: &[Spanned<file::RouteFile>],
         services: &HashMap<&str, usize>,
+        auth_names: &HashMap<&str, Option<usize>>,
     ) -> Vec<Route> {
         let mut out = Vec::with_capacity(routes.len());
         let mut seen: HashMap<&str, &SStr> = HashMap::new();
@@ -848,8 +882,10 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|f| self.header_filter(f, Direction::Response))
                 .unwrap_or_default();
+            let auth = r.auth.as_ref().and_then(|a| self.auth_ref(a, auth_names));
             if let (Some(path), Some(action)) = (path, action) {
                 out.push(Route {
+                    auth,
                     name: name.clone(),
                     host,
                     path,
@@ -903,6 +939,7 @@ impl Validator<'_> {
                 ("canary", r.canary.as_ref().map(|s| s.span())),
                 ("mirror", r.mirror.as_ref().map(|s| s.span())),
                 ("sticky", r.sticky.as_ref().map(|s| s.span())),
+                ("auth", r.auth.as_ref().map(|s| s.span())),
                 (
                     "request_headers",
                     r.request_headers.as_ref().map(|s| s.span()),
@@ -1804,6 +1841,53 @@ mod tests {
             errors(&src),
             ["path `/a//b` is not in normal form, so no request could match it (write `/a/b`)"]
         );
+    }
+
+    fn with_policy(algorithms: &str, route_auth: &str) -> String {
+        format!(
+            "{BASE}[auth.user-jwt]\nalgorithms = {algorithms}\njwks = \"http://idp/jwks.json\"\n\
+             [[routes]]\nname = \"u\"\npath = \"/u\"\nservice = \"users\"\nauth = \"{route_auth}\"\n"
+        )
+    }
+
+    #[test]
+    fn auth_algorithm_none_is_rejected() {
+        let e = errors(&with_policy("[\"none\"]", "user-jwt"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("algorithm `none` is never accepted"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn auth_hmac_cannot_be_mixed_with_public_key_algorithms() {
+        let e = errors(&with_policy("[\"RS256\", \"HS256\"]", "user-jwt"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("cannot be mixed"), "{e:?}");
+    }
+
+    #[test]
+    fn auth_unknown_policy_suggests_the_closest_name() {
+        let e = errors(&with_policy("[\"RS256\"]", "user-jtw"));
+        assert_eq!(
+            e,
+            ["unknown auth policy `user-jtw` (did you mean `user-jwt`?)"]
+        );
+    }
+
+    #[test]
+    fn auth_policy_is_built_with_every_check_set() {
+        let (c, _) = parse(&with_policy("[\"RS256\", \"ES256\"]", "user-jwt")).unwrap();
+        assert_eq!(c.routes[0].auth, Some(0));
+        let p = &c.auth[0];
+        assert!(p.required);
+        assert_eq!(p.leeway, Duration::from_secs(30));
+        assert_eq!(p.max_token_bytes, 8192);
+        assert!(matches!(
+            &p.keys,
+            KeySource::Url { refetch, .. } if *refetch == Duration::from_secs(30)
+        ));
     }
 
     #[test]

@@ -52,6 +52,17 @@ pub enum ProxyError {
         /// The bucket's size, for `RateLimit-Limit`.
         limit: u32,
     },
+    /// The route's auth policy requires a token and the request has none (401
+    /// `missing_token`, `WWW-Authenticate: Bearer`).
+    MissingToken,
+    /// The request's token does not verify: signature, algorithm, key, `exp`, `nbf`,
+    /// `iss`, `aud`, size, format (401 `invalid_token`,
+    /// `WWW-Authenticate: Bearer error="invalid_token"`).
+    InvalidToken,
+    /// A valid token that lacks a required claim or scope, or a caller not in the
+    /// policy's `allow` list (403 `forbidden`,
+    /// `WWW-Authenticate: Bearer error="insufficient_scope"`).
+    Forbidden,
     /// The service's concurrency limit and waiting room are full: shed at once
     /// (503 `overloaded`, `Retry-After: 1`).
     Overloaded,
@@ -78,7 +89,10 @@ impl ProxyError {
             | ProxyError::BadRequestBody
             | ProxyError::PayloadTooLarge
             | ProxyError::BodyTimeout
-            | ProxyError::RateLimited { .. } => Side::Downstream,
+            | ProxyError::RateLimited { .. }
+            | ProxyError::MissingToken
+            | ProxyError::InvalidToken
+            | ProxyError::Forbidden => Side::Downstream,
             ProxyError::Overloaded
             | ProxyError::NoBackend
             | ProxyError::NoHealthyUpstream
@@ -101,6 +115,8 @@ impl ProxyError {
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoBackend => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::MissingToken | ProxyError::InvalidToken => StatusCode::UNAUTHORIZED,
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::NoHealthyUpstream | ProxyError::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -122,6 +138,9 @@ impl ProxyError {
             ProxyError::BodyTimeout => "body_timeout",
             ProxyError::NoBackend => "no_backend",
             ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::MissingToken => "missing_token",
+            ProxyError::InvalidToken => "invalid_token",
+            ProxyError::Forbidden => "forbidden",
             ProxyError::Overloaded => "overloaded",
             ProxyError::NoHealthyUpstream => "no_healthy_upstream",
             ProxyError::ConnectFailed => "upstream_connect_failed",
@@ -140,7 +159,11 @@ impl ProxyError {
         const UNIMPLEMENTED: u8 = 12;
         const INTERNAL: u8 = 13;
         const UNAVAILABLE: u8 = 14;
+        const PERMISSION_DENIED: u8 = 7;
+        const UNAUTHENTICATED: u8 = 16;
         match self {
+            ProxyError::MissingToken | ProxyError::InvalidToken => UNAUTHENTICATED,
+            ProxyError::Forbidden => PERMISSION_DENIED,
             ProxyError::NoRoute => UNIMPLEMENTED,
             ProxyError::BadPath
             | ProxyError::UriTooLong
@@ -188,6 +211,22 @@ impl ProxyError {
             }
             ProxyError::Overloaded => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            // RFC 6750 section 3: no error code when no token was sent.
+            ProxyError::MissingToken => {
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ProxyError::InvalidToken => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            ProxyError::Forbidden => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"insufficient_scope\""),
+                );
             }
             _ => {}
         }
@@ -244,6 +283,9 @@ mod tests {
                 limit: 10,
             },
             ProxyError::Overloaded,
+            ProxyError::MissingToken,
+            ProxyError::InvalidToken,
+            ProxyError::Forbidden,
             ProxyError::NoBackend,
             ProxyError::NoHealthyUpstream,
             ProxyError::ConnectFailed,

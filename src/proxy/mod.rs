@@ -6,10 +6,12 @@
 //!     ├ upgrade::requested  an HTTP/1.1 Upgrade (WebSocket) request? (not h2c)
 //!     ├ TraceContext        continue or start the W3C trace (traceparent)
 //!     ├ check_framing       refuse ambiguous Content-Length/Transfer-Encoding
+//!     ├ Auth::strip         remove client-sent identity headers (every route)
 //!     ├ (limits)            request target length (414)
 //!     ├ normalize_*         canonical path and host (http::normalize)
 //!     ├ https_redirect      plain listener, host in [tls] redirect_http: 301/308
 //!     ├ Router::find        host -> path -> predicates, or 404; redirect routes answer here
+//!     ├ authenticate        the route's JWT policy: 401 / 403, or the verified claims
 //!     ├ rate_limit          the route's token bucket for this key, or 429
 //!     ├ split               weighted backend (500 when every weight is 0); routes with
 //!     │                     a policy: sticky/cohort bucket, force header, canary guard
@@ -17,6 +19,7 @@
 //!     │                     explicit or DNS-template deployment, else main
 //!     ├ concurrency_slot    a slot of the service (bounded wait), or 503 shed
 //!     ├ upstream_request_headers  filters, hop-by-hop cleanup, forwarding headers
+//!     ├ identity_headers    verified claims as headers; the minted identity token
 //!     ├ upstream_body       size limit (413), idle timeout (408), buffering for retries
 //!     ├ mirror::start       detached shadow copy (bounded); the primary body is teed
 //!     ├ forward             endpoint pick, pooled connection, per-try and route
@@ -51,6 +54,7 @@ use http::{Request, Response, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::auth::{Claims, Failure};
 use crate::config::model::{Action, Forward, LogFormat, Redirect, Route};
 use crate::gateway::Gateway;
 use crate::http::headers::{
@@ -98,6 +102,9 @@ struct RequestCtx {
     record: Option<Box<AccessRecord>>,
     route: Option<Arc<str>>,
     service: Option<Arc<str>>,
+    /// The verified claims of the request's token (routes with `auth`); `None` for
+    /// anonymous requests. Later phases (traffic policy, rate-limit keys) read them.
+    claims: Option<Claims>,
     /// Time until the upstream's response head (or the failure), retries included.
     upstream_time: Option<std::time::Duration>,
     connect_failures: u32,
@@ -163,6 +170,7 @@ pub async fn serve(
         record,
         route: None,
         service: None,
+        claims: None,
         upstream_time: None,
         connect_failures: 0,
         retries: 0,
@@ -216,6 +224,8 @@ async fn pipeline(
         }));
     }
     check_framing(&parts.headers)?;
+    // Before routing, so that no predicate ever sees a spoofed identity either.
+    snap.auth.strip(&mut parts.headers);
     let server = &snap.config.server;
     if parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > server.max_uri_bytes {
         return Err(ProxyError::UriTooLong);
@@ -247,10 +257,12 @@ async fn pipeline(
             return redirect(route, rd, &path, parts.uri.query(), raw_host, conn);
         }
     };
-    let rate = rate_limit(snap, route_id, conn, &parts.headers)?;
-    // TODO(auth): the verified JWT claims of the route's auth policy go here; cohorts
-    // and the `jwt-claim:` branch gate read them.
-    let claims: Option<&policy::Claims> = None;
+    ctx.claims = authenticate(snap, route, &parts.headers).await?;
+    let rate = rate_limit(snap, route_id, conn, &parts.headers, ctx.claims.as_deref())?;
+    // The verified claims of the route's auth policy: cohorts and the `jwt-claim:`
+    // branch gate read them.
+    let claims_owned = ctx.claims.clone();
+    let claims: Option<&policy::Claims> = claims_owned.as_deref();
     let backend = split(snap, route_id, fwd, &parts.headers, claims, ctx)?;
     strip_force_header(snap, &mut parts.headers);
     let main_upstream = &snap.upstreams[backend.service];
@@ -297,6 +309,13 @@ async fn pipeline(
     if let Some(h) = &fwd.host {
         parts.headers.insert(header::HOST, h.clone());
     }
+    identity_headers(
+        snap,
+        route,
+        upstream,
+        ctx.claims.as_ref(),
+        &mut parts.headers,
+    );
     let body = upstream_body(snap, fwd, ctx, &parts.headers, body).await?;
     let head = UpstreamHead {
         method: parts.method,
@@ -532,6 +551,47 @@ fn policy_response_headers(snap: &Snapshot, ctx: &RequestCtx, headers: &mut Head
     }
 }
 
+/// Phase: the route's auth policy. `Ok(None)` for routes without one and for
+/// anonymous requests that the policy lets pass.
+async fn authenticate(
+    snap: &Snapshot,
+    route: &Route,
+    headers: &HeaderMap,
+) -> Result<Option<Claims>, ProxyError> {
+    let Some(policy) = route.auth.and_then(|i| snap.auth.policies.get(i)) else {
+        return Ok(None);
+    };
+    policy.authenticate(headers).await.map_err(|f| {
+        tracing::debug!(policy = %policy.spec.name, failure = ?f, "auth refused");
+        match f {
+            Failure::Missing => ProxyError::MissingToken,
+            Failure::Invalid(_) => ProxyError::InvalidToken,
+            Failure::Forbidden(_) => ProxyError::Forbidden,
+        }
+    })
+}
+
+/// Phase: identity towards the upstream, set last so that no filter overrides it:
+/// the policy's `forward_claims`, and the token minted for this service.
+fn identity_headers(
+    snap: &Snapshot,
+    route: &Route,
+    upstream: &Upstream,
+    claims: Option<&Claims>,
+    headers: &mut HeaderMap,
+) {
+    let (Some(claims), Some(policy)) = (claims, route.auth.and_then(|i| snap.auth.policies.get(i)))
+    else {
+        return;
+    };
+    policy.forward(claims, headers);
+    if let Some(minter) = &snap.auth.minter
+        && let Some(token) = minter.token_for(claims, &upstream.name)
+    {
+        headers.insert(minter.header_name().clone(), token);
+    }
+}
+
 /// Phase: a slot of the service's concurrency limit, waiting at most the route's
 /// timeout in the bounded queue; `Overloaded` when there is none.
 async fn concurrency_slot(
@@ -588,11 +648,12 @@ fn rate_limit(
     route_id: usize,
     conn: &ConnInfo,
     headers: &HeaderMap,
+    claims: Option<&serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Option<(u32, u32)>, ProxyError> {
     let Some(limiter) = &snap.limiters[route_id] else {
         return Ok(None);
     };
-    let key = limiter.key(conn.peer.ip(), headers);
+    let key = limiter.key(conn.peer.ip(), headers, claims);
     match limiter.check(&key) {
         Decision::Allowed { remaining } => Ok(Some((limiter.spec.burst, remaining))),
         Decision::Limited { retry_after } => Err(ProxyError::RateLimited {

@@ -56,10 +56,19 @@ impl RouteLimiter {
         }
     }
 
-    /// The bucket key of a request.
-    pub fn key(&self, peer: IpAddr, headers: &HeaderMap) -> String {
+    /// The bucket key of a request; `claims` are the verified token's, if any.
+    pub fn key(
+        &self,
+        peer: IpAddr,
+        headers: &HeaderMap,
+        claims: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> String {
         match &self.spec.key {
             RateLimitKey::ClientIp => format!("ip:{peer}"),
+            RateLimitKey::JwtSub => match claims.and_then(|c| c.get("sub")?.as_str()) {
+                Some(sub) => format!("sub:{sub}"),
+                None => format!("ip:{peer}"),
+            },
             RateLimitKey::Header(h) => match headers.get(h).and_then(|v| v.to_str().ok()) {
                 Some(v) => format!("h:{v}"),
                 None => format!("ip:{peer}"),
@@ -182,8 +191,23 @@ mod tests {
         });
         let mut h = HeaderMap::new();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        assert_eq!(l.key(ip, &h), "ip:192.0.2.1");
+        assert_eq!(l.key(ip, &h, None), "ip:192.0.2.1");
         h.insert("x-api-key", http::HeaderValue::from_static("k1"));
-        assert_eq!(l.key(ip, &h), "h:k1");
+        assert_eq!(l.key(ip, &h, None), "h:k1");
+    }
+
+    #[test]
+    fn jwt_sub_keys_fall_back_to_the_client_ip() {
+        let l = RouteLimiter::new(RateLimit {
+            per_second: 1,
+            burst: 1,
+            key: RateLimitKey::JwtSub,
+        });
+        let h = HeaderMap::new();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(l.key(ip, &h, None), "ip:192.0.2.1");
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), "alice".into());
+        assert_eq!(l.key(ip, &h, Some(&claims)), "sub:alice");
     }
 }
