@@ -65,12 +65,19 @@ impl std::fmt::Debug for Gate {
 /// The request asked for a branch; what became of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ask<'h> {
-    /// No branch value in the request.
+    /// No branch value in the request (or, admitted, only empty ones).
     None,
-    /// A value was present but the gate did not hold: strip it, serve main.
+    /// A value was present but the gate did not hold: strip every one, serve main.
     Refused,
     /// A valid, admitted branch name.
-    Branch(&'h str),
+    Branch {
+        name: &'h str,
+        /// The value as sent (`NAME.SIG` under the HMAC gate).
+        raw: &'h [u8],
+        /// The request also carries other (different or empty) branch values: remove
+        /// them ([`Branches::strip_except`]) so that the upstream sees one branch.
+        mixed: bool,
+    },
     /// Admitted but not a valid name: 400.
     Invalid,
 }
@@ -85,110 +92,213 @@ pub fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
-/// The `branch` member of a W3C `baggage` header.
-fn baggage_branch(headers: &HeaderMap) -> Option<&str> {
+/// The baggage key that names a branch.
+const BAGGAGE_KEY: &[u8] = b"branch";
+
+/// Every `key=value` member of the request's W3C `baggage` headers, as bytes
+/// (properties after `;` dropped, whitespace trimmed).
+fn baggage_members(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
     headers
         .get_all("baggage")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .find_map(|member| {
-            let kv = member.split(';').next()?;
-            let (k, v) = kv.split_once('=')?;
-            (k.trim() == "branch").then_some(v.trim())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|member| {
+            let kv = member.split(|b| *b == b';').next()?;
+            let i = kv.iter().position(|b| *b == b'=')?;
+            Some((trim(&kv[..i]), trim(&kv[i + 1..])))
         })
-        .filter(|v| !v.is_empty())
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    &b[start..end]
+}
+
+fn unquote(b: &[u8]) -> &[u8] {
+    match b {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => b,
+    }
+}
+
+/// What a request carries in the way of branch values, in every place the gateway
+/// reads one: each value of the branch header, each cookie pair of that name, each
+/// `branch` baggage member.
+struct Found<'h> {
+    /// The first non-empty value, in the order header, cookie, baggage.
+    first: Option<&'h [u8]>,
+    /// Some value differs from `first` (an empty one included).
+    mixed: bool,
 }
 
 impl Branches {
-    /// The raw branch value of the request, if any.
-    pub fn raw<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
-        if let Some(h) = &self.header
-            && let Some(v) = headers.get(h)
-        {
-            // A value that is not even text is still a request for a branch: invalid.
-            return Some(v.to_str().unwrap_or("\u{0}"));
-        }
-        if let Some(c) = &self.cookie
-            && let Some(v) = super::cookie(headers, c)
-        {
-            return Some(v);
-        }
-        if self.baggage {
-            return baggage_branch(headers);
-        }
-        None
+    /// Every branch value of the request, in the order they count.
+    fn values<'h>(&self, headers: &'h HeaderMap) -> impl Iterator<Item = &'h [u8]> {
+        let header = self
+            .header
+            .iter()
+            .flat_map(move |h| headers.get_all(h).iter().map(|v| v.as_bytes()));
+        let cookie = self.cookie.iter().flat_map(move |c| {
+            super::cookie_pairs(headers)
+                .filter(move |(k, _)| k.eq_ignore_ascii_case(c.as_bytes()))
+                .map(|(_, v)| unquote(v))
+        });
+        let baggage = baggage_members(headers)
+            .filter(move |(k, _)| self.baggage && k.eq_ignore_ascii_case(BAGGAGE_KEY))
+            .map(|(_, v)| v);
+        header.chain(cookie).chain(baggage)
     }
 
-    /// Read the request's branch and apply the gate.
+    /// `None` when the request carries no branch value at all, empty ones included.
+    fn scan<'h>(&self, headers: &'h HeaderMap) -> Option<Found<'h>> {
+        let mut any = false;
+        let mut first: Option<&[u8]> = None;
+        let mut empty = false;
+        let mut mixed = false;
+        for v in self.values(headers) {
+            any = true;
+            match first {
+                _ if v.is_empty() => empty = true,
+                None => first = Some(v),
+                Some(f) => mixed |= f != v,
+            }
+        }
+        any.then_some(Found {
+            first,
+            mixed: mixed || (empty && first.is_some()),
+        })
+    }
+
+    /// The raw branch value of the request that counts (header, else cookie, else
+    /// baggage; the first non-empty one), if any.
+    pub fn raw<'h>(&self, headers: &'h HeaderMap) -> Option<&'h [u8]> {
+        self.values(headers).find(|v| !v.is_empty())
+    }
+
+    /// Read the request's branch and apply the gate. A branch counts as asked for
+    /// when any header value, cookie pair or baggage member has its name, whatever the
+    /// value (empty, repeated, not UTF-8): an outsider's request is then `Refused` and
+    /// must be stripped whole. `client` is the client's address (after trusted
+    /// proxies), asked only by the CIDR gate; `None` (unknown) is outside every range.
     pub fn ask<'h>(
         &self,
         headers: &'h HeaderMap,
-        peer: IpAddr,
+        client: impl FnOnce() -> Option<IpAddr>,
         claims: Option<&Claims>,
     ) -> Ask<'h> {
-        let Some(raw) = self.raw(headers) else {
+        let Some(found) = self.scan(headers) else {
             return Ask::None;
         };
+        // A value that is not even text is still a request for a branch: invalid.
+        let raw = found.first;
+        let text = raw.map(|r| std::str::from_utf8(r).unwrap_or("\u{0}"));
         let name = match &self.gate {
-            Gate::Open => raw,
+            Gate::Open => text,
             Gate::Cidr(nets) => {
-                if !nets.iter().any(|n| n.contains(&peer)) {
+                let inside = client().is_some_and(|ip| {
+                    let ip = ip.to_canonical();
+                    nets.iter().any(|n| n.contains(&ip))
+                });
+                if !inside {
                     return Ask::Refused;
                 }
-                raw
+                text
             }
-            Gate::Hmac(key) => match verify_signed(key, raw) {
-                Some(name) => name,
+            Gate::Hmac(key) => match text.and_then(|t| verify_signed(key, t)) {
+                Some(name) => Some(name),
                 None => return Ask::Refused,
             },
             Gate::JwtClaim(claim) => {
+                let want = text.unwrap_or("");
                 let allowed = claims.and_then(|c| c.get(claim)).is_some_and(|v| match v {
                     serde_json::Value::Bool(b) => *b,
-                    serde_json::Value::String(s) => s == "*" || s == raw,
-                    serde_json::Value::Array(a) => a.iter().any(|x| x == "*" || x == raw),
+                    serde_json::Value::String(s) => s == "*" || s == want,
+                    serde_json::Value::Array(a) => a.iter().any(|x| x == "*" || x == want),
                     _ => false,
                 });
                 if !allowed {
                     return Ask::Refused;
                 }
-                raw
+                text
             }
         };
-        if valid_name(name) {
-            Ask::Branch(name)
-        } else {
-            Ask::Invalid
+        match (name, raw) {
+            (Some(name), Some(raw)) if valid_name(name) => Ask::Branch {
+                name,
+                raw,
+                mixed: found.mixed,
+            },
+            (Some(_), _) => Ask::Invalid,
+            // Admitted, and only empty values: no branch.
+            (None, _) => Ask::None,
         }
     }
 
-    /// Remove every trace of a refused branch value from the request.
+    /// Remove every trace of a refused branch value from the request: every branch
+    /// header, every cookie pair of that name, every `branch` baggage member.
     pub fn strip(&self, headers: &mut HeaderMap) {
+        self.strip_except(headers, None);
+    }
+
+    /// Remove every branch value other than `keep` (all of them when `None`). Each
+    /// place is cleaned on its own: none of them is skipped because another had none.
+    pub fn strip_except(&self, headers: &mut HeaderMap, keep: Option<&[u8]>) {
         if let Some(h) = &self.header {
+            let kept: Vec<http::HeaderValue> = match keep {
+                Some(k) => headers
+                    .get_all(h)
+                    .iter()
+                    .filter(|v| v.as_bytes() == k)
+                    .cloned()
+                    .collect(),
+                None => Vec::new(),
+            };
             headers.remove(h);
+            for v in kept {
+                headers.append(h.clone(), v);
+            }
         }
         if let Some(c) = &self.cookie {
-            super::remove_cookie(headers, c);
+            super::remove_cookie_except(headers, c, keep);
         }
-        if self.baggage && baggage_branch(headers).is_some() {
-            let kept: Vec<String> = headers
-                .get_all("baggage")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter(|m| {
-                    m.split(';')
-                        .next()
-                        .and_then(|kv| kv.split_once('='))
-                        .is_none_or(|(k, _)| k.trim() != "branch")
-                })
-                .map(|m| m.trim().to_string())
-                .collect();
-            headers.remove("baggage");
-            if !kept.is_empty()
-                && let Ok(v) = http::HeaderValue::from_str(&kept.join(","))
-            {
-                headers.insert("baggage", v);
+        if self.baggage {
+            let drop = |k: &[u8], v: &[u8]| {
+                k.eq_ignore_ascii_case(BAGGAGE_KEY) && keep.is_none_or(|keep| keep != v)
+            };
+            if baggage_members(headers).any(|(k, v)| drop(k, v)) {
+                let mut kept: Vec<u8> = Vec::new();
+                for member in headers
+                    .get_all("baggage")
+                    .iter()
+                    .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+                {
+                    let kv = member.split(|b| *b == b';').next().unwrap_or(member);
+                    let gone = kv
+                        .iter()
+                        .position(|b| *b == b'=')
+                        .is_some_and(|i| drop(trim(&kv[..i]), trim(&kv[i + 1..])));
+                    let member = trim(member);
+                    if gone || member.is_empty() {
+                        continue;
+                    }
+                    if !kept.is_empty() {
+                        kept.push(b',');
+                    }
+                    kept.extend_from_slice(member);
+                }
+                headers.remove("baggage");
+                if !kept.is_empty()
+                    && let Ok(v) = http::HeaderValue::from_bytes(&kept)
+                {
+                    headers.insert("baggage", v);
+                }
             }
         }
     }
@@ -321,6 +431,19 @@ mod tests {
 
     const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
+    fn ask<'h>(b: &Branches, h: &'h HeaderMap, client: IpAddr, c: Option<&Claims>) -> Ask<'h> {
+        b.ask(h, || Some(client), c)
+    }
+
+    /// An admitted branch with no other value beside it.
+    fn hit(name: &str) -> Ask<'_> {
+        Ask::Branch {
+            name,
+            raw: name.as_bytes(),
+            mixed: false,
+        }
+    }
+
     #[test]
     fn names_are_dns_labels_only() {
         for ok in ["feature-login", "a", "0abc", &"a".repeat(63)] {
@@ -344,25 +467,29 @@ mod tests {
     fn header_then_cookie_then_baggage() {
         let b = branches(Gate::Open);
         let h = req(&[("cookie", "x-branch=c"), ("baggage", "k=v, branch=bg;p=1")]);
-        assert_eq!(b.ask(&h, LOCAL, None), Ask::Branch("c"));
+        assert_eq!(
+            ask(&b, &h, LOCAL, None),
+            Ask::Branch {
+                name: "c",
+                raw: b"c",
+                mixed: true
+            }
+        );
         let h = req(&[("baggage", "k=v, branch=bg;p=1")]);
-        assert_eq!(b.ask(&h, LOCAL, None), Ask::Branch("bg"));
+        assert_eq!(ask(&b, &h, LOCAL, None), hit("bg"));
         let h = req(&[("x-branch", "../evil"), ("cookie", "x-branch=c")]);
-        assert_eq!(b.ask(&h, LOCAL, None), Ask::Invalid);
+        assert_eq!(ask(&b, &h, LOCAL, None), Ask::Invalid);
     }
 
     #[test]
     fn cidr_gate_refuses_outsiders() {
         let b = branches(Gate::Cidr(vec!["10.0.0.0/8".parse().unwrap()]));
         let h = req(&[("x-branch", "feat")]);
-        assert_eq!(b.ask(&h, LOCAL, None), Ask::Refused);
-        assert_eq!(
-            b.ask(&h, "10.1.2.3".parse().unwrap(), None),
-            Ask::Branch("feat")
-        );
+        assert_eq!(ask(&b, &h, LOCAL, None), Ask::Refused);
+        assert_eq!(ask(&b, &h, "10.1.2.3".parse().unwrap(), None), hit("feat"));
         // A refused invalid name is refused, not answered with 400: outsiders learn nothing.
         let h = req(&[("x-branch", "../evil")]);
-        assert_eq!(b.ask(&h, LOCAL, None), Ask::Refused);
+        assert_eq!(ask(&b, &h, LOCAL, None), Ask::Refused);
     }
 
     #[test]
@@ -371,11 +498,18 @@ mod tests {
         let b = branches(Gate::Hmac(key.clone()));
         let good = format!("feat.{}", sign(&key, "feat"));
         let h = req(&[("x-branch", &good)]);
-        assert_eq!(b.ask(&h, LOCAL, None), Ask::Branch("feat"));
+        assert_eq!(
+            ask(&b, &h, LOCAL, None),
+            Ask::Branch {
+                name: "feat",
+                raw: good.as_bytes(),
+                mixed: false
+            }
+        );
         let bad = format!("feat.{}", sign(b"other", "feat"));
         for v in [bad.as_str(), "feat", "feat.zz", "feat."] {
             let h = req(&[("x-branch", v)]);
-            assert_eq!(b.ask(&h, LOCAL, None), Ask::Refused, "{v}");
+            assert_eq!(ask(&b, &h, LOCAL, None), Ask::Refused, "{v}");
         }
     }
 
@@ -383,12 +517,12 @@ mod tests {
     fn jwt_claim_gate() {
         let b = branches(Gate::JwtClaim("branch_access".into()));
         let h = req(&[("x-branch", "feat")]);
-        assert_eq!(b.ask(&h, LOCAL, None), Ask::Refused);
+        assert_eq!(ask(&b, &h, LOCAL, None), Ask::Refused);
         let mut c = Claims::new();
         c.insert("branch_access".into(), serde_json::json!(["other", "feat"]));
-        assert_eq!(b.ask(&h, LOCAL, Some(&c)), Ask::Branch("feat"));
+        assert_eq!(ask(&b, &h, LOCAL, Some(&c)), hit("feat"));
         c.insert("branch_access".into(), serde_json::json!(false));
-        assert_eq!(b.ask(&h, LOCAL, Some(&c)), Ask::Refused);
+        assert_eq!(ask(&b, &h, LOCAL, Some(&c)), Ask::Refused);
     }
 
     #[test]
@@ -403,6 +537,75 @@ mod tests {
         assert!(h.get("x-branch").is_none());
         assert_eq!(h["cookie"], "a=1");
         assert_eq!(h["baggage"], "k=v");
+    }
+
+    /// Empty, repeated and non-UTF-8 values count as asking for a branch: an outsider's
+    /// request is refused and stripped of every one of them.
+    #[test]
+    fn any_branch_value_is_an_ask_and_strip_removes_them_all() {
+        let b = branches(Gate::Cidr(vec!["10.0.0.0/8".parse().unwrap()]));
+        let mut h = HeaderMap::new();
+        h.append("x-branch", "".parse().unwrap());
+        h.append("x-branch", "feat".parse().unwrap());
+        h.append("cookie", "x-branch=; a=1; x-branch=feat".parse().unwrap());
+        h.append(
+            "cookie",
+            http::HeaderValue::from_bytes(b"b=\xff; X-Branch=\"feat\"").unwrap(),
+        );
+        h.append("baggage", "branch=,k=v".parse().unwrap());
+        h.append("baggage", "branch=feat;p=1, m=n".parse().unwrap());
+        for one in [
+            req(&[("cookie", "x-branch=; x-branch=feat")]),
+            req(&[("baggage", "branch=,branch=feat")]),
+            req(&[("x-branch", "")]),
+            h.clone(),
+        ] {
+            assert_eq!(ask(&b, &one, LOCAL, None), Ask::Refused, "{one:?}");
+        }
+        // An unknown client is outside every range.
+        assert_eq!(b.ask(&h, || None, None), Ask::Refused);
+        b.strip(&mut h);
+        assert!(h.get("x-branch").is_none());
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"].as_bytes(), b"a=1; b=\xff");
+        assert_eq!(h["baggage"], "k=v,m=n");
+        assert_eq!(b.raw(&h), None);
+        // A refused request without a header still loses its cookie and baggage.
+        let mut h = req(&[("cookie", "x-branch=feat"), ("baggage", "branch=feat")]);
+        b.strip(&mut h);
+        assert!(
+            h.get("cookie").is_none() && h.get("baggage").is_none(),
+            "{h:?}"
+        );
+    }
+
+    /// Admitted: the value that counts is kept, others beside it are removed; only
+    /// empty values mean no branch; a non-UTF-8 value is a bad name.
+    #[test]
+    fn admitted_requests_keep_one_branch_value() {
+        let b = branches(Gate::Open);
+        let mut h = req(&[
+            ("x-branch", "feat"),
+            ("cookie", "x-branch=old; a=1"),
+            ("baggage", "branch=feat,branch="),
+        ]);
+        let Ask::Branch { name, raw, mixed } = ask(&b, &h, LOCAL, None) else {
+            panic!("not admitted")
+        };
+        assert_eq!((name, mixed), ("feat", true));
+        let raw = raw.to_vec();
+        b.strip_except(&mut h, Some(&raw));
+        assert_eq!(h["x-branch"], "feat");
+        assert_eq!(h["cookie"], "a=1");
+        assert_eq!(h["baggage"], "branch=feat");
+        let h = req(&[("cookie", "x-branch=")]);
+        assert_eq!(ask(&b, &h, LOCAL, None), Ask::None);
+        let mut h = HeaderMap::new();
+        h.insert(
+            "cookie",
+            http::HeaderValue::from_bytes(b"x-branch=f\xe9at").unwrap(),
+        );
+        assert_eq!(ask(&b, &h, LOCAL, None), Ask::Invalid);
     }
 
     /// The openssl line of docs/policies.md computes the same signature.

@@ -163,7 +163,8 @@ pub fn choose(
         ),
         None => (fastrand::u64(..fwd.total_weight), None, Reason::Random),
     };
-    let backend = position(fwd, pos)?;
+    let main = policy.canary.as_ref().map_or(0, |c| c.main);
+    let backend = position(fwd, main, pos)?;
     Some(Choice {
         backend,
         bucket,
@@ -171,13 +172,30 @@ pub fn choose(
     })
 }
 
-/// The backend whose cumulative weight range holds `pos`.
-fn position(fwd: &Forward, mut pos: u64) -> Option<usize> {
-    for (i, b) in fwd.backends.iter().enumerate() {
-        if pos < u64::from(b.weight) {
+/// The index in `Forward::backends` of the route's main backend: the canary's main,
+/// else the first one listed (`service = …`, or the head of a `split`).
+pub fn main_backend(fwd: &Forward) -> usize {
+    fwd.policy
+        .as_ref()
+        .and_then(|p| p.canary.as_ref())
+        .map_or(0, |c| c.main)
+}
+
+/// The backend whose cumulative weight range holds `pos`. The ranges are laid out
+/// with every other backend first, in the listed order, and main last: a canary and
+/// the non-main backends of a split both hold the *low* buckets, so one cohort bucket
+/// means the same side on every route, and raising a backend's weight only moves keys
+/// into it from the backends after it (main last).
+fn position(fwd: &Forward, main: usize, mut pos: u64) -> Option<usize> {
+    let order = (0..fwd.backends.len())
+        .filter(|i| *i != main)
+        .chain(std::iter::once(main));
+    for i in order {
+        let w = u64::from(fwd.backends.get(i)?.weight);
+        if pos < w {
             return Some(i);
         }
-        pos -= u64::from(b.weight);
+        pos -= w;
     }
     None
 }

@@ -361,21 +361,34 @@ async fn branch(
     let Some(b) = &snap.config.policy.branches else {
         return Ok(None);
     };
-    let name: Box<str> = match b.ask(headers, conn.peer.ip(), claims) {
+    // The CIDR gate judges the client, not a load balancer in front of the gateway.
+    let client = || {
+        crate::http::headers::client_ip(
+            headers,
+            conn.peer.ip(),
+            &snap.config.server.trusted_proxies,
+        )
+    };
+    let (name, keep): (Box<str>, Option<Vec<u8>>) = match b.ask(headers, client, claims) {
         Ask::None => return Ok(None),
         Ask::Refused => {
             b.strip(headers);
             return Ok(None);
         }
         Ask::Invalid => return Err(ProxyError::BadBranch),
-        Ask::Branch(n) => n.into(),
+        Ask::Branch { name, raw, mixed } => (name.into(), mixed.then(|| raw.to_vec())),
     };
+    // Admitted, with other values beside the one that counts: the upstream (and every
+    // hop after it) sees only the admitted one.
+    if let Some(keep) = keep {
+        b.strip_except(headers, Some(&keep));
+    }
     // The branch deployment is of the route's main service, whichever side of a
-    // canary split the request drew: branch selection wins over the split.
-    let service = match fwd.policy.as_ref().and_then(|p| p.canary.as_ref()) {
-        Some(c) => fwd.backends[c.main].service,
-        None => chosen.service,
-    };
+    // canary or split the request drew: branch selection wins over the split.
+    let service = fwd
+        .backends
+        .get(policy::canary::main_backend(fwd))
+        .map_or(chosen.service, |b| b.service);
     let found = branch_upstream(gw, snap, service, &name).await;
     ctx.branch_hit = found.is_some();
     ctx.branch_fallback = found.is_none();

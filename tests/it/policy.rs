@@ -400,6 +400,106 @@ async fn gates_strip_the_branch_of_outsiders() {
     assert_eq!(a["headers"]["x-branch"], good.as_str());
 }
 
+/// GET `url` with raw header values (they need not be UTF-8).
+async fn get_raw(c: &TestClient, url: &str, headers: &[(&str, &[u8])]) -> Answer {
+    let mut req = http::Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, http::HeaderValue::from_bytes(v).unwrap());
+    }
+    send(c, req.body(empty()).unwrap()).await
+}
+
+/// Empty, repeated and non-UTF-8 branch values from a client outside the CIDR gate:
+/// main answers and the upstream sees none of them (no header, no cookie pair, no
+/// baggage member), so no hop behind the gateway can pick them up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_strips_every_branch_value_of_outsiders() {
+    let main = Upstream::echo("main").await;
+    let feature = Upstream::echo("users-feature-login").await;
+    let templ = Upstream::echo("orders-template").await;
+    let gw = Gateway::start(&branch_table(
+        &main,
+        &feature,
+        &templ,
+        "baggage = true\ngate = \"cidr:10.0.0.0/8\"",
+    ));
+    let c = client();
+    let cases: [&[(&str, &[u8])]; 6] = [
+        &[("cookie", b"x-branch=; x-branch=feature-login")],
+        &[("cookie", b"a=1"), ("cookie", b"x-branch=feature-login")],
+        &[("baggage", b"branch=,branch=feature-login")],
+        &[
+            ("baggage", b"k=v"),
+            ("baggage", b"branch=feature-login;p=1"),
+        ],
+        &[("x-branch", b""), ("x-branch", b"feature-login")],
+        &[("cookie", b"a=\xff; X-Branch=feature-login; x-branch=\xfe")],
+    ];
+    for headers in cases {
+        let a = get_raw(&c, &gw.url("/users/1"), headers).await;
+        assert_eq!(a.status, 200, "{headers:?}");
+        let j = a.json();
+        assert_eq!(j["service"], "main", "{headers:?}");
+        assert!(j["headers"].get("x-branch").is_none(), "{headers:?}: {j}");
+        let cookie = j["headers"]["cookie"].as_str().unwrap_or("");
+        assert!(
+            !cookie.to_ascii_lowercase().contains("x-branch"),
+            "{headers:?}: {j}"
+        );
+        let baggage = j["headers"]["baggage"].as_str().unwrap_or("");
+        assert!(!baggage.contains("branch"), "{headers:?}: {j}");
+    }
+    // Other cookies and baggage members are kept, bytes as sent.
+    let a = get_raw(
+        &c,
+        &gw.url("/users/1"),
+        &[
+            ("cookie", b"a=1; x-branch=feature-login; b=2"),
+            ("baggage", b"k=v,branch=feature-login"),
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(a["headers"]["cookie"], "a=1; b=2");
+    assert_eq!(a["headers"]["baggage"], "k=v");
+    assert_eq!(feature.hits(), 0);
+}
+
+/// Behind a trusted load balancer the CIDR gate judges the client named by
+/// `X-Forwarded-For` (right-most untrusted entry), not the balancer's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cidr_gate_judges_the_forwarded_client_behind_a_trusted_proxy() {
+    let main = Upstream::echo("main").await;
+    let feature = Upstream::echo("users-feature-login").await;
+    let templ = Upstream::echo("orders-template").await;
+    let table = branch_table(&main, &feature, &templ, "gate = \"cidr:192.0.2.0/24\"");
+    let gw = Gateway::start(&table.replacen(
+        "[branches]",
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[branches]",
+        1,
+    ));
+    let c = client();
+    let ask = async |xff: Option<&str>| {
+        let mut h = vec![("x-branch", "feature-login")];
+        if let Some(x) = xff {
+            h.push(("x-forwarded-for", x));
+        }
+        get_with(&c, &gw.url("/users/1"), &h).await.json()
+    };
+    let a = ask(Some("192.0.2.9")).await;
+    assert_eq!(a["service"], "users-feature-login", "{a}");
+    assert_eq!(a["headers"]["x-branch"], "feature-login");
+    let a = ask(Some("::ffff:192.0.2.10")).await;
+    assert_eq!(a["service"], "users-feature-login", "{a}");
+    // Outside, a client's own claim left of the real client, the balancer itself.
+    for xff in [Some("203.0.113.5"), Some("192.0.2.9, 203.0.113.5"), None] {
+        let a = ask(xff).await;
+        assert_eq!(a["service"], "main", "{xff:?}: {a}");
+        assert!(a["headers"].get("x-branch").is_none(), "{xff:?}: {a}");
+    }
+    assert_eq!(feature.hits(), 2);
+}
+
 /// Branch selection wins over the canary split, and the access log records the branch
 /// and whether it fell back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
