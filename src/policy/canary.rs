@@ -461,6 +461,44 @@ mod tests {
         }
     }
 
+    /// A sticky split's non-main backends hold the low buckets, like a canary: the
+    /// same cohort bucket picks `b` of `[a 90, b 10]` exactly when it picks the canary
+    /// of a 10 % canary route, and raising `b` to 20 only moves keys into `b`.
+    #[test]
+    fn split_canaries_hold_the_low_buckets_like_a_canary() {
+        let (canary, p_canary) = canary_route(10.0, Sticky::Cohort);
+        let split = |b: u32| {
+            let (mut f, mut p) = canary_route(0.0, Sticky::Cohort);
+            f.backends = vec![
+                Backend {
+                    service: 0,
+                    weight: 100 - b,
+                },
+                Backend {
+                    service: 1,
+                    weight: b,
+                },
+            ];
+            f.total_weight = 100;
+            p.canary = None;
+            (f, p)
+        };
+        let (s10, p10) = split(10);
+        let (s20, p20) = split(20);
+        let g = GlobalPolicy {
+            cohort_key: Some(KeySource::Header("x-user-id".parse().unwrap())),
+            ..Default::default()
+        };
+        for id in 0..5_000 {
+            let in_canary = pick(&canary, &p_canary, &g, id) == 0;
+            let in_b10 = pick(&s10, &p10, &g, id) == 1;
+            assert_eq!(in_canary, in_b10, "id {id}");
+            if in_b10 {
+                assert_eq!(pick(&s20, &p20, &g, id), 1, "id {id} left b");
+            }
+        }
+    }
+
     #[test]
     fn force_header_and_tripped_guard_override_the_bucket() {
         let sticky = Sticky::Key(KeySource::Header("x-user-id".parse().unwrap()));

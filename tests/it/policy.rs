@@ -147,6 +147,64 @@ async fn cohort_users_in_the_small_canary_are_in_the_larger_one() {
     assert!(in_users > 150 && in_orders > in_users);
 }
 
+/// A `canary = {…}` route and a `split = […]` route at the same weight, both sticky by
+/// cohort: every user is on the same side of both (the split's non-main backend holds
+/// the low buckets, like a canary). A branch on the split route is main's branch,
+/// whichever backend the split drew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cohort_is_shared_by_canary_and_split_routes() {
+    let users = Upstream::echo("users").await;
+    let users2 = Upstream::echo("users-v2").await;
+    let orders = Upstream::echo("orders").await;
+    let orders2 = Upstream::echo("orders-v2").await;
+    let feature = Upstream::echo("orders-feat").await;
+    let gw = Gateway::start(&config(&format!(
+        "[server]\naccess_log = \"off\"\n\
+         [canary]\ncohort_key = \"header:x-user-id\"\nservice_header = \"x-switchyard-service\"\n\
+         [branches]\nheader = \"x-branch\"\n\
+         [services.users]\nendpoints = [{}]\n[services.users-v2]\nendpoints = [{}]\n\
+         [services.orders]\nendpoints = [{}]\n[services.orders.branches]\nfeat = [{}]\n\
+         [services.orders-v2]\nendpoints = [{}]\n\
+         [[routes]]\nname = \"users\"\npath = \"/users\"\nservice = \"users\"\n\
+         canary = {{ service = \"users-v2\", weight = 10, sticky = \"cohort\" }}\n\
+         [[routes]]\nname = \"orders\"\npath = \"/orders\"\nsticky = \"cohort\"\n\
+         split = [{{ service = \"orders\", weight = 90 }}, {{ service = \"orders-v2\", weight = 10 }}]\n",
+        users.endpoint(),
+        users2.endpoint(),
+        orders.endpoint(),
+        feature.endpoint(),
+        orders2.endpoint()
+    )));
+    let ids: Vec<u32> = (1..=3000).collect();
+    let u = assign(&gw.url("/users"), "x-user-id", &ids, 8).await;
+    let o = assign(&gw.url("/orders"), "x-user-id", &ids, 8).await;
+    let mut in_canary = 0;
+    for id in &ids {
+        let v2 = u[id] == "users-v2";
+        in_canary += usize::from(v2);
+        assert_eq!(
+            o[id] == "orders-v2",
+            v2,
+            "user {id}: {} on users but {} on orders",
+            u[id],
+            o[id]
+        );
+    }
+    eprintln!("{in_canary} of {} users in both 10% canaries", ids.len());
+    assert!(in_canary > 150 && in_canary < 450, "{in_canary}");
+    // Users in the split's canary and out of it: the branch is orders' own.
+    let c = client();
+    for id in ids.iter().take(200) {
+        let a = get_with(
+            &c,
+            &gw.url("/orders"),
+            &[("x-user-id", &id.to_string()), ("x-branch", "feat")],
+        )
+        .await;
+        assert_eq!(a.json()["service"], "orders-feat", "user {id}");
+    }
+}
+
 /// A canary answering every second request with 503 is cut to 0 once the guard has seen
 /// `min_requests`; main keeps answering, the trip is logged, counted and on the admin API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
