@@ -106,6 +106,9 @@ struct RequestCtx {
     branch_hit: bool,
     /// The branch had no reachable deployment; main answered.
     branch_fallback: bool,
+    /// Set by `forward`: some try got past connecting (the request may have reached
+    /// the upstream), so sending it elsewhere could run it twice.
+    reached_upstream: bool,
 }
 
 /// Serve one request. Never fails: errors become the gateway's JSON answers.
@@ -165,6 +168,7 @@ pub async fn serve(
         branch: None,
         branch_hit: false,
         branch_fallback: false,
+        reached_upstream: false,
     };
     let (mut resp, error) = match pipeline(gw, &snapshot, conn, &mut ctx, req).await {
         Ok(resp) => (resp, None),
@@ -249,7 +253,8 @@ async fn pipeline(
     .await?;
     let upstream: &Upstream = branch_upstream.as_deref().unwrap_or(main_upstream);
     ctx.service = Some(upstream.name.clone());
-    let permit = concurrency_slot(snap, fwd, upstream).await?;
+    let wait = fwd.timeout.unwrap_or(snap.config.defaults.request_timeout);
+    let mut permit = concurrency_slot(upstream, wait).await?;
     let path_and_query = upstream_path_and_query(route, &path, &parts.uri)?;
     route.request_headers.apply(&mut parts.headers);
     upstream_request_headers(snap, conn, &mut parts.headers, raw_host, &ctx.request_id);
@@ -273,30 +278,36 @@ async fn pipeline(
             let timeout = fwd.timeout.unwrap_or(snap.config.defaults.request_timeout);
             mirror::start(gw, snap, route_id, m, timeout, &head, &body)
         });
+    let route_timeout = fwd.timeout.unwrap_or(snap.config.defaults.request_timeout);
+    let forward_started = Instant::now();
     let resp = match branch_upstream.as_deref() {
         Some(branch_up) if body.resendable() => {
             let again = (head.clone(), body.try_clone());
-            match forward(snap, fwd, branch_up, ctx, head, body).await {
-                // No byte reached the branch deployment: main answers instead.
-                Err(ProxyError::ConnectFailed | ProxyError::NoHealthyUpstream) => {
+            match forward(snap, branch_up, ctx, head, body, route_timeout).await {
+                // No try got past connecting to the branch deployment: main answers
+                // instead, in main's concurrency slot and the rest of the route's time.
+                Err(ProxyError::ConnectFailed | ProxyError::NoHealthyUpstream)
+                    if !ctx.reached_upstream =>
+                {
                     ctx.branch_hit = false;
                     ctx.branch_fallback = true;
                     ctx.service = Some(main_upstream.name.clone());
-                    let (head, body) = again;
-                    forward(
-                        snap,
-                        fwd,
-                        main_upstream,
-                        ctx,
-                        head,
-                        body.unwrap_or(UpstreamBody::Empty),
-                    )
-                    .await
+                    permit = None;
+                    let remaining = route_timeout.saturating_sub(forward_started.elapsed());
+                    match concurrency_slot(main_upstream, remaining).await {
+                        Ok(p) => {
+                            permit = p;
+                            let (head, body) = again;
+                            let body = body.unwrap_or(UpstreamBody::Empty);
+                            forward(snap, main_upstream, ctx, head, body, remaining).await
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
                 r => r,
             }
         }
-        _ => forward(snap, fwd, upstream, ctx, head, body).await,
+        _ => forward(snap, upstream, ctx, head, body, route_timeout).await,
     };
     guard_feedback(gw, snap, route_id, fwd, ctx, &resp);
     let resp = resp?;
@@ -497,17 +508,16 @@ fn policy_response_headers(snap: &Snapshot, ctx: &RequestCtx, headers: &mut Head
     }
 }
 
-/// Phase: a slot of the service's concurrency limit, waiting at most the route's
-/// timeout in the bounded queue; `Overloaded` when there is none.
+/// Phase: a slot of the service's concurrency limit, waiting at most `wait` (the
+/// route's timeout, or what is left of it) in the bounded queue; `Overloaded` when
+/// there is none.
 async fn concurrency_slot(
-    snap: &Snapshot,
-    fwd: &Forward,
     upstream: &Upstream,
+    wait: std::time::Duration,
 ) -> Result<Option<OwnedSemaphorePermit>, ProxyError> {
     let Some(c) = &upstream.concurrency else {
         return Ok(None);
     };
-    let wait = fwd.timeout.unwrap_or(snap.config.defaults.request_timeout);
     let slot = tokio::time::timeout(wait, c.acquire()).await.ok().flatten();
     slot.map(Some).ok_or(ProxyError::Overloaded)
 }
@@ -730,17 +740,18 @@ struct UpstreamHead {
 /// method; resets, per-try timeouts and 502/503/504 only for idempotent methods), and
 /// a token from the service's retry budget. It goes to another endpoint when there is
 /// one, after a jittered exponential backoff. When the tries run out on a retryable
-/// status, the last upstream answer is passed on as it is.
+/// status, the last upstream answer is passed on as it is. `timeout` bounds all tries
+/// together. Sets `ctx.reached_upstream` when a try got past connecting (an answer, a
+/// reset, or a timeout that may have come after the request was sent).
 async fn forward(
     snap: &Snapshot,
-    route: &Forward,
     upstream: &Upstream,
     ctx: &mut RequestCtx,
     head: UpstreamHead,
     body: UpstreamBody,
+    timeout: std::time::Duration,
 ) -> Result<Response<Incoming>, ProxyError> {
     let defaults = &snap.config.defaults;
-    let timeout = route.timeout.unwrap_or(defaults.request_timeout);
     let policy = &defaults.retry;
     // Only a body that can be sent again may be retried.
     let attempts = match body {
@@ -767,6 +778,8 @@ async fn forward(
     let span = &mut ctx.span;
     let retries = &mut ctx.retries;
     let budget_exhausted = &mut ctx.budget_exhausted;
+    let reached = &mut ctx.reached_upstream;
+    *reached = false;
     let tries = async {
         let mut body = Some(body);
         let mut head = Some(head);
@@ -843,6 +856,7 @@ async fn forward(
                     },
                 });
             }
+            *reached |= !matches!(&outcome, Some(Err(e)) if e.is_connect());
             let retry_this = match outcome {
                 Some(Ok(resp)) => {
                     upstream.record(&target, !resp.status().is_server_error());

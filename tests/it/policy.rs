@@ -558,6 +558,61 @@ async fn cidr_gate_judges_the_forwarded_client_behind_a_trusted_proxy() {
     assert_eq!(feature.hits(), 2);
 }
 
+/// A branch deployment that got the request (it answered 503) is not replaced by main
+/// when a retry then fails to connect: main never sees a request the branch may have
+/// run. One endpoint answers 503, the other refuses; whichever comes first, the
+/// client gets the branch's answer or 502, and main gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branch_that_got_the_request_is_not_replaced_by_main() {
+    let main = Upstream::echo("main").await;
+    let busy = Upstream::start(|_req| async {
+        let mut r = text("busy");
+        *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        r
+    })
+    .await;
+    let gw = Gateway::start(&config(&format!(
+        "[server]\naccess_log = \"off\"\n\
+         [defaults]\nretry = {{ attempts = 2, on = [\"connect-failure\", \"503\"] }}\n\
+         [branches]\nheader = \"x-branch\"\n\
+         [services.users]\nendpoints = [{}]\n\
+         [services.users.branches]\nfeat = [{}, \"127.0.0.1:{}\"]\n\
+         [[routes]]\nname = \"users\"\npath = \"/\"\nservice = \"users\"\n",
+        main.endpoint(),
+        busy.endpoint(),
+        free_port()
+    )));
+    let c = client();
+    let mut reached_then_refused = 0;
+    for i in 0..8 {
+        let (b0, m0) = (busy.hits(), main.hits());
+        let a = get_with(&c, &gw.url("/"), &[("x-branch", "feat")]).await;
+        if busy.hits() > b0 {
+            assert_eq!(
+                main.hits(),
+                m0,
+                "request {i}: main ran it after the branch did"
+            );
+            assert!(
+                a.status == 503 || a.status == 502,
+                "request {i}: {}",
+                a.status
+            );
+            reached_then_refused += usize::from(a.status == 502);
+        } else {
+            // Only connect failures (the 503 endpoint may be ejected by now): main.
+            assert_eq!(a.json()["service"], "main", "request {i}");
+        }
+    }
+    assert!(
+        reached_then_refused > 0,
+        "no request went 503 -> refused: the case was not exercised"
+    );
+    // A branch that refuses every connection still falls back.
+    let a = get_with(&c, &gw.url("/"), &[("x-branch", "nope")]).await;
+    assert_eq!(a.json()["service"], "main");
+}
+
 /// Branch selection wins over the canary split, and the access log records the branch
 /// and whether it fell back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
