@@ -339,41 +339,103 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
 
 // === impl BranchCache ===
 
-/// Most template lookups kept at once; when full, expired entries go first, then
-/// everything (a flood of random names cannot grow memory).
+/// Most template lookups kept at once; when full, expired entries go first, then the
+/// oldest sixteenth (a flood of random names cannot grow memory, and the names in use
+/// stay).
 pub const CACHE_MAX: usize = 4096;
 
-/// Expiry and answer of one lookup.
-type CacheEntry = (Instant, Option<Arc<Upstream>>);
+/// Most DNS lookups of branch templates in flight at once, gateway-wide (per snapshot):
+/// beyond that a new name is a miss (main answers), not cached.
+pub const LOOKUPS_MAX: usize = 32;
 
-/// Template lookups: `host:port` -> the branch upstream, or `None` (does not resolve).
-#[derive(Debug, Default)]
+/// One name's lookup: pending until the first caller's lookup is done, then its
+/// expiry and answer. Concurrent misses for one name share the one lookup.
+type Cell = Arc<tokio::sync::OnceCell<(Instant, Option<Arc<Upstream>>)>>;
+
+/// Template lookups: `host:port` -> the branch upstream (resolved once, so a hit does
+/// no registry or DNS work), or `None` (does not resolve).
+#[derive(Debug)]
 pub struct BranchCache {
-    entries: Mutex<HashMap<String, CacheEntry>>,
+    entries: Mutex<HashMap<String, Cell>>,
+    lookups: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for BranchCache {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::default(),
+            lookups: Arc::new(tokio::sync::Semaphore::new(LOOKUPS_MAX)),
+        }
+    }
 }
 
 impl BranchCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cell>> {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// A cached answer that has not expired: `Some(None)` is a cached "no such branch".
     pub fn get(&self, key: &str) -> Option<Option<Arc<Upstream>>> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let (expires, up) = entries.get(key)?;
+        let entries = self.lock();
+        let (expires, up) = entries.get(key)?.get()?;
         (Instant::now() < *expires).then(|| up.clone())
     }
 
-    pub fn put(&self, key: String, ttl: Duration, up: Option<Arc<Upstream>>) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= CACHE_MAX {
-            let now = Instant::now();
-            entries.retain(|_, (exp, _)| *exp > now);
-            if entries.len() >= CACHE_MAX {
-                entries.clear();
+    /// The cached answer for `key`, else `resolve`'s, cached for `ttl`. Concurrent
+    /// misses for one key wait for one `resolve`; when [`LOOKUPS_MAX`] lookups are
+    /// already running, a new key is a miss and nothing is cached.
+    pub async fn get_or_resolve<F, Fut>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        resolve: F,
+    ) -> Option<Arc<Upstream>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Option<Arc<Upstream>>>,
+    {
+        let (cell, permit) = {
+            let mut entries = self.lock();
+            match entries.get(key).map(|c| (c.get(), c)) {
+                Some((Some((expires, up)), _)) if Instant::now() < *expires => return up.clone(),
+                // Pending: join the lookup that is running.
+                Some((None, cell)) => (cell.clone(), None),
+                // Absent or expired: a new lookup, if there is room for one.
+                _ => {
+                    let permit = self.lookups.clone().try_acquire_owned().ok()?;
+                    if entries.len() >= CACHE_MAX {
+                        evict(&mut entries);
+                    }
+                    let cell = Cell::default();
+                    entries.insert(key.to_string(), cell.clone());
+                    (cell, Some(permit))
+                }
             }
+        };
+        let (_, up) = cell
+            .get_or_init(|| async move {
+                let _permit = permit;
+                let up = resolve().await;
+                (Instant::now() + ttl, up)
+            })
+            .await;
+        up.clone()
+    }
+
+    /// Cache an answer (tests, and callers that resolved on their own).
+    pub fn put(&self, key: String, ttl: Duration, up: Option<Arc<Upstream>>) {
+        let mut entries = self.lock();
+        if entries.len() >= CACHE_MAX {
+            evict(&mut entries);
         }
-        entries.insert(key, (Instant::now() + ttl, up));
+        let cell = Cell::default();
+        let _ = cell.set((Instant::now() + ttl, up));
+        entries.insert(key, cell);
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -381,10 +443,33 @@ impl BranchCache {
     }
 }
 
-/// Resolve a template host. Names under `localhost` are loopback without asking DNS
-/// and names under `invalid` never resolve (RFC 6761 §6.3, §6.4), which also makes
-/// templates testable on any machine.
-pub async fn resolve(host: &str, port: u16) -> Vec<SocketAddr> {
+/// Make room: drop expired answers; when that is not enough, the oldest sixteenth
+/// (by expiry). Pending lookups stay.
+fn evict(entries: &mut HashMap<String, Cell>) {
+    let now = Instant::now();
+    entries.retain(|_, c| c.get().is_none_or(|(exp, _)| *exp > now));
+    if entries.len() < CACHE_MAX {
+        return;
+    }
+    let mut ready: Vec<(Instant, String)> = entries
+        .iter()
+        .filter_map(|(k, c)| c.get().map(|(exp, _)| (*exp, k.clone())))
+        .collect();
+    let n = (CACHE_MAX / 16).min(ready.len());
+    if n == 0 {
+        return;
+    }
+    ready.select_nth_unstable(n - 1);
+    for (_, k) in &ready[..n] {
+        entries.remove(k);
+    }
+}
+
+/// Resolve a template host, within `timeout` (a lookup that takes longer is "does not
+/// resolve"). Names under `localhost` are loopback without asking DNS and names under
+/// `invalid` never resolve (RFC 6761 §6.3, §6.4), which also makes templates testable
+/// on any machine.
+pub async fn resolve(host: &str, port: u16, timeout: Duration) -> Vec<SocketAddr> {
     let lower = host.trim_end_matches('.');
     if lower == "localhost" || lower.ends_with(".localhost") {
         return vec![SocketAddr::from(([127, 0, 0, 1], port))];
@@ -392,13 +477,19 @@ pub async fn resolve(host: &str, port: u16) -> Vec<SocketAddr> {
     if lower == "invalid" || lower.ends_with(".invalid") {
         return Vec::new();
     }
+    let mut v = tokio::time::timeout(timeout, lookup_host(host, port))
+        .await
+        .unwrap_or_default();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The one DNS call of branch templates.
+// TODO(merge): swap for `crate::upstream::dns::Dns` once main has it.
+async fn lookup_host(host: &str, port: u16) -> Vec<SocketAddr> {
     match tokio::net::lookup_host((host, port)).await {
-        Ok(addrs) => {
-            let mut v: Vec<SocketAddr> = addrs.collect();
-            v.sort();
-            v.dedup();
-            v
-        }
+        Ok(addrs) => addrs.collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -628,18 +719,86 @@ mod tests {
             c.get("gone:80").is_none(),
             "expired entries are not answers"
         );
+        c.put("keep:80".into(), Duration::from_secs(3600), None);
         for i in 0..CACHE_MAX * 2 {
             c.put(format!("b{i}.invalid:80"), Duration::from_secs(60), None);
         }
         assert!(c.len() <= CACHE_MAX);
+        assert!(c.len() > CACHE_MAX / 2, "evicting keeps most entries");
+        assert!(c.get("keep:80").is_some(), "the oldest go first");
+    }
+
+    /// Concurrent misses for one name share one lookup; when every lookup slot is
+    /// taken, a new name is a miss that is not cached.
+    #[tokio::test]
+    async fn lookups_are_single_flight_and_bounded() {
+        let c = Arc::new(BranchCache::default());
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let (c, calls, gate) = (c.clone(), calls.clone(), gate.clone());
+            tasks.push(tokio::spawn(async move {
+                c.get_or_resolve("a:80", Duration::from_secs(60), || async move {
+                    calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = gate.acquire().await;
+                    None
+                })
+                .await
+            }));
+        }
+        // Hold the other slots with lookups that wait.
+        let hold = Arc::new(tokio::sync::Semaphore::new(0));
+        for i in 1..LOOKUPS_MAX {
+            let (c, hold) = (c.clone(), hold.clone());
+            tasks.push(tokio::spawn(async move {
+                c.get_or_resolve(
+                    &format!("h{i}:80"),
+                    Duration::from_secs(60),
+                    || async move {
+                        let _ = hold.acquire().await;
+                        None
+                    },
+                )
+                .await
+            }));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.lookups.available_permits() > 0
+            || calls.load(std::sync::atomic::Ordering::SeqCst) == 0
+        {
+            assert!(Instant::now() < deadline, "lookups never started");
+            tokio::task::yield_now().await;
+        }
+        let full = c
+            .get_or_resolve("new:80", Duration::from_secs(60), || async {
+                panic!("no slot: no lookup")
+            })
+            .await;
+        assert!(full.is_none());
+        assert!(
+            c.get("new:80").is_none(),
+            "a miss for lack of a slot is not cached"
+        );
+        gate.add_permits(1000);
+        hold.add_permits(1000);
+        for t in tasks {
+            assert!(t.await.unwrap().is_none());
+        }
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(c.get("a:80").map(|u| u.is_none()), Some(true));
     }
 
     #[tokio::test]
     async fn localhost_and_invalid_names_need_no_dns() {
         assert_eq!(
-            resolve("feat.localhost", 81).await,
+            resolve("feat.localhost", 81, Duration::from_secs(1)).await,
             vec![SocketAddr::from(([127, 0, 0, 1], 81))]
         );
-        assert!(resolve("feat.preview.invalid", 80).await.is_empty());
+        assert!(
+            resolve("feat.preview.invalid", 80, Duration::from_secs(1))
+                .await
+                .is_empty()
+        );
     }
 }

@@ -425,13 +425,18 @@ async fn branch_upstream(
     let (template, port) = svc.branch_endpoint.as_ref()?;
     let host = template.replace("{branch}", branch);
     let key = format!("{host}:{port}");
-    if let Some(cached) = snap.branch_cache.get(&key) {
-        return cached;
-    }
-    let addrs = policy::branch::resolve(&host, *port).await;
-    let up = if addrs.is_empty() {
-        None
-    } else {
+    let ttl = snap
+        .config
+        .policy
+        .branches
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(10), |b| b.cache_ttl);
+    // A hit returns the upstream built on the first lookup: no DNS, no registry work.
+    let resolve = || async {
+        let addrs = policy::branch::resolve(&host, *port, svc.connect_timeout).await;
+        if addrs.is_empty() {
+            return None;
+        }
         let endpoints = addrs
             .into_iter()
             .map(|a| crate::config::model::Endpoint {
@@ -443,14 +448,7 @@ async fn branch_upstream(
         let bs = crate::snapshot::branch_service(svc, branch, endpoints);
         Some(gw.registry.upstreams.get(&bs, &snap.config.defaults).await)
     };
-    let ttl = snap
-        .config
-        .policy
-        .branches
-        .as_ref()
-        .map_or(std::time::Duration::from_secs(10), |b| b.cache_ttl);
-    snap.branch_cache.put(key, ttl, up.clone());
-    up
+    snap.branch_cache.get_or_resolve(&key, ttl, resolve).await
 }
 
 /// Feed the canary guard with this answer; trip it when the canary fails too often.
