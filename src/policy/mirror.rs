@@ -115,17 +115,19 @@ pub struct Captured {
     pub headers: Vec<Option<http::HeaderValue>>,
     /// The body when it fitted under the cap; `None` when only the hash is known.
     pub body: Option<bytes::Bytes>,
-    /// SHA-256 of the whole body.
-    pub hash: [u8; 32],
+    /// SHA-256 of the whole body, computed only for a body over the cap (two bodies
+    /// under it are compared as they are; one under and one over differ in length).
+    pub hash: Option<[u8; 32]>,
     pub len: u64,
 }
 
-/// Collects a body as it streams: the first `cap` bytes and a hash of everything.
+/// Collects a body as it streams: the first `cap` bytes, and only once the body has
+/// outgrown them, a hash of everything (so that the client's path does not hash the
+/// usual small answer frame by frame).
 pub struct Collector {
     cap: usize,
     buf: bytes::BytesMut,
-    over: bool,
-    hasher: sha2::Sha256,
+    hasher: Option<sha2::Sha256>,
     len: u64,
 }
 
@@ -137,25 +139,25 @@ impl std::fmt::Debug for Collector {
 
 impl Collector {
     pub fn new(cap: usize) -> Self {
-        use sha2::Digest as _;
         Self {
             cap,
             buf: bytes::BytesMut::new(),
-            over: false,
-            hasher: sha2::Sha256::new(),
+            hasher: None,
             len: 0,
         }
     }
 
     pub fn push(&mut self, data: &[u8]) {
         use sha2::Digest as _;
-        self.hasher.update(data);
         self.len += data.len() as u64;
-        if !self.over {
-            if self.buf.len() + data.len() <= self.cap {
-                self.buf.extend_from_slice(data);
-            } else {
-                self.over = true;
+        match &mut self.hasher {
+            Some(h) => h.update(data),
+            None if self.buf.len() + data.len() <= self.cap => self.buf.extend_from_slice(data),
+            None => {
+                let mut h = sha2::Sha256::new();
+                h.update(&self.buf);
+                h.update(data);
+                self.hasher = Some(h);
                 self.buf = bytes::BytesMut::new();
             }
         }
@@ -163,11 +165,15 @@ impl Collector {
 
     pub fn finish(self, status: u16, headers: Vec<Option<http::HeaderValue>>) -> Captured {
         use sha2::Digest as _;
+        let (body, hash) = match self.hasher {
+            None => (Some(self.buf.freeze()), None),
+            Some(h) => (None, Some(h.finalize().into())),
+        };
         Captured {
             status,
             headers,
-            body: (!self.over).then(|| self.buf.freeze()),
-            hash: self.hasher.finalize().into(),
+            body,
+            hash,
             len: self.len,
         }
     }
@@ -225,11 +231,17 @@ pub fn compare(m: &Mirror, primary: &Captured, shadow: &Captured) -> Vec<String>
                 _ => {}
             }
         }
-        _ if primary.hash != shadow.hash => out.push(format!(
-            "body: {} bytes != {} bytes (over the compare size; hashes differ)",
+        (None, None) if primary.hash != shadow.hash || primary.len != shadow.len => {
+            out.push(format!(
+                "body: {} bytes != {} bytes (over the compare size; hashes differ)",
+                primary.len, shadow.len
+            ))
+        }
+        (None, None) => {}
+        _ => out.push(format!(
+            "body: {} bytes != {} bytes (over the compare size)",
             primary.len, shadow.len
         )),
-        _ => {}
     }
     out.truncate(MAX_DIFFS);
     out
@@ -402,5 +414,10 @@ mod tests {
         let d = compare(&m, &a, &c);
         assert_eq!(d[0], "status: 200 != 500");
         assert!(d[1].contains("hashes differ"), "{d:?}");
+        // Under the cap nothing is hashed; under against over differs by length.
+        let small = cap(&m, 200, "x", 10);
+        assert!(small.hash.is_none() && a.hash.is_some());
+        let d = compare(&m, &small, &a);
+        assert_eq!(d, ["body: 1 bytes != 100 bytes (over the compare size)"]);
     }
 }

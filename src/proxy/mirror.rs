@@ -23,6 +23,8 @@ use crate::upstream::Upstream;
 pub struct PrimaryCopy {
     pub mirror: Arc<Mirror>,
     pub tx: oneshot::Sender<Captured>,
+    /// The mirror slot, shared with the shadow task.
+    pub slot: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Start the shadow request when the route mirrors this one. `Some` when the primary's
@@ -73,13 +75,16 @@ pub fn start(
         head: head.clone(),
         timeout,
     };
+    let slot = Arc::new(permit);
+    let task_slot = slot.clone();
     tokio::spawn(async move {
-        let _permit = permit;
+        let _slot = task_slot;
         task.run(body, rx).await;
     });
     tx.map(|tx| PrimaryCopy {
         mirror: m.clone(),
         tx,
+        slot,
     })
 }
 

@@ -316,6 +316,7 @@ async fn pipeline(
         status: resp.status().as_u16(),
         headers: policy::mirror::pick_headers(&c.mirror, resp.headers()),
         tx: c.tx,
+        slot: c.slot,
     });
     let mut resp = downstream_response(resp, route, rate, permit);
     if let Some(t) = tee {
