@@ -799,14 +799,22 @@ async fn mirror_compare_names_the_differing_json_path() {
         serde_json::json!([r#"$.user.name: "Alice" != "Bob""#]),
         "{report}"
     );
-    // POST is not mirrored unless `methods` says so.
+    // POST is not mirrored unless `methods` says so: after the POST, one mirrored GET
+    // whose comparison is counted; the shadow then has seen exactly that one more.
     let before = v2.hits();
     let post = http::Request::post(gw.url("/users/1"))
         .body(full("{}"))
         .unwrap();
     assert_eq!(send(&c, post).await.status, 200);
-    assert_eq!(v2.hits(), before);
-    assert_eq!(v1.hits(), 3);
+    assert_eq!(get(&c, &gw.url("/users/1")).await.status, 200);
+    eventually("the GET after the POST is compared", async || {
+        metrics(&gw)
+            .await
+            .contains(r#"switchyard_mirror_requests_total{route="users",result="match"} 2"#)
+    })
+    .await;
+    assert_eq!(v2.hits(), before + 1, "the POST was mirrored");
+    assert_eq!(v1.hits(), 4);
 }
 
 /// `explain` on the shipped table names the answering service and why: canary bucket,
