@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use http::HeaderValue;
 use tokio::sync::Semaphore;
 
 use crate::config::model::{Endpoint, Service};
@@ -52,6 +53,9 @@ pub struct Snapshot {
     pub branch_upstreams: Vec<HashMap<String, Arc<Upstream>>>,
     /// Template branch lookups (short TTL, negative answers too).
     pub branch_cache: BranchCache,
+    /// Per service, its name and `NAME@main` as response-header values (built once,
+    /// not per response); `None` for a name that is not a valid header value.
+    pub service_values: Vec<Option<(HeaderValue, HeaderValue)>>,
     pub mismatches: Arc<MismatchLog>,
     /// Hash of the source text.
     pub hash: String,
@@ -117,6 +121,15 @@ impl Snapshot {
             .map(|r| Arc::from(r.name.as_str()))
             .collect();
         let spans = registry.spans.get(&config.tracing);
+        let service_values = config
+            .services
+            .iter()
+            .map(|s| {
+                let name = HeaderValue::from_str(&s.name).ok()?;
+                let main = HeaderValue::from_str(&format!("{}@main", s.name)).ok()?;
+                Some((name, main))
+            })
+            .collect();
         Snapshot {
             router,
             spans,
@@ -127,6 +140,7 @@ impl Snapshot {
             mirror_slots,
             branch_upstreams,
             branch_cache: BranchCache::default(),
+            service_values,
             mismatches: registry.mismatches.clone(),
             hash: loaded.hash,
             loaded_at: SystemTime::now(),

@@ -27,6 +27,9 @@ pub use mirror::Mirror;
 /// every request so no client can steer an upstream that reads it.
 pub const FORCE_HEADER_DEFAULT: &str = "x-canary";
 
+/// [`FORCE_HEADER_DEFAULT`] as a header name, built once.
+pub static FORCE_HEADER_NAME: HeaderName = HeaderName::from_static(FORCE_HEADER_DEFAULT);
+
 /// JWT claims of the request, when an auth policy verified a token. The pipeline passes
 /// `None` until auth is wired in.
 pub type Claims = serde_json::Map<String, serde_json::Value>;

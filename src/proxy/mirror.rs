@@ -123,7 +123,6 @@ impl ShadowTask {
             self.counter.inc(&self.route, "match");
             return;
         }
-        self.counter.inc(&self.route, "mismatch");
         let request = format!("{} {}", self.head.method, self.head.path_and_query);
         let time = time::OffsetDateTime::from(SystemTime::now())
             .format(&time::format_description::well_known::Rfc3339)
@@ -140,6 +139,9 @@ impl ShadowTask {
             tracing::info!(route = %self.route, request = %request, diff = ?entry["diff"], "mirror mismatch");
         }
         self.log.push(entry);
+        // Counted once the entry is on the admin API: a reader that saw the count
+        // finds the report.
+        self.counter.inc(&self.route, "mismatch");
     }
 
     /// Send the copy and read the shadow's answer (capped, hashed).

@@ -106,6 +106,8 @@ struct RequestCtx {
     branch_hit: bool,
     /// The branch had no reachable deployment; main answered.
     branch_fallback: bool,
+    /// Index of the service the split chose (`config.services`), before any branch.
+    backend_service: Option<usize>,
     /// Set by `forward`: some try got past connecting (the request may have reached
     /// the upstream), so sending it elsewhere could run it twice.
     reached_upstream: bool,
@@ -169,6 +171,7 @@ pub async fn serve(
         branch_hit: false,
         branch_fallback: false,
         reached_upstream: false,
+        backend_service: None,
     };
     let (mut resp, error) = match pipeline(gw, &snapshot, conn, &mut ctx, req).await {
         Ok(resp) => (resp, None),
@@ -239,6 +242,7 @@ async fn pipeline(
     let claims: Option<&policy::Claims> = None;
     let backend = split(snap, route_id, fwd, &parts.headers, claims, ctx)?;
     strip_force_header(snap, &mut parts.headers);
+    ctx.backend_service = Some(backend.service);
     let main_upstream = &snap.upstreams[backend.service];
     let branch_upstream = branch(
         gw,
@@ -353,7 +357,7 @@ fn split<'f>(
 fn strip_force_header(snap: &Snapshot, headers: &mut HeaderMap) {
     match &snap.config.policy.force_header {
         Some(h) => headers.remove(h),
-        None => headers.remove(policy::FORCE_HEADER_DEFAULT),
+        None => headers.remove(&policy::FORCE_HEADER_NAME),
     };
 }
 
@@ -486,22 +490,41 @@ fn guard_feedback(
     }
 }
 
-/// `x-switchyard-service` and `x-switchyard-served-by`, when configured.
+/// `x-switchyard-service` and `x-switchyard-served-by`, when configured. Served-by
+/// only answers a request that asked for a branch the gate admitted (hit or
+/// fallback): other responses carry nothing extra. Header values of configured
+/// services are built with the snapshot; only a branch hit makes one.
 fn policy_response_headers(snap: &Snapshot, ctx: &RequestCtx, headers: &mut HeaderMap) {
     let p = &snap.config.policy;
-    let Some(service) = &ctx.service else { return };
-    if let Some(h) = &p.service_header
-        && let Ok(v) = HeaderValue::from_str(service)
-    {
-        headers.insert(h.clone(), v);
+    let served_by = p
+        .branches
+        .as_ref()
+        .and_then(|b| b.served_by.as_ref())
+        .filter(|_| ctx.branch.is_some());
+    if p.service_header.is_none() && served_by.is_none() {
+        return;
     }
-    if let Some(h) = p.branches.as_ref().and_then(|b| b.served_by.as_ref()) {
-        let value = if ctx.branch_hit {
-            HeaderValue::from_str(service)
-        } else {
-            HeaderValue::from_str(&format!("{service}@main"))
+    let Some(service) = &ctx.service else { return };
+    let branch_value = || HeaderValue::from_str(service).ok();
+    let configured = ctx
+        .backend_service
+        .and_then(|i| snap.service_values.get(i))
+        .and_then(Option::as_ref);
+    if let Some(h) = &p.service_header {
+        let v = match ctx.branch_hit {
+            true => branch_value(),
+            false => configured.map(|(name, _)| name.clone()),
         };
-        if let Ok(v) = value {
+        if let Some(v) = v {
+            headers.insert(h.clone(), v);
+        }
+    }
+    if let Some(h) = served_by {
+        let v = match ctx.branch_hit {
+            true => branch_value(),
+            false => configured.map(|(_, main)| main.clone()),
+        };
+        if let Some(v) = v {
             headers.insert(h.clone(), v);
         }
     }

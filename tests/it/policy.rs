@@ -389,9 +389,9 @@ async fn branches_hit_fall_back_and_reject_bad_names() {
         assert_eq!(a.status, 400, "{bad}");
         assert_eq!(a.json()["error"], "bad_branch");
     }
-    // No branch: main, served-by says so.
+    // No branch asked: no served-by header.
     let a = get(&c, &gw.url("/users/1")).await;
-    assert_eq!(a.headers["x-switchyard-served-by"], "users@main");
+    assert!(a.headers.get("x-switchyard-served-by").is_none());
     assert_eq!(templ.hits(), 1);
 }
 
@@ -417,8 +417,10 @@ async fn gates_strip_the_branch_of_outsiders() {
             ("cookie", "x-branch=feature-login; a=1"),
         ],
     )
-    .await
-    .json();
+    .await;
+    // A refused branch gets no served-by header either.
+    assert!(a.headers.get("x-switchyard-served-by").is_none());
+    let a = a.json();
     assert_eq!(a["service"], "main");
     assert!(a["headers"].get("x-branch").is_none(), "{a}");
     assert_eq!(a["headers"]["cookie"], "a=1");
