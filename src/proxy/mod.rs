@@ -108,6 +108,10 @@ struct RequestCtx {
     branch_fallback: bool,
     /// Index of the service the split chose (`config.services`), before any branch.
     backend_service: Option<usize>,
+    /// The `service` label of metrics when it is not `service`: a branch deployment
+    /// (`users@feat`) is counted as its main service (`users`); the full name is only
+    /// in the access log, the span and the served-by header.
+    metric_service: Option<Arc<str>>,
     /// Set by `forward`: some try got past connecting (the request may have reached
     /// the upstream), so sending it elsewhere could run it twice.
     reached_upstream: bool,
@@ -172,6 +176,7 @@ pub async fn serve(
         branch_fallback: false,
         reached_upstream: false,
         backend_service: None,
+        metric_service: None,
     };
     let (mut resp, error) = match pipeline(gw, &snapshot, conn, &mut ctx, req).await {
         Ok(resp) => (resp, None),
@@ -296,6 +301,7 @@ async fn pipeline(
                     ctx.branch_hit = false;
                     ctx.branch_fallback = true;
                     ctx.service = Some(main_upstream.name.clone());
+                    ctx.metric_service = None;
                     permit = None;
                     let remaining = route_timeout.saturating_sub(forward_started.elapsed());
                     match concurrency_slot(main_upstream, remaining).await {
@@ -411,6 +417,9 @@ async fn branch(
     ctx.branch = Some(name);
     if found.is_some() {
         ctx.choice = None;
+        // Metrics count a branch under its main service: branch names are the
+        // tester's to choose, series must stay bounded.
+        ctx.metric_service = snap.upstreams.get(service).map(|u| u.name.clone());
     }
     Ok(found)
 }
@@ -964,9 +973,13 @@ fn finish(
 ) {
     let status = resp.status().as_u16();
     let m = &gw.metrics;
+    let metric_service = match &ctx.metric_service {
+        Some(_) => &ctx.metric_service,
+        None => &ctx.service,
+    };
     m.request(
         &ctx.route,
-        &ctx.service,
+        metric_service,
         method,
         status,
         started.elapsed().as_secs_f64(),
@@ -974,7 +987,7 @@ fn finish(
     if let Some(code) = error {
         m.error(code);
     }
-    if let Some(service) = &ctx.service {
+    if let Some(service) = metric_service {
         if let Some(t) = ctx.upstream_time {
             m.upstream(service, t.as_secs_f64());
         }

@@ -656,6 +656,13 @@ async fn branch_wins_over_canary_and_is_logged() {
     assert_eq!(log[1]["branch"], "other");
     assert_eq!(log[1]["branch_fallback"], true);
     assert_eq!(log[1]["service"], "canary");
+    // Metrics count the branch under its main service: no series per branch name.
+    let m = metrics(&gw).await;
+    assert!(
+        m.contains(r#"switchyard_requests_total{route="users",service="users",method="GET",code_class="2xx"} 1"#),
+        "{m}"
+    );
+    assert!(!m.contains("users@feat"), "{m}");
 }
 
 /// Poll `f` until it holds, within `SOON`.
