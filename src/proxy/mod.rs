@@ -321,13 +321,23 @@ async fn pipeline(
     };
     guard_feedback(gw, snap, route_id, fwd, ctx, &resp);
     let resp = resp?;
-    let tee = primary_copy.map(|c| body::Tee {
-        collector: policy::mirror::Collector::new(c.mirror.max_compare_body),
-        status: resp.status().as_u16(),
-        headers: policy::mirror::pick_headers(&c.mirror, resp.headers()),
-        tx: c.tx,
-        slot: c.slot,
-    });
+    // An encoded answer is not compared (the shadow task counts it `skipped`): it is
+    // not copied either.
+    let tee = match primary_copy {
+        Some(c) if policy::mirror::is_encoded(resp.headers()) => {
+            let _ =
+                c.tx.send(policy::mirror::Captured::encoded(resp.status().as_u16()));
+            None
+        }
+        Some(c) => Some(body::Tee {
+            collector: policy::mirror::Collector::new(c.mirror.max_compare_body),
+            status: resp.status().as_u16(),
+            headers: policy::mirror::pick_headers(&c.mirror, resp.headers()),
+            tx: c.tx,
+            slot: c.slot,
+        }),
+        None => None,
+    };
     let mut resp = downstream_response(resp, route, rate, permit);
     if let Some(t) = tee {
         resp.body_mut().set_tee(t);

@@ -826,6 +826,40 @@ async fn mirror_compare_names_the_differing_json_path() {
     assert_eq!(v1.hits(), 4);
 }
 
+/// A shadow that answers gzip while the primary answers plain JSON: the comparison is
+/// `skipped` (bytes of an encoded body say nothing comparable), not a mismatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_skips_comparing_encoded_bodies() {
+    let v1 = Upstream::echo("same").await;
+    let v2 = Upstream::start(|_req| async {
+        let mut r = text("\x1f\u{8b}not really gzip");
+        r.headers_mut()
+            .insert("content-encoding", http::HeaderValue::from_static("gzip"));
+        r
+    })
+    .await;
+    let gw = Gateway::start(&config(&format!(
+        "[server]\naccess_log = \"off\"\n\
+         [services.v1]\nendpoints = [{}]\n[services.v2]\nendpoints = [{}]\n\
+         [[routes]]\nname = \"users\"\npath = \"/users\"\nservice = \"v1\"\n\
+         mirror = {{ service = \"v2\", compare = true, ignore = [\"$.items[*].id\"] }}\n",
+        v1.endpoint(),
+        v2.endpoint()
+    )));
+    let c = client();
+    assert_eq!(get(&c, &gw.url("/users/1")).await.status, 200);
+    eventually("the comparison is skipped", async || {
+        metrics(&gw)
+            .await
+            .contains(r#"switchyard_mirror_requests_total{route="users",result="skipped"} 1"#)
+    })
+    .await;
+    let m = metrics(&gw).await;
+    assert!(!m.contains(r#"result="mismatch""#), "{m}");
+    let report = get(&c, &gw.admin_url("/mirror/mismatches")).await.json();
+    assert_eq!(report["mismatches"], serde_json::json!([]), "{report}");
+}
+
 /// `explain` on the shipped table names the answering service and why: canary bucket,
 /// branch hit, fallback, bad name, refused gate.
 #[test]
