@@ -615,6 +615,33 @@ async fn branch_that_got_the_request_is_not_replaced_by_main() {
     assert_eq!(a.json()["service"], "main");
 }
 
+/// A fallback from a refusing branch takes a slot of *main's* concurrency limit: with
+/// main's only slot held (and no queue), the fallback is shed, not sent to main.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branch_fallback_takes_a_slot_of_main() {
+    let (main, arrived) = Upstream::slow(Duration::from_secs(3), "main").await;
+    let gw = Gateway::start(&config(&format!(
+        "[server]\naccess_log = \"off\"\n\
+         [branches]\nheader = \"x-branch\"\n\
+         [services.users]\nendpoints = [{}]\nmax_in_flight = 1\nmax_pending = 0\n\
+         [services.users.branches]\ngone = [\"127.0.0.1:{}\"]\n\
+         [[routes]]\nname = \"users\"\npath = \"/\"\nservice = \"users\"\n",
+        main.endpoint(),
+        free_port()
+    )));
+    let url = gw.url("/");
+    let holder = tokio::spawn(async move { get(&client(), &url).await.status });
+    tokio::time::timeout(SOON, arrived.notified())
+        .await
+        .expect("main never got the first request");
+    let c = client();
+    let a = get_with(&c, &gw.url("/"), &[("x-branch", "gone")]).await;
+    assert_eq!(a.status, 503, "the fallback did not wait for main's slot");
+    assert_eq!(a.json()["error"], "overloaded");
+    assert_eq!(main.hits(), 1);
+    assert_eq!(holder.await.unwrap(), 200);
+}
+
 /// Branch selection wins over the canary split, and the access log records the branch
 /// and whether it fell back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
