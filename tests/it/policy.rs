@@ -853,6 +853,42 @@ async fn mirror_compare_names_the_differing_json_path() {
     assert_eq!(v1.hits(), 4);
 }
 
+/// The mirror slot is shared by the shadow task and the teed primary body: it is
+/// released when both are done, so one slot serves request after request, whether the
+/// shadow answers or is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_slot_is_released_after_each_copy() {
+    let v1 = Upstream::echo("same").await;
+    let v2 = Upstream::echo("same").await;
+    let dead = free_port();
+    let gw = Gateway::start(&config(&format!(
+        "[server]\naccess_log = \"off\"\n\
+         [services.v1]\nendpoints = [{}]\n[services.v2]\nendpoints = [{}]\n\
+         [services.dead]\nendpoints = [\"127.0.0.1:{dead}\"]\n\
+         [[routes]]\nname = \"up\"\npath = \"/up\"\nservice = \"v1\"\n\
+         mirror = {{ service = \"v2\", compare = true, max_in_flight = 1 }}\n\
+         [[routes]]\nname = \"down\"\npath = \"/down\"\nservice = \"v1\"\n\
+         mirror = {{ service = \"dead\", compare = true, max_in_flight = 1 }}\n",
+        v1.endpoint(),
+        v2.endpoint()
+    )));
+    let c = client();
+    for (path, route, result) in [("/up", "up", "match"), ("/down", "down", "failed")] {
+        for i in 1..=5 {
+            assert_eq!(get(&c, &gw.url(path)).await.status, 200);
+            let want = format!(
+                r#"switchyard_mirror_requests_total{{route="{route}",result="{result}"}} {i}"#
+            );
+            eventually(&want, async || metrics(&gw).await.contains(&want)).await;
+        }
+        let m = metrics(&gw).await;
+        assert!(
+            !m.contains(&format!(r#"route="{route}",result="dropped""#)),
+            "{m}"
+        );
+    }
+}
+
 /// A shadow that answers gzip while the primary answers plain JSON: the comparison is
 /// `skipped` (bytes of an encoded body say nothing comparable), not a mismatch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
