@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use http::HeaderValue;
 use tokio::sync::Semaphore;
 
 use crate::auth::{self, Auth};
@@ -32,6 +33,31 @@ pub struct Registry {
     pub mismatches: Arc<MismatchLog>,
     /// JWKS caches of URL key sources.
     pub auth: auth::Registry,
+    /// Mirror slots by route: shadow requests still in flight from before a reload keep
+    /// counting against the route's `max_in_flight`.
+    pub mirror_slots: MirrorSlots,
+}
+
+/// Hands out each route's mirror semaphore, reusing the live one for an unchanged
+/// (route, `max_in_flight`): frequent reloads do not raise the real limit.
+#[derive(Debug, Default)]
+pub struct MirrorSlots {
+    live: std::sync::Mutex<HashMap<(String, usize), std::sync::Weak<Semaphore>>>,
+}
+
+impl MirrorSlots {
+    /// Called while building a snapshot, never per request.
+    pub fn get(&self, route: &str, max_in_flight: usize) -> Arc<Semaphore> {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (route.to_string(), max_in_flight);
+        if let Some(s) = live.get(&key).and_then(std::sync::Weak::upgrade) {
+            return s;
+        }
+        let s = Arc::new(Semaphore::new(max_in_flight));
+        live.retain(|_, w| w.strong_count() > 0);
+        live.insert(key, Arc::downgrade(&s));
+        s
+    }
 }
 
 /// One loaded configuration, ready to serve.
@@ -49,12 +75,16 @@ pub struct Snapshot {
     pub spans: Option<Arc<SpanSink>>,
     /// Per route, the canary guard's window (fresh on every load: a reload un-trips it).
     pub guards: Vec<Option<GuardState>>,
-    /// Per route, the slots for detached mirror requests.
+    /// Per route, the slots for detached mirror requests (from the registry: they
+    /// outlive reloads).
     pub mirror_slots: Vec<Option<Arc<Semaphore>>>,
     /// Per service (same index as `config.services`), its explicit branch deployments.
     pub branch_upstreams: Vec<HashMap<String, Arc<Upstream>>>,
     /// Template branch lookups (short TTL, negative answers too).
     pub branch_cache: BranchCache,
+    /// Per service, its name and `NAME@main` as response-header values (built once,
+    /// not per response); `None` for a name that is not a valid header value.
+    pub service_values: Vec<Option<(HeaderValue, HeaderValue)>>,
     pub mismatches: Arc<MismatchLog>,
     /// Auth policies with their keys, the identity headers to strip, the minter.
     pub auth: Auth,
@@ -100,10 +130,13 @@ impl Snapshot {
                 Some(GuardState::new(g))
             })
             .collect();
-        let mirror_slots = policies
-            .map(|p| {
+        let mirror_slots = config
+            .routes
+            .iter()
+            .zip(policies)
+            .map(|(r, p)| {
                 let m = p?.mirror.as_ref()?;
-                Some(Arc::new(Semaphore::new(m.max_in_flight)))
+                Some(registry.mirror_slots.get(&r.name, m.max_in_flight))
             })
             .collect();
         let auth = Auth::build(&config, &registry.auth).await;
@@ -124,6 +157,15 @@ impl Snapshot {
             .map(|r| Arc::from(r.name.as_str()))
             .collect();
         let spans = registry.spans.get(&config.tracing);
+        let service_values = config
+            .services
+            .iter()
+            .map(|s| {
+                let name = HeaderValue::from_str(&s.name).ok()?;
+                let main = HeaderValue::from_str(&format!("{}@main", s.name)).ok()?;
+                Some((name, main))
+            })
+            .collect();
         Snapshot {
             router,
             spans,
@@ -134,6 +176,7 @@ impl Snapshot {
             mirror_slots,
             branch_upstreams,
             branch_cache: BranchCache::default(),
+            service_values,
             mismatches: registry.mismatches.clone(),
             auth,
             hash: loaded.hash,
@@ -153,5 +196,22 @@ pub fn branch_service(main: &Service, branch: &str, endpoints: Vec<Endpoint>) ->
         branch_endpoint: None,
         health_check: None,
         ..main.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_slots_outlive_a_reload_of_the_same_route() {
+        let r = MirrorSlots::default();
+        let a = r.get("users", 2);
+        let _held = a.clone().try_acquire_owned().unwrap();
+        let b = r.get("users", 2);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(b.available_permits(), 1);
+        assert!(!Arc::ptr_eq(&a, &r.get("users", 3)));
+        assert!(!Arc::ptr_eq(&a, &r.get("orders", 2)));
     }
 }

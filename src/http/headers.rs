@@ -163,6 +163,43 @@ pub fn set_forwarded(
     }
 }
 
+/// The client's address as the gateway sees it: the peer, unless the peer is a
+/// trusted proxy, in which case the right-most `X-Forwarded-For` entry that is not a
+/// trusted proxy itself (entries left of it are the client's own claims). Addresses
+/// are canonical (`::ffff:a.b.c.d` is `a.b.c.d`). `None` when that entry is not an IP
+/// address: the client is unknown.
+pub fn client_ip(
+    headers: &HeaderMap,
+    peer: std::net::IpAddr,
+    trusted: &[ipnet::IpNet],
+) -> Option<std::net::IpAddr> {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let peer = peer.to_canonical();
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let values: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
+    let mut client = peer;
+    for entry in values
+        .iter()
+        .rev()
+        .flat_map(|v| v.as_bytes().rsplit(|b| *b == b','))
+    {
+        let text = std::str::from_utf8(entry).ok()?.trim();
+        let ip = text
+            .parse::<std::net::IpAddr>()
+            .or_else(|_| text.parse::<std::net::SocketAddr>().map(|s| s.ip()))
+            .ok()?
+            .to_canonical();
+        if !is_trusted(&ip) {
+            return Some(ip);
+        }
+        client = ip;
+    }
+    // Every hop is trusted: the left-most one is as close to the client as we know.
+    Some(client)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +213,30 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn client_ip_is_the_right_most_untrusted_forwarded_entry() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let lb: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        let h = map(&[("x-forwarded-for", "6.6.6.6, 203.0.113.7, 10.1.1.1")]);
+        assert_eq!(client_ip(&h, lb, &trusted), ip("203.0.113.7"));
+        // Not from a trusted proxy: the header is the client's own claim.
+        let peer: std::net::IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(client_ip(&h, peer, &trusted), ip("198.51.100.1"));
+        // Several headers read as one list; mapped IPv6 is IPv4.
+        let h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "::ffff:10.2.2.2,10.3.3.3"),
+        ]);
+        assert_eq!(client_ip(&h, lb, &trusted), ip("1.1.1.1"));
+        let mapped: std::net::IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(client_ip(&map(&[]), mapped, &trusted), ip("10.0.0.1"));
+        let h = map(&[("x-forwarded-for", "unknown, 10.3.3.3")]);
+        assert_eq!(client_ip(&h, lb, &trusted), None);
+        let h = map(&[("x-forwarded-for", "10.9.9.9")]);
+        assert_eq!(client_ip(&h, lb, &trusted), ip("10.9.9.9"));
     }
 
     #[test]

@@ -163,7 +163,8 @@ pub fn choose(
         ),
         None => (fastrand::u64(..fwd.total_weight), None, Reason::Random),
     };
-    let backend = position(fwd, pos)?;
+    let main = policy.canary.as_ref().map_or(0, |c| c.main);
+    let backend = position(fwd, main, pos)?;
     Some(Choice {
         backend,
         bucket,
@@ -171,13 +172,30 @@ pub fn choose(
     })
 }
 
-/// The backend whose cumulative weight range holds `pos`.
-fn position(fwd: &Forward, mut pos: u64) -> Option<usize> {
-    for (i, b) in fwd.backends.iter().enumerate() {
-        if pos < u64::from(b.weight) {
+/// The index in `Forward::backends` of the route's main backend: the canary's main,
+/// else the first one listed (`service = …`, or the head of a `split`).
+pub fn main_backend(fwd: &Forward) -> usize {
+    fwd.policy
+        .as_ref()
+        .and_then(|p| p.canary.as_ref())
+        .map_or(0, |c| c.main)
+}
+
+/// The backend whose cumulative weight range holds `pos`. The ranges are laid out
+/// with every other backend first, in the listed order, and main last: a canary and
+/// the non-main backends of a split both hold the *low* buckets, so one cohort bucket
+/// means the same side on every route, and raising a backend's weight only moves keys
+/// into it from the backends after it (main last).
+fn position(fwd: &Forward, main: usize, mut pos: u64) -> Option<usize> {
+    let order = (0..fwd.backends.len())
+        .filter(|i| *i != main)
+        .chain(std::iter::once(main));
+    for i in order {
+        let w = u64::from(fwd.backends.get(i)?.weight);
+        if pos < w {
             return Some(i);
         }
-        pos -= u64::from(b.weight);
+        pos -= w;
     }
     None
 }
@@ -440,6 +458,44 @@ mod tests {
         }
         for (got, want) in counts.iter().zip([5000, 3000, 2000]) {
             assert!((*got as i32 - want).abs() < 250, "{counts:?}");
+        }
+    }
+
+    /// A sticky split's non-main backends hold the low buckets, like a canary: the
+    /// same cohort bucket picks `b` of `[a 90, b 10]` exactly when it picks the canary
+    /// of a 10 % canary route, and raising `b` to 20 only moves keys into `b`.
+    #[test]
+    fn split_canaries_hold_the_low_buckets_like_a_canary() {
+        let (canary, p_canary) = canary_route(10.0, Sticky::Cohort);
+        let split = |b: u32| {
+            let (mut f, mut p) = canary_route(0.0, Sticky::Cohort);
+            f.backends = vec![
+                Backend {
+                    service: 0,
+                    weight: 100 - b,
+                },
+                Backend {
+                    service: 1,
+                    weight: b,
+                },
+            ];
+            f.total_weight = 100;
+            p.canary = None;
+            (f, p)
+        };
+        let (s10, p10) = split(10);
+        let (s20, p20) = split(20);
+        let g = GlobalPolicy {
+            cohort_key: Some(KeySource::Header("x-user-id".parse().unwrap())),
+            ..Default::default()
+        };
+        for id in 0..5_000 {
+            let in_canary = pick(&canary, &p_canary, &g, id) == 0;
+            let in_b10 = pick(&s10, &p10, &g, id) == 1;
+            assert_eq!(in_canary, in_b10, "id {id}");
+            if in_b10 {
+                assert_eq!(pick(&s20, &p20, &g, id), 1, "id {id} left b");
+            }
         }
     }
 

@@ -81,11 +81,12 @@ pub fn explain(
     let mut service = chosen.map(|s| services[s].name.clone());
     let mut branch = Value::Null;
     if let (Some(b), Some(chosen)) = (&g.branches, chosen) {
-        let main = policy
-            .and_then(|p| p.canary.as_ref())
-            .map_or(chosen, |c| fwd.backends[c.main].service);
+        let main = fwd
+            .backends
+            .get(canary::main_backend(fwd))
+            .map_or(chosen, |b| b.service);
         let svc = &services[main];
-        match b.ask(headers, client, claims) {
+        match b.ask(headers, || Some(client), claims) {
             Ask::None => {}
             Ask::Refused => steps.push(format!(
                 "branch value present but the gate does not hold for client {client}: stripped, main answers"
@@ -94,7 +95,7 @@ pub fn explain(
                 steps.push("branch name is not valid: 400 bad_branch".into());
                 service = None;
             }
-            Ask::Branch(name) => {
+            Ask::Branch { name, .. } => {
                 branch = json!(name);
                 if let Some((_, eps)) = svc.branches.iter().find(|(n, _)| n == name) {
                     let eps: Vec<String> = eps.iter().map(|e| e.to_string()).collect();

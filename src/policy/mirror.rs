@@ -25,7 +25,24 @@ pub struct Mirror {
     pub max_compare_body: usize,
 }
 
-/// Parse `$.a.b` / `$.items[0].id` into segments (`["a", "b"]`, `["items", "0", "id"]`).
+/// The segment of `[*]`: matches any array index.
+pub const ANY_INDEX: &str = "[*]";
+
+/// Does an `ignore` path name this place of the document?
+fn ignored(ignore: &[Vec<String>], path: &[String]) -> bool {
+    ignore.iter().any(|p| {
+        p.len() == path.len()
+            && p.iter().zip(path).all(|(want, seg)| {
+                want == seg
+                    || (want == ANY_INDEX
+                        && !seg.is_empty()
+                        && seg.bytes().all(|b| b.is_ascii_digit()))
+            })
+    })
+}
+
+/// Parse `$.a.b` / `$.items[0].id` into segments (`["a", "b"]`, `["items", "0", "id"]`);
+/// `[*]` is [`ANY_INDEX`].
 pub fn parse_json_path(s: &str) -> Option<Vec<String>> {
     let rest = s.strip_prefix('$')?;
     let mut out = Vec::new();
@@ -53,6 +70,12 @@ pub fn parse_json_path(s: &str) -> Option<Vec<String>> {
                         break;
                     }
                     seg.push(n);
+                }
+                if seg == "*" {
+                    // Any array index; a marker no parsed key can equal (a bracketed
+                    // key has no `]`, a dotted one no `[`).
+                    out.push(ANY_INDEX.to_string());
+                    continue;
                 }
                 let seg = seg.trim_matches('"').to_string();
                 if seg.is_empty() {
@@ -115,17 +138,49 @@ pub struct Captured {
     pub headers: Vec<Option<http::HeaderValue>>,
     /// The body when it fitted under the cap; `None` when only the hash is known.
     pub body: Option<bytes::Bytes>,
-    /// SHA-256 of the whole body.
-    pub hash: [u8; 32],
+    /// SHA-256 of the whole body, computed only for a body over the cap (two bodies
+    /// under it are compared as they are; one under and one over differ in length).
+    pub hash: Option<[u8; 32]>,
     pub len: u64,
+    /// The body has a `Content-Encoding` other than `identity`: its bytes say nothing
+    /// comparable (gzip of the same JSON differs by level, key order, timestamps), so
+    /// the comparison is `skipped`, not a mismatch.
+    pub encoded: bool,
 }
 
-/// Collects a body as it streams: the first `cap` bytes and a hash of everything.
+impl Captured {
+    /// The answer of a body that was not collected because it is encoded.
+    pub fn encoded(status: u16) -> Self {
+        Captured {
+            status,
+            headers: Vec::new(),
+            body: None,
+            hash: None,
+            len: 0,
+            encoded: true,
+        }
+    }
+}
+
+/// Does a response carry a `Content-Encoding` other than `identity`?
+pub fn is_encoded(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|c| {
+            let c = c.trim_ascii();
+            !c.is_empty() && !c.eq_ignore_ascii_case(b"identity")
+        })
+}
+
+/// Collects a body as it streams: the first `cap` bytes, and only once the body has
+/// outgrown them, a hash of everything (so that the client's path does not hash the
+/// usual small answer frame by frame).
 pub struct Collector {
     cap: usize,
     buf: bytes::BytesMut,
-    over: bool,
-    hasher: sha2::Sha256,
+    hasher: Option<sha2::Sha256>,
     len: u64,
 }
 
@@ -137,25 +192,25 @@ impl std::fmt::Debug for Collector {
 
 impl Collector {
     pub fn new(cap: usize) -> Self {
-        use sha2::Digest as _;
         Self {
             cap,
             buf: bytes::BytesMut::new(),
-            over: false,
-            hasher: sha2::Sha256::new(),
+            hasher: None,
             len: 0,
         }
     }
 
     pub fn push(&mut self, data: &[u8]) {
         use sha2::Digest as _;
-        self.hasher.update(data);
         self.len += data.len() as u64;
-        if !self.over {
-            if self.buf.len() + data.len() <= self.cap {
-                self.buf.extend_from_slice(data);
-            } else {
-                self.over = true;
+        match &mut self.hasher {
+            Some(h) => h.update(data),
+            None if self.buf.len() + data.len() <= self.cap => self.buf.extend_from_slice(data),
+            None => {
+                let mut h = sha2::Sha256::new();
+                h.update(&self.buf);
+                h.update(data);
+                self.hasher = Some(h);
                 self.buf = bytes::BytesMut::new();
             }
         }
@@ -163,12 +218,17 @@ impl Collector {
 
     pub fn finish(self, status: u16, headers: Vec<Option<http::HeaderValue>>) -> Captured {
         use sha2::Digest as _;
+        let (body, hash) = match self.hasher {
+            None => (Some(self.buf.freeze()), None),
+            Some(h) => (None, Some(h.finalize().into())),
+        };
         Captured {
             status,
             headers,
-            body: (!self.over).then(|| self.buf.freeze()),
-            hash: self.hasher.finalize().into(),
+            body,
+            hash,
             len: self.len,
+            encoded: false,
         }
     }
 }
@@ -225,11 +285,17 @@ pub fn compare(m: &Mirror, primary: &Captured, shadow: &Captured) -> Vec<String>
                 _ => {}
             }
         }
-        _ if primary.hash != shadow.hash => out.push(format!(
-            "body: {} bytes != {} bytes (over the compare size; hashes differ)",
+        (None, None) if primary.hash != shadow.hash || primary.len != shadow.len => {
+            out.push(format!(
+                "body: {} bytes != {} bytes (over the compare size; hashes differ)",
+                primary.len, shadow.len
+            ))
+        }
+        (None, None) => {}
+        _ => out.push(format!(
+            "body: {} bytes != {} bytes (over the compare size)",
             primary.len, shadow.len
         )),
-        _ => {}
     }
     out.truncate(MAX_DIFFS);
     out
@@ -269,7 +335,7 @@ fn json_diff(
     out: &mut Vec<String>,
 ) {
     use serde_json::Value;
-    if out.len() >= MAX_DIFFS || ignore.iter().any(|p| p.as_slice() == path.as_slice()) {
+    if out.len() >= MAX_DIFFS || ignored(ignore, path) {
         return;
     }
     match (a, b) {
@@ -282,12 +348,12 @@ fn json_diff(
                 match (x.get(k), y.get(k)) {
                     (Some(va), Some(vb)) => json_diff(va, vb, path, ignore, out),
                     (Some(va), None) => {
-                        if !ignore.iter().any(|p| p.as_slice() == path.as_slice()) {
+                        if !ignored(ignore, path) {
                             out.push(format!("{}: {} != (missing)", render_path(path), short(va)));
                         }
                     }
                     (None, Some(vb)) => {
-                        if !ignore.iter().any(|p| p.as_slice() == path.as_slice()) {
+                        if !ignored(ignore, path) {
                             out.push(format!("{}: (missing) != {}", render_path(path), short(vb)));
                         }
                     }
@@ -357,6 +423,45 @@ mod tests {
         for bad in ["$", "a.b", "$..a", "$.a[]"] {
             assert_eq!(parse_json_path(bad), None, "{bad}");
         }
+        assert_eq!(
+            parse_json_path("$.items[*].id"),
+            Some(vec!["items".into(), ANY_INDEX.into(), "id".into()])
+        );
+    }
+
+    #[test]
+    fn encodings_other_than_identity_are_not_comparable() {
+        let h = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("content-encoding", v.parse().unwrap());
+            h
+        };
+        assert!(is_encoded(&h("gzip")));
+        assert!(is_encoded(&h("identity, br")));
+        assert!(!is_encoded(&h("identity")));
+        assert!(!is_encoded(&http::HeaderMap::new()));
+    }
+
+    /// `[*]` ignores the field in every element of the array, and nothing else.
+    #[test]
+    fn any_index_ignores_a_field_of_every_element() {
+        let m = mirror(&["$.items[*].id"]);
+        let a = cap(
+            &m,
+            200,
+            r#"{"items":[{"id":1,"n":"a"},{"id":2,"n":"b"}]}"#,
+            1024,
+        );
+        let b = cap(
+            &m,
+            200,
+            r#"{"items":[{"id":7,"n":"a"},{"id":8,"n":"c"}]}"#,
+            1024,
+        );
+        assert_eq!(
+            compare(&m, &a, &b),
+            vec![r#"$.items[1].n: "b" != "c""#.to_string()]
+        );
     }
 
     #[test]
@@ -402,5 +507,10 @@ mod tests {
         let d = compare(&m, &a, &c);
         assert_eq!(d[0], "status: 200 != 500");
         assert!(d[1].contains("hashes differ"), "{d:?}");
+        // Under the cap nothing is hashed; under against over differs by length.
+        let small = cap(&m, 200, "x", 10);
+        assert!(small.hash.is_none() && a.hash.is_some());
+        let d = compare(&m, &small, &a);
+        assert_eq!(d, ["body: 1 bytes != 100 bytes (over the compare size)"]);
     }
 }

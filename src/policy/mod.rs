@@ -27,6 +27,9 @@ pub use mirror::Mirror;
 /// every request so no client can steer an upstream that reads it.
 pub const FORCE_HEADER_DEFAULT: &str = "x-canary";
 
+/// [`FORCE_HEADER_DEFAULT`] as a header name, built once.
+pub static FORCE_HEADER_NAME: HeaderName = HeaderName::from_static(FORCE_HEADER_DEFAULT);
+
 /// JWT claims of the request, when an auth policy verified a token. The pipeline passes
 /// `None` until auth is wired in.
 pub type Claims = serde_json::Map<String, serde_json::Value>;
@@ -110,40 +113,94 @@ pub struct RoutePolicy {
     pub salt: String,
 }
 
-/// The value of cookie `name` in the request's `Cookie` headers.
-pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+/// Trim ASCII whitespace (and nothing else) from both ends.
+fn trim_bytes(mut b: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = b
+        && first.is_ascii_whitespace()
+    {
+        b = rest;
+    }
+    while let [rest @ .., last] = b
+        && last.is_ascii_whitespace()
+    {
+        b = rest;
+    }
+    b
+}
+
+/// Every `name=value` pair of the request's `Cookie` headers, as bytes (a header that
+/// is not UTF-8 is read all the same). Empty pairs are skipped; a pair without `=` has
+/// an empty name.
+pub fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v.trim_matches('"'))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .map(trim_bytes)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (trim_bytes(&pair[..i]), trim_bytes(&pair[i + 1..])),
+            None => (&b""[..], pair),
         })
-        .filter(|v| !v.is_empty())
 }
 
-/// Remove cookie `name` from the request's `Cookie` headers (other cookies stay).
-pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
-    if cookie(headers, name).is_none() {
-        return;
+/// The value of cookie `name` in the request's `Cookie` headers: the first non-empty
+/// one, quotes removed. For sticky keys; the branch gate reads every pair itself.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    cookie_pairs(headers)
+        .filter(|(k, _)| *k == name.as_bytes())
+        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+        .map(|v| v.trim_matches('"'))
+        .find(|v| !v.is_empty())
+}
+
+/// Remove every pair named `name` (ASCII case-insensitively, whatever its value) from
+/// the request's `Cookie` headers; the other pairs are kept, in order, in one header.
+/// Returns whether anything was removed.
+pub fn remove_cookie(headers: &mut HeaderMap, name: &str) -> bool {
+    remove_cookie_except(headers, name, None)
+}
+
+/// [`remove_cookie`], but pairs whose (unquoted) value is `keep` stay.
+pub fn remove_cookie_except(headers: &mut HeaderMap, name: &str, keep: Option<&[u8]>) -> bool {
+    let matches = |k: &[u8], v: &[u8]| {
+        let v = match v {
+            [b'"', inner @ .., b'"'] => inner,
+            _ => v,
+        };
+        k.eq_ignore_ascii_case(name.as_bytes()) && keep.is_none_or(|keep| keep != v)
+    };
+    if !cookie_pairs(headers).any(|(k, v)| matches(k, v)) {
+        return false;
     }
-    let kept: Vec<String> = headers
+    let mut kept: Vec<u8> = Vec::new();
+    for pair in headers
         .get_all(http::header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| pair.split_once('=').is_none_or(|(k, _)| k != name) && !pair.is_empty())
-        .map(str::to_string)
-        .collect();
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .map(trim_bytes)
+        .filter(|pair| !pair.is_empty())
+    {
+        let (key, value) = match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (trim_bytes(&pair[..i]), trim_bytes(&pair[i + 1..])),
+            None => (&b""[..], pair),
+        };
+        if matches(key, value) {
+            continue;
+        }
+        if !kept.is_empty() {
+            kept.extend_from_slice(b"; ");
+        }
+        kept.extend_from_slice(pair);
+    }
     headers.remove(http::header::COOKIE);
+    // The pieces come from valid header values, so the join is one too.
     if !kept.is_empty()
-        && let Ok(v) = http::HeaderValue::from_str(&kept.join("; "))
+        && let Ok(v) = http::HeaderValue::from_bytes(&kept)
     {
         headers.insert(http::header::COOKIE, v);
     }
+    true
 }
 
 #[cfg(test)]
@@ -157,8 +214,23 @@ mod tests {
         assert_eq!(cookie(&h, "x-branch"), Some("feat"));
         assert_eq!(cookie(&h, "b"), Some("2"));
         assert_eq!(cookie(&h, "c"), None);
-        remove_cookie(&mut h, "x-branch");
+        assert!(remove_cookie(&mut h, "x-branch"));
         assert_eq!(h["cookie"], "a=1; b=2");
+        assert!(!remove_cookie(&mut h, "x-branch"));
+    }
+
+    #[test]
+    fn every_matching_cookie_is_removed_whatever_its_value_or_encoding() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", "x-branch=; a=1".parse().unwrap());
+        h.append(
+            "cookie",
+            http::HeaderValue::from_bytes(b"X-Branch=f\xe9at; b=\xff; x-branch=feat").unwrap(),
+        );
+        assert_eq!(cookie(&h, "x-branch"), Some("feat"));
+        assert!(remove_cookie(&mut h, "x-branch"));
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"].as_bytes(), b"a=1; b=\xff");
     }
 
     #[test]

@@ -183,6 +183,9 @@ pub struct Tee {
     pub status: u16,
     pub headers: Vec<Option<http::HeaderValue>>,
     pub tx: tokio::sync::oneshot::Sender<crate::policy::mirror::Captured>,
+    /// The route's mirror slot, shared with the shadow task: the copy counts against
+    /// `max_in_flight` as long as either is alive.
+    pub slot: std::sync::Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Tee {
@@ -277,6 +280,10 @@ impl Body for ResponseBody {
         }
         if this.tee.is_some() {
             match &polled {
+                // The shadow task has ended (failed, timed out): nobody will compare.
+                Poll::Ready(Some(Ok(_))) if this.tee.as_ref().is_some_and(|t| t.tx.is_closed()) => {
+                    this.tee = None;
+                }
                 Poll::Ready(Some(Ok(frame))) => {
                     if let (Some(data), Some(t)) = (frame.data_ref(), this.tee.as_mut()) {
                         t.collector.push(data);

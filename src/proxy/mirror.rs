@@ -23,6 +23,8 @@ use crate::upstream::Upstream;
 pub struct PrimaryCopy {
     pub mirror: Arc<Mirror>,
     pub tx: oneshot::Sender<Captured>,
+    /// The mirror slot, shared with the shadow task.
+    pub slot: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Start the shadow request when the route mirrors this one. `Some` when the primary's
@@ -73,13 +75,16 @@ pub fn start(
         head: head.clone(),
         timeout,
     };
+    let slot = Arc::new(permit);
+    let task_slot = slot.clone();
     tokio::spawn(async move {
-        let _permit = permit;
+        let _slot = task_slot;
         task.run(body, rx).await;
     });
     tx.map(|tx| PrimaryCopy {
         mirror: m.clone(),
         tx,
+        slot,
     })
 }
 
@@ -113,12 +118,24 @@ impl ShadowTask {
             self.counter.inc(&self.route, "incomplete");
             return;
         };
+        if primary.encoded || shadow.encoded {
+            self.counter.inc(&self.route, "skipped");
+            if self.log.sample() {
+                tracing::info!(
+                    route = %self.route,
+                    request = %format_args!("{} {}", self.head.method, self.head.path_and_query),
+                    primary_encoded = primary.encoded,
+                    shadow_encoded = shadow.encoded,
+                    "mirror comparison skipped: a body has a Content-Encoding other than identity"
+                );
+            }
+            return;
+        }
         let diff = compare(&self.mirror, &primary, &shadow);
         if diff.is_empty() {
             self.counter.inc(&self.route, "match");
             return;
         }
-        self.counter.inc(&self.route, "mismatch");
         let request = format!("{} {}", self.head.method, self.head.path_and_query);
         let time = time::OffsetDateTime::from(SystemTime::now())
             .format(&time::format_description::well_known::Rfc3339)
@@ -135,6 +152,9 @@ impl ShadowTask {
             tracing::info!(route = %self.route, request = %request, diff = ?entry["diff"], "mirror mismatch");
         }
         self.log.push(entry);
+        // Counted once the entry is on the admin API: a reader that saw the count
+        // finds the report.
+        self.counter.inc(&self.route, "mismatch");
     }
 
     /// Send the copy and read the shadow's answer (capped, hashed).
@@ -153,6 +173,14 @@ impl ShadowTask {
         *req.headers_mut() = self.head.headers.clone();
         let resp = self.shadow.client.request(req).await.ok()?;
         let status = resp.status().as_u16();
+        if crate::policy::mirror::is_encoded(resp.headers()) {
+            // Not comparable: drain without copying.
+            let mut body = resp.into_body();
+            while let Some(frame) = body.frame().await {
+                frame.ok()?;
+            }
+            return Some(Captured::encoded(status));
+        }
         let headers = pick_headers(&self.mirror, resp.headers());
         let mut body = resp.into_body();
         let mut c = Collector::new(self.mirror.max_compare_body);

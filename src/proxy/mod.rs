@@ -120,6 +120,15 @@ struct RequestCtx {
     branch_hit: bool,
     /// The branch had no reachable deployment; main answered.
     branch_fallback: bool,
+    /// Index of the service the split chose (`config.services`), before any branch.
+    backend_service: Option<usize>,
+    /// The `service` label of metrics when it is not `service`: a branch deployment
+    /// (`users@feat`) is counted as its main service (`users`); the full name is only
+    /// in the access log, the span and the served-by header.
+    metric_service: Option<Arc<str>>,
+    /// Set by `forward`: some try got past connecting (the request may have reached
+    /// the upstream), so sending it elsewhere could run it twice.
+    reached_upstream: bool,
 }
 
 /// Serve one request. Never fails: errors become the gateway's JSON answers.
@@ -180,6 +189,9 @@ pub async fn serve(
         branch: None,
         branch_hit: false,
         branch_fallback: false,
+        reached_upstream: false,
+        backend_service: None,
+        metric_service: None,
     };
     let grpc = is_grpc(req.headers());
     let (mut resp, error) = match pipeline(gw, &snapshot, conn, &mut ctx, req).await {
@@ -265,6 +277,7 @@ async fn pipeline(
     let claims: Option<&policy::Claims> = claims_owned.as_deref();
     let backend = split(snap, route_id, fwd, &parts.headers, claims, ctx)?;
     strip_force_header(snap, &mut parts.headers);
+    ctx.backend_service = Some(backend.service);
     let main_upstream = &snap.upstreams[backend.service];
     let branch_upstream = branch(
         gw,
@@ -279,7 +292,8 @@ async fn pipeline(
     .await?;
     let upstream: &Upstream = branch_upstream.as_deref().unwrap_or(main_upstream);
     ctx.service = Some(upstream.name.clone());
-    let permit = concurrency_slot(snap, fwd, upstream).await?;
+    let wait = fwd.timeout.unwrap_or(snap.config.defaults.request_timeout);
+    let mut permit = concurrency_slot(upstream, wait).await?;
     let path_and_query = upstream_path_and_query(route, &path, &parts.uri)?;
     route.request_headers.apply(&mut parts.headers);
     let te_trailers = upstream.protocol.is_h2() && wants_trailers(&parts.headers);
@@ -333,30 +347,37 @@ async fn pipeline(
             let timeout = fwd.timeout.unwrap_or(snap.config.defaults.request_timeout);
             mirror::start(gw, snap, route_id, m, timeout, &head, &body)
         });
+    let route_timeout = fwd.timeout.unwrap_or(snap.config.defaults.request_timeout);
+    let forward_started = Instant::now();
     let resp = match branch_upstream.as_deref() {
         Some(branch_up) if body.resendable() => {
             let again = (head.clone(), body.try_clone());
-            match forward(snap, fwd, branch_up, ctx, head, body).await {
-                // No byte reached the branch deployment: main answers instead.
-                Err(ProxyError::ConnectFailed | ProxyError::NoHealthyUpstream) => {
+            match forward(snap, branch_up, ctx, head, body, route_timeout).await {
+                // No try got past connecting to the branch deployment: main answers
+                // instead, in main's concurrency slot and the rest of the route's time.
+                Err(ProxyError::ConnectFailed | ProxyError::NoHealthyUpstream)
+                    if !ctx.reached_upstream =>
+                {
                     ctx.branch_hit = false;
                     ctx.branch_fallback = true;
                     ctx.service = Some(main_upstream.name.clone());
-                    let (head, body) = again;
-                    forward(
-                        snap,
-                        fwd,
-                        main_upstream,
-                        ctx,
-                        head,
-                        body.unwrap_or(UpstreamBody::Empty),
-                    )
-                    .await
+                    ctx.metric_service = None;
+                    permit = None;
+                    let remaining = route_timeout.saturating_sub(forward_started.elapsed());
+                    match concurrency_slot(main_upstream, remaining).await {
+                        Ok(p) => {
+                            permit = p;
+                            let (head, body) = again;
+                            let body = body.unwrap_or(UpstreamBody::Empty);
+                            forward(snap, main_upstream, ctx, head, body, remaining).await
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
                 r => r,
             }
         }
-        _ => forward(snap, fwd, upstream, ctx, head, body).await,
+        _ => forward(snap, upstream, ctx, head, body, route_timeout).await,
     };
     guard_feedback(gw, snap, route_id, fwd, ctx, &resp);
     let mut resp = resp?;
@@ -364,12 +385,23 @@ async fn pipeline(
         Some(pending) => upgrade::accept(pending, &mut resp, server.upgrade_idle_timeout),
         None => None,
     };
-    let tee = primary_copy.map(|c| body::Tee {
-        collector: policy::mirror::Collector::new(c.mirror.max_compare_body),
-        status: resp.status().as_u16(),
-        headers: policy::mirror::pick_headers(&c.mirror, resp.headers()),
-        tx: c.tx,
-    });
+    // An encoded answer is not compared (the shadow task counts it `skipped`): it is
+    // not copied either.
+    let tee = match primary_copy {
+        Some(c) if policy::mirror::is_encoded(resp.headers()) => {
+            let _ =
+                c.tx.send(policy::mirror::Captured::encoded(resp.status().as_u16()));
+            None
+        }
+        Some(c) => Some(body::Tee {
+            collector: policy::mirror::Collector::new(c.mirror.max_compare_body),
+            status: resp.status().as_u16(),
+            headers: policy::mirror::pick_headers(&c.mirror, resp.headers()),
+            tx: c.tx,
+            slot: c.slot,
+        }),
+        None => None,
+    };
     let mut resp = downstream_response(resp, route, rate, permit);
     if let Some(value) = tunnel {
         upgrade::response_headers(resp.headers_mut(), value);
@@ -408,7 +440,7 @@ fn split<'f>(
 fn strip_force_header(snap: &Snapshot, headers: &mut HeaderMap) {
     match &snap.config.policy.force_header {
         Some(h) => headers.remove(h),
-        None => headers.remove(policy::FORCE_HEADER_DEFAULT),
+        None => headers.remove(&policy::FORCE_HEADER_NAME),
     };
 }
 
@@ -428,27 +460,43 @@ async fn branch(
     let Some(b) = &snap.config.policy.branches else {
         return Ok(None);
     };
-    let name: Box<str> = match b.ask(headers, conn.peer.ip(), claims) {
+    // The CIDR gate judges the client, not a load balancer in front of the gateway.
+    let client = || {
+        crate::http::headers::client_ip(
+            headers,
+            conn.peer.ip(),
+            &snap.config.server.trusted_proxies,
+        )
+    };
+    let (name, keep): (Box<str>, Option<Vec<u8>>) = match b.ask(headers, client, claims) {
         Ask::None => return Ok(None),
         Ask::Refused => {
             b.strip(headers);
             return Ok(None);
         }
         Ask::Invalid => return Err(ProxyError::BadBranch),
-        Ask::Branch(n) => n.into(),
+        Ask::Branch { name, raw, mixed } => (name.into(), mixed.then(|| raw.to_vec())),
     };
+    // Admitted, with other values beside the one that counts: the upstream (and every
+    // hop after it) sees only the admitted one.
+    if let Some(keep) = keep {
+        b.strip_except(headers, Some(&keep));
+    }
     // The branch deployment is of the route's main service, whichever side of a
-    // canary split the request drew: branch selection wins over the split.
-    let service = match fwd.policy.as_ref().and_then(|p| p.canary.as_ref()) {
-        Some(c) => fwd.backends[c.main].service,
-        None => chosen.service,
-    };
+    // canary or split the request drew: branch selection wins over the split.
+    let service = fwd
+        .backends
+        .get(policy::canary::main_backend(fwd))
+        .map_or(chosen.service, |b| b.service);
     let found = branch_upstream(gw, snap, service, &name).await;
     ctx.branch_hit = found.is_some();
     ctx.branch_fallback = found.is_none();
     ctx.branch = Some(name);
     if found.is_some() {
         ctx.choice = None;
+        // Metrics count a branch under its main service: branch names are the
+        // tester's to choose, series must stay bounded.
+        ctx.metric_service = snap.upstreams.get(service).map(|u| u.name.clone());
     }
     Ok(found)
 }
@@ -468,13 +516,18 @@ async fn branch_upstream(
     let (template, port) = svc.branch_endpoint.as_ref()?;
     let host = template.replace("{branch}", branch);
     let key = format!("{host}:{port}");
-    if let Some(cached) = snap.branch_cache.get(&key) {
-        return cached;
-    }
-    let addrs = policy::branch::resolve(&host, *port).await;
-    let up = if addrs.is_empty() {
-        None
-    } else {
+    let ttl = snap
+        .config
+        .policy
+        .branches
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(10), |b| b.cache_ttl);
+    // A hit returns the upstream built on the first lookup: no DNS, no registry work.
+    let resolve = || async {
+        let addrs = policy::branch::resolve(&host, *port, svc.connect_timeout).await;
+        if addrs.is_empty() {
+            return None;
+        }
         let endpoints = addrs
             .into_iter()
             .map(|a| crate::config::model::Endpoint {
@@ -486,14 +539,7 @@ async fn branch_upstream(
         let bs = crate::snapshot::branch_service(svc, branch, endpoints);
         Some(gw.registry.upstreams.get(&bs, &snap.config.defaults).await)
     };
-    let ttl = snap
-        .config
-        .policy
-        .branches
-        .as_ref()
-        .map_or(std::time::Duration::from_secs(10), |b| b.cache_ttl);
-    snap.branch_cache.put(key, ttl, up.clone());
-    up
+    snap.branch_cache.get_or_resolve(&key, ttl, resolve).await
 }
 
 /// Feed the canary guard with this answer; trip it when the canary fails too often.
@@ -530,22 +576,41 @@ fn guard_feedback(
     }
 }
 
-/// `x-switchyard-service` and `x-switchyard-served-by`, when configured.
+/// `x-switchyard-service` and `x-switchyard-served-by`, when configured. Served-by
+/// only answers a request that asked for a branch the gate admitted (hit or
+/// fallback): other responses carry nothing extra. Header values of configured
+/// services are built with the snapshot; only a branch hit makes one.
 fn policy_response_headers(snap: &Snapshot, ctx: &RequestCtx, headers: &mut HeaderMap) {
     let p = &snap.config.policy;
-    let Some(service) = &ctx.service else { return };
-    if let Some(h) = &p.service_header
-        && let Ok(v) = HeaderValue::from_str(service)
-    {
-        headers.insert(h.clone(), v);
+    let served_by = p
+        .branches
+        .as_ref()
+        .and_then(|b| b.served_by.as_ref())
+        .filter(|_| ctx.branch.is_some());
+    if p.service_header.is_none() && served_by.is_none() {
+        return;
     }
-    if let Some(h) = p.branches.as_ref().and_then(|b| b.served_by.as_ref()) {
-        let value = if ctx.branch_hit {
-            HeaderValue::from_str(service)
-        } else {
-            HeaderValue::from_str(&format!("{service}@main"))
+    let Some(service) = &ctx.service else { return };
+    let branch_value = || HeaderValue::from_str(service).ok();
+    let configured = ctx
+        .backend_service
+        .and_then(|i| snap.service_values.get(i))
+        .and_then(Option::as_ref);
+    if let Some(h) = &p.service_header {
+        let v = match ctx.branch_hit {
+            true => branch_value(),
+            false => configured.map(|(name, _)| name.clone()),
         };
-        if let Ok(v) = value {
+        if let Some(v) = v {
+            headers.insert(h.clone(), v);
+        }
+    }
+    if let Some(h) = served_by {
+        let v = match ctx.branch_hit {
+            true => branch_value(),
+            false => configured.map(|(_, main)| main.clone()),
+        };
+        if let Some(v) = v {
             headers.insert(h.clone(), v);
         }
     }
@@ -592,17 +657,16 @@ fn identity_headers(
     }
 }
 
-/// Phase: a slot of the service's concurrency limit, waiting at most the route's
-/// timeout in the bounded queue; `Overloaded` when there is none.
+/// Phase: a slot of the service's concurrency limit, waiting at most `wait` (the
+/// route's timeout, or what is left of it) in the bounded queue; `Overloaded` when
+/// there is none.
 async fn concurrency_slot(
-    snap: &Snapshot,
-    fwd: &Forward,
     upstream: &Upstream,
+    wait: std::time::Duration,
 ) -> Result<Option<OwnedSemaphorePermit>, ProxyError> {
     let Some(c) = &upstream.concurrency else {
         return Ok(None);
     };
-    let wait = fwd.timeout.unwrap_or(snap.config.defaults.request_timeout);
     let slot = tokio::time::timeout(wait, c.acquire()).await.ok().flatten();
     slot.map(Some).ok_or(ProxyError::Overloaded)
 }
@@ -870,17 +934,18 @@ struct UpstreamHead {
 /// method; resets, per-try timeouts and 502/503/504 only for idempotent methods), and
 /// a token from the service's retry budget. It goes to another endpoint when there is
 /// one, after a jittered exponential backoff. When the tries run out on a retryable
-/// status, the last upstream answer is passed on as it is.
+/// status, the last upstream answer is passed on as it is. `timeout` bounds all tries
+/// together. Sets `ctx.reached_upstream` when a try got past connecting (an answer, a
+/// reset, or a timeout that may have come after the request was sent).
 async fn forward(
     snap: &Snapshot,
-    route: &Forward,
     upstream: &Upstream,
     ctx: &mut RequestCtx,
     head: UpstreamHead,
     body: UpstreamBody,
+    timeout: std::time::Duration,
 ) -> Result<Response<Incoming>, ProxyError> {
     let defaults = &snap.config.defaults;
-    let timeout = route.timeout.unwrap_or(defaults.request_timeout);
     let policy = &defaults.retry;
     // Only a body that can be sent again may be retried.
     let attempts = match body {
@@ -907,6 +972,8 @@ async fn forward(
     let span = &mut ctx.span;
     let retries = &mut ctx.retries;
     let budget_exhausted = &mut ctx.budget_exhausted;
+    let reached = &mut ctx.reached_upstream;
+    *reached = false;
     let tries = async {
         let mut body = Some(body);
         let mut head = Some(head);
@@ -983,6 +1050,7 @@ async fn forward(
                     },
                 });
             }
+            *reached |= !matches!(&outcome, Some(Err(e)) if e.is_connect());
             let retry_this = match outcome {
                 Some(Ok(resp)) => {
                     upstream.record(&target, !resp.status().is_server_error());
@@ -1068,9 +1136,13 @@ fn finish(
 ) {
     let status = resp.status().as_u16();
     let m = &gw.metrics;
+    let metric_service = match &ctx.metric_service {
+        Some(_) => &ctx.metric_service,
+        None => &ctx.service,
+    };
     m.request(
         &ctx.route,
-        &ctx.service,
+        metric_service,
         method,
         status,
         started.elapsed().as_secs_f64(),
@@ -1078,7 +1150,7 @@ fn finish(
     if let Some(code) = error {
         m.error(code);
     }
-    if let Some(service) = &ctx.service {
+    if let Some(service) = metric_service {
         if let Some(t) = ctx.upstream_time {
             m.upstream(service, t.as_secs_f64());
         }

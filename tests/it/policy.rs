@@ -147,6 +147,64 @@ async fn cohort_users_in_the_small_canary_are_in_the_larger_one() {
     assert!(in_users > 150 && in_orders > in_users);
 }
 
+/// A `canary = {…}` route and a `split = […]` route at the same weight, both sticky by
+/// cohort: every user is on the same side of both (the split's non-main backend holds
+/// the low buckets, like a canary). A branch on the split route is main's branch,
+/// whichever backend the split drew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cohort_is_shared_by_canary_and_split_routes() {
+    let users = Upstream::echo("users").await;
+    let users2 = Upstream::echo("users-v2").await;
+    let orders = Upstream::echo("orders").await;
+    let orders2 = Upstream::echo("orders-v2").await;
+    let feature = Upstream::echo("orders-feat").await;
+    let gw = Gateway::start(&config(&format!(
+        "[server]\naccess_log = \"off\"\n\
+         [canary]\ncohort_key = \"header:x-user-id\"\nservice_header = \"x-switchyard-service\"\n\
+         [branches]\nheader = \"x-branch\"\n\
+         [services.users]\nendpoints = [{}]\n[services.users-v2]\nendpoints = [{}]\n\
+         [services.orders]\nendpoints = [{}]\n[services.orders.branches]\nfeat = [{}]\n\
+         [services.orders-v2]\nendpoints = [{}]\n\
+         [[routes]]\nname = \"users\"\npath = \"/users\"\nservice = \"users\"\n\
+         canary = {{ service = \"users-v2\", weight = 10, sticky = \"cohort\" }}\n\
+         [[routes]]\nname = \"orders\"\npath = \"/orders\"\nsticky = \"cohort\"\n\
+         split = [{{ service = \"orders\", weight = 90 }}, {{ service = \"orders-v2\", weight = 10 }}]\n",
+        users.endpoint(),
+        users2.endpoint(),
+        orders.endpoint(),
+        feature.endpoint(),
+        orders2.endpoint()
+    )));
+    let ids: Vec<u32> = (1..=3000).collect();
+    let u = assign(&gw.url("/users"), "x-user-id", &ids, 8).await;
+    let o = assign(&gw.url("/orders"), "x-user-id", &ids, 8).await;
+    let mut in_canary = 0;
+    for id in &ids {
+        let v2 = u[id] == "users-v2";
+        in_canary += usize::from(v2);
+        assert_eq!(
+            o[id] == "orders-v2",
+            v2,
+            "user {id}: {} on users but {} on orders",
+            u[id],
+            o[id]
+        );
+    }
+    eprintln!("{in_canary} of {} users in both 10% canaries", ids.len());
+    assert!(in_canary > 150 && in_canary < 450, "{in_canary}");
+    // Users in the split's canary and out of it: the branch is orders' own.
+    let c = client();
+    for id in ids.iter().take(200) {
+        let a = get_with(
+            &c,
+            &gw.url("/orders"),
+            &[("x-user-id", &id.to_string()), ("x-branch", "feat")],
+        )
+        .await;
+        assert_eq!(a.json()["service"], "orders-feat", "user {id}");
+    }
+}
+
 /// A canary answering every second request with 503 is cut to 0 once the guard has seen
 /// `min_requests`; main keeps answering, the trip is logged, counted and on the admin API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,9 +389,9 @@ async fn branches_hit_fall_back_and_reject_bad_names() {
         assert_eq!(a.status, 400, "{bad}");
         assert_eq!(a.json()["error"], "bad_branch");
     }
-    // No branch: main, served-by says so.
+    // No branch asked: no served-by header.
     let a = get(&c, &gw.url("/users/1")).await;
-    assert_eq!(a.headers["x-switchyard-served-by"], "users@main");
+    assert!(a.headers.get("x-switchyard-served-by").is_none());
     assert_eq!(templ.hits(), 1);
 }
 
@@ -359,8 +417,10 @@ async fn gates_strip_the_branch_of_outsiders() {
             ("cookie", "x-branch=feature-login; a=1"),
         ],
     )
-    .await
-    .json();
+    .await;
+    // A refused branch gets no served-by header either.
+    assert!(a.headers.get("x-switchyard-served-by").is_none());
+    let a = a.json();
     assert_eq!(a["service"], "main");
     assert!(a["headers"].get("x-branch").is_none(), "{a}");
     assert_eq!(a["headers"]["cookie"], "a=1");
@@ -398,6 +458,188 @@ async fn gates_strip_the_branch_of_outsiders() {
         .json();
     assert_eq!(a["service"], "users-feature-login");
     assert_eq!(a["headers"]["x-branch"], good.as_str());
+}
+
+/// GET `url` with raw header values (they need not be UTF-8).
+async fn get_raw(c: &TestClient, url: &str, headers: &[(&str, &[u8])]) -> Answer {
+    let mut req = http::Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, http::HeaderValue::from_bytes(v).unwrap());
+    }
+    send(c, req.body(empty()).unwrap()).await
+}
+
+/// Empty, repeated and non-UTF-8 branch values from a client outside the CIDR gate:
+/// main answers and the upstream sees none of them (no header, no cookie pair, no
+/// baggage member), so no hop behind the gateway can pick them up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_strips_every_branch_value_of_outsiders() {
+    let main = Upstream::echo("main").await;
+    let feature = Upstream::echo("users-feature-login").await;
+    let templ = Upstream::echo("orders-template").await;
+    let gw = Gateway::start(&branch_table(
+        &main,
+        &feature,
+        &templ,
+        "baggage = true\ngate = \"cidr:10.0.0.0/8\"",
+    ));
+    let c = client();
+    let cases: [&[(&str, &[u8])]; 6] = [
+        &[("cookie", b"x-branch=; x-branch=feature-login")],
+        &[("cookie", b"a=1"), ("cookie", b"x-branch=feature-login")],
+        &[("baggage", b"branch=,branch=feature-login")],
+        &[
+            ("baggage", b"k=v"),
+            ("baggage", b"branch=feature-login;p=1"),
+        ],
+        &[("x-branch", b""), ("x-branch", b"feature-login")],
+        &[("cookie", b"a=\xff; X-Branch=feature-login; x-branch=\xfe")],
+    ];
+    for headers in cases {
+        let a = get_raw(&c, &gw.url("/users/1"), headers).await;
+        assert_eq!(a.status, 200, "{headers:?}");
+        let j = a.json();
+        assert_eq!(j["service"], "main", "{headers:?}");
+        assert!(j["headers"].get("x-branch").is_none(), "{headers:?}: {j}");
+        let cookie = j["headers"]["cookie"].as_str().unwrap_or("");
+        assert!(
+            !cookie.to_ascii_lowercase().contains("x-branch"),
+            "{headers:?}: {j}"
+        );
+        let baggage = j["headers"]["baggage"].as_str().unwrap_or("");
+        assert!(!baggage.contains("branch"), "{headers:?}: {j}");
+    }
+    // Other cookies and baggage members are kept, bytes as sent.
+    let a = get_raw(
+        &c,
+        &gw.url("/users/1"),
+        &[
+            ("cookie", b"a=1; x-branch=feature-login; b=2"),
+            ("baggage", b"k=v,branch=feature-login"),
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(a["headers"]["cookie"], "a=1; b=2");
+    assert_eq!(a["headers"]["baggage"], "k=v");
+    assert_eq!(feature.hits(), 0);
+}
+
+/// Behind a trusted load balancer the CIDR gate judges the client named by
+/// `X-Forwarded-For` (right-most untrusted entry), not the balancer's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cidr_gate_judges_the_forwarded_client_behind_a_trusted_proxy() {
+    let main = Upstream::echo("main").await;
+    let feature = Upstream::echo("users-feature-login").await;
+    let templ = Upstream::echo("orders-template").await;
+    let table = branch_table(&main, &feature, &templ, "gate = \"cidr:192.0.2.0/24\"");
+    let gw = Gateway::start(&table.replacen(
+        "[branches]",
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[branches]",
+        1,
+    ));
+    let c = client();
+    let ask = async |xff: Option<&str>| {
+        let mut h = vec![("x-branch", "feature-login")];
+        if let Some(x) = xff {
+            h.push(("x-forwarded-for", x));
+        }
+        get_with(&c, &gw.url("/users/1"), &h).await.json()
+    };
+    let a = ask(Some("192.0.2.9")).await;
+    assert_eq!(a["service"], "users-feature-login", "{a}");
+    assert_eq!(a["headers"]["x-branch"], "feature-login");
+    let a = ask(Some("::ffff:192.0.2.10")).await;
+    assert_eq!(a["service"], "users-feature-login", "{a}");
+    // Outside, a client's own claim left of the real client, the balancer itself.
+    for xff in [Some("203.0.113.5"), Some("192.0.2.9, 203.0.113.5"), None] {
+        let a = ask(xff).await;
+        assert_eq!(a["service"], "main", "{xff:?}: {a}");
+        assert!(a["headers"].get("x-branch").is_none(), "{xff:?}: {a}");
+    }
+    assert_eq!(feature.hits(), 2);
+}
+
+/// A branch deployment that got the request (it answered 503) is not replaced by main
+/// when a retry then fails to connect: main never sees a request the branch may have
+/// run. One endpoint answers 503, the other refuses; whichever comes first, the
+/// client gets the branch's answer or 502, and main gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branch_that_got_the_request_is_not_replaced_by_main() {
+    let main = Upstream::echo("main").await;
+    let busy = Upstream::start(|_req| async {
+        let mut r = text("busy");
+        *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        r
+    })
+    .await;
+    let gw = Gateway::start(&config(&format!(
+        "[server]\naccess_log = \"off\"\n\
+         [defaults]\nretry = {{ attempts = 2, on = [\"connect-failure\", \"503\"] }}\n\
+         [branches]\nheader = \"x-branch\"\n\
+         [services.users]\nendpoints = [{}]\n\
+         [services.users.branches]\nfeat = [{}, \"127.0.0.1:{}\"]\n\
+         [[routes]]\nname = \"users\"\npath = \"/\"\nservice = \"users\"\n",
+        main.endpoint(),
+        busy.endpoint(),
+        free_port()
+    )));
+    let c = client();
+    let mut reached_then_refused = 0;
+    for i in 0..8 {
+        let (b0, m0) = (busy.hits(), main.hits());
+        let a = get_with(&c, &gw.url("/"), &[("x-branch", "feat")]).await;
+        if busy.hits() > b0 {
+            assert_eq!(
+                main.hits(),
+                m0,
+                "request {i}: main ran it after the branch did"
+            );
+            assert!(
+                a.status == 503 || a.status == 502,
+                "request {i}: {}",
+                a.status
+            );
+            reached_then_refused += usize::from(a.status == 502);
+        } else {
+            // Only connect failures (the 503 endpoint may be ejected by now): main.
+            assert_eq!(a.json()["service"], "main", "request {i}");
+        }
+    }
+    assert!(
+        reached_then_refused > 0,
+        "no request went 503 -> refused: the case was not exercised"
+    );
+    // A branch that refuses every connection still falls back.
+    let a = get_with(&c, &gw.url("/"), &[("x-branch", "nope")]).await;
+    assert_eq!(a.json()["service"], "main");
+}
+
+/// A fallback from a refusing branch takes a slot of *main's* concurrency limit: with
+/// main's only slot held (and no queue), the fallback is shed, not sent to main.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branch_fallback_takes_a_slot_of_main() {
+    let (main, arrived) = Upstream::slow(Duration::from_secs(3), "main").await;
+    let gw = Gateway::start(&config(&format!(
+        "[server]\naccess_log = \"off\"\n\
+         [branches]\nheader = \"x-branch\"\n\
+         [services.users]\nendpoints = [{}]\nmax_in_flight = 1\nmax_pending = 0\n\
+         [services.users.branches]\ngone = [\"127.0.0.1:{}\"]\n\
+         [[routes]]\nname = \"users\"\npath = \"/\"\nservice = \"users\"\n",
+        main.endpoint(),
+        free_port()
+    )));
+    let url = gw.url("/");
+    let holder = tokio::spawn(async move { get(&client(), &url).await.status });
+    tokio::time::timeout(SOON, arrived.notified())
+        .await
+        .expect("main never got the first request");
+    let c = client();
+    let a = get_with(&c, &gw.url("/"), &[("x-branch", "gone")]).await;
+    assert_eq!(a.status, 503, "the fallback did not wait for main's slot");
+    assert_eq!(a.json()["error"], "overloaded");
+    assert_eq!(main.hits(), 1);
+    assert_eq!(holder.await.unwrap(), 200);
 }
 
 /// Branch selection wins over the canary split, and the access log records the branch
@@ -441,6 +683,13 @@ async fn branch_wins_over_canary_and_is_logged() {
     assert_eq!(log[1]["branch"], "other");
     assert_eq!(log[1]["branch_fallback"], true);
     assert_eq!(log[1]["service"], "canary");
+    // Metrics count the branch under its main service: no series per branch name.
+    let m = metrics(&gw).await;
+    assert!(
+        m.contains(r#"switchyard_requests_total{route="users",service="users",method="GET",code_class="2xx"} 1"#),
+        "{m}"
+    );
+    assert!(!m.contains("users@feat"), "{m}");
 }
 
 /// Poll `f` until it holds, within `SOON`.
@@ -586,14 +835,92 @@ async fn mirror_compare_names_the_differing_json_path() {
         serde_json::json!([r#"$.user.name: "Alice" != "Bob""#]),
         "{report}"
     );
-    // POST is not mirrored unless `methods` says so.
+    // POST is not mirrored unless `methods` says so: after the POST, one mirrored GET
+    // whose comparison is counted; the shadow then has seen exactly that one more.
     let before = v2.hits();
     let post = http::Request::post(gw.url("/users/1"))
         .body(full("{}"))
         .unwrap();
     assert_eq!(send(&c, post).await.status, 200);
-    assert_eq!(v2.hits(), before);
-    assert_eq!(v1.hits(), 3);
+    assert_eq!(get(&c, &gw.url("/users/1")).await.status, 200);
+    eventually("the GET after the POST is compared", async || {
+        metrics(&gw)
+            .await
+            .contains(r#"switchyard_mirror_requests_total{route="users",result="match"} 2"#)
+    })
+    .await;
+    assert_eq!(v2.hits(), before + 1, "the POST was mirrored");
+    assert_eq!(v1.hits(), 4);
+}
+
+/// The mirror slot is shared by the shadow task and the teed primary body: it is
+/// released when both are done, so one slot serves request after request, whether the
+/// shadow answers or is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_slot_is_released_after_each_copy() {
+    let v1 = Upstream::echo("same").await;
+    let v2 = Upstream::echo("same").await;
+    let dead = free_port();
+    let gw = Gateway::start(&config(&format!(
+        "[server]\naccess_log = \"off\"\n\
+         [services.v1]\nendpoints = [{}]\n[services.v2]\nendpoints = [{}]\n\
+         [services.dead]\nendpoints = [\"127.0.0.1:{dead}\"]\n\
+         [[routes]]\nname = \"up\"\npath = \"/up\"\nservice = \"v1\"\n\
+         mirror = {{ service = \"v2\", compare = true, max_in_flight = 1 }}\n\
+         [[routes]]\nname = \"down\"\npath = \"/down\"\nservice = \"v1\"\n\
+         mirror = {{ service = \"dead\", compare = true, max_in_flight = 1 }}\n",
+        v1.endpoint(),
+        v2.endpoint()
+    )));
+    let c = client();
+    for (path, route, result) in [("/up", "up", "match"), ("/down", "down", "failed")] {
+        for i in 1..=5 {
+            assert_eq!(get(&c, &gw.url(path)).await.status, 200);
+            let want = format!(
+                r#"switchyard_mirror_requests_total{{route="{route}",result="{result}"}} {i}"#
+            );
+            eventually(&want, async || metrics(&gw).await.contains(&want)).await;
+        }
+        let m = metrics(&gw).await;
+        assert!(
+            !m.contains(&format!(r#"route="{route}",result="dropped""#)),
+            "{m}"
+        );
+    }
+}
+
+/// A shadow that answers gzip while the primary answers plain JSON: the comparison is
+/// `skipped` (bytes of an encoded body say nothing comparable), not a mismatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_skips_comparing_encoded_bodies() {
+    let v1 = Upstream::echo("same").await;
+    let v2 = Upstream::start(|_req| async {
+        let mut r = text("\x1f\u{8b}not really gzip");
+        r.headers_mut()
+            .insert("content-encoding", http::HeaderValue::from_static("gzip"));
+        r
+    })
+    .await;
+    let gw = Gateway::start(&config(&format!(
+        "[server]\naccess_log = \"off\"\n\
+         [services.v1]\nendpoints = [{}]\n[services.v2]\nendpoints = [{}]\n\
+         [[routes]]\nname = \"users\"\npath = \"/users\"\nservice = \"v1\"\n\
+         mirror = {{ service = \"v2\", compare = true, ignore = [\"$.items[*].id\"] }}\n",
+        v1.endpoint(),
+        v2.endpoint()
+    )));
+    let c = client();
+    assert_eq!(get(&c, &gw.url("/users/1")).await.status, 200);
+    eventually("the comparison is skipped", async || {
+        metrics(&gw)
+            .await
+            .contains(r#"switchyard_mirror_requests_total{route="users",result="skipped"} 1"#)
+    })
+    .await;
+    let m = metrics(&gw).await;
+    assert!(!m.contains(r#"result="mismatch""#), "{m}");
+    let report = get(&c, &gw.admin_url("/mirror/mismatches")).await.json();
+    assert_eq!(report["mismatches"], serde_json::json!([]), "{report}");
 }
 
 /// `explain` on the shipped table names the answering service and why: canary bucket,

@@ -381,7 +381,10 @@ impl Validator<'_> {
                     Some(p) => ignore_paths.push(p),
                     None => {
                         self.err("SY022", span(i), format!("`{t}` is not a JSON path"))
-                            .help = Some("write \"$.generated_at\" or \"$.items[0].id\"".into());
+                            .help = Some(
+                            "write \"$.generated_at\", \"$.items[0].id\" or \"$.items[*].id\""
+                                .into(),
+                        );
                     }
                 }
             } else if let Some(h) = self.policy_header(i) {
