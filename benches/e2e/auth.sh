@@ -61,14 +61,9 @@ for s in ss: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in ss])')
 
 # ---- keys: JWKS of the RSA test key, and an RS256 token signed with openssl
-b64url() { python3 -c 'import base64,sys; print(base64.urlsafe_b64encode(sys.stdin.buffer.read()).rstrip(b"=").decode())'; }
-N=$(openssl rsa -in "$KEYS/rsa.pem" -noout -modulus | cut -d= -f2 | python3 -c 'import sys; sys.stdout.buffer.write(bytes.fromhex(sys.stdin.read().strip()))' | b64url)
-printf '{"keys":[{"kty":"RSA","kid":"bench","n":"%s","e":"AQAB"}]}' "$N" >"$WORK/jwks.json"
-NOW=$(date +%s)
-HEAD=$(printf '{"alg":"RS256","typ":"JWT","kid":"bench"}' | b64url)
-BODY=$(printf '{"iss":"bench-idp","aud":"api","sub":"alice","email":"alice@example.com","scope":"orders:read","iat":%d,"exp":%d}' "$NOW" $((NOW + 86400)) | b64url)
-SIG=$(printf '%s.%s' "$HEAD" "$BODY" | openssl dgst -sha256 -sign "$KEYS/rsa.pem" -binary | b64url)
-TOKEN="$HEAD.$BODY.$SIG"
+# shellcheck source=token.sh
+source "$HERE/token.sh"
+make_token "$WORK" "$KEYS"
 
 # ---- upstream nginx (cpu0)
 mkdir -p "$WORK/upstream"

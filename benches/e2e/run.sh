@@ -33,10 +33,11 @@ die() { log "ERROR: $*"; exit 1; }
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a positive integer (seconds), got '$DURATION'"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, got '$ROUNDS'"
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a non-negative integer (seconds), got '$WARMUP'"
+TOKEN= # set by make_token (token.sh) before the runs; scenario() only reads it
 # scenario NAME -> CONNS, REQ_PATH, WRK_ARGS (array), ROUTES (extra routes in the table),
 # DESC (one line for the report).
 scenario() {
-    WRK_ARGS=(); ROUTES=0; REQ_PATH=/; RELOAD=0
+    WRK_ARGS=(); ROUTES=0; REQ_PATH=/; RELOAD=0; POLICIES=0
     case $1 in
     c[1-9]*) CONNS=${1#c}; DESC="GET 13 B, keep-alive, $CONNS connections" ;;
     body64k) CONNS=64; REQ_PATH=/64k; DESC="GET 64 KiB response, keep-alive, 64 connections" ;;
@@ -48,6 +49,8 @@ scenario() {
               DESC="GET 13 B via a 1,000-route table (route 500 matches), 64 connections" ;;
     routes10k) CONNS=64; ROUTES=10000; REQ_PATH=/svc-5000/item
                DESC="GET 13 B via a 10,000-route table (route 5000 matches), 64 connections" ;;
+    policies) CONNS=64; POLICIES=1; WRK_ARGS=(-H "Authorization: Bearer $TOKEN" -H "x-user-id: 42")
+              DESC="GET 13 B, 64 connections; switchyard with JWT auth (RS256) + sticky canary + rate limit + metrics; nginx/HAProxy plain" ;;
     reload10k) CONNS=64; ROUTES=10000; REQ_PATH=/svc-5000/item; RELOAD=1
                DESC="routes10k with a config reload every second (nginx -s reload / SIGHUP)" ;;
     *) return 1 ;;
@@ -55,7 +58,7 @@ scenario() {
 }
 for sc in $SCENARIOS; do
     [[ $sc =~ ^c[1-9][0-9]*$ ]] || scenario "$sc" \
-        || die "unknown scenario '$sc' (cN: small GET keep-alive at N connections, body64k, upload1m, newconn, routes1k, routes10k, reload10k)"
+        || die "unknown scenario '$sc' (cN: small GET keep-alive at N connections, body64k, upload1m, newconn, routes1k, routes10k, reload10k, policies)"
 done
 for p in $PROXIES; do
     case $p in nginx|haproxy|switchyard) ;; *) die "unknown proxy '$p' (nginx, haproxy, switchyard)";; esac
@@ -63,9 +66,9 @@ done
 
 # ---------------------------------------------------------------- 1. tools
 declare -A PKG_FOR=([nginx]=nginx [haproxy]=haproxy [wrk]=wrk [taskset]=util-linux
-                    [ps]=procps [curl]=curl [python3]=python3 [getconf]=libc-bin)
+                    [ps]=procps [curl]=curl [python3]=python3 [getconf]=libc-bin [openssl]=openssl)
 missing=()
-for cmd in nginx haproxy wrk taskset ps curl python3 getconf; do
+for cmd in nginx haproxy wrk taskset ps curl python3 getconf openssl; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${PKG_FOR[$cmd]}")
 done
 if ((${#missing[@]})); then
@@ -209,6 +212,9 @@ log "ports: upstream $UPSTREAM_PORT, nginx $NGINX_PORT, haproxy $HAPROXY_PORT, s
 
 # ---------------------------------------------------------------- 3. upstream (cpu0)
 mkdir -p "$WORK/upstream"
+# shellcheck source=token.sh
+source "$HERE/token.sh"
+make_token "$WORK" "$ROOT/tests/fixtures/auth"
 head -c 65536 /dev/zero | tr '\0' 'x' >"$WORK/upstream/64k.bin"
 render "$HERE/upstream-nginx.conf.in" "$WORK/upstream/nginx.conf"
 taskset -c 0 nginx -e "$WORK/upstream/error.log" -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" \
@@ -242,6 +248,7 @@ start_proxy() { # start_proxy NAME -> sets PROXY_PID, PROXY_LOG
     switchyard)
         render "$HERE/switchyard-routes.toml.in" "$dir/routes.toml"
         add_routes switchyard "$dir/routes.toml" "$ROUTES"
+        ((POLICIES)) && add_policies "$dir/routes.toml"
         PROXY_LOG=$dir/switchyard.log
         "$SY_BIN" check "$dir/routes.toml" >/dev/null || die "switchyard rejected its routes.toml"
         # TOKIO_WORKER_THREADS=1: tokio's multi-threaded runtime honours this env var; one
@@ -257,6 +264,27 @@ start_proxy() { # start_proxy NAME -> sets PROXY_PID, PROXY_LOG
 }
 
 proxy_pids() { echo "$1"; children_of "$1"; } # master + workers (nginx); others: one process
+
+# add_policies CONFIG: the catch-all route gets JWT auth (RS256, key from a file, sub
+# forwarded), a sticky 5 % canary (to a second service on the same upstream) and a rate
+# limit far above the load; metrics are always on. nginx and HAProxy keep their plain
+# config: neither verifies JWTs here, so the ratio is what the policies cost against a
+# plain nginx.
+add_policies() {
+    cp "$WORK/jwks.json" "$(dirname "$1")/jwks.json"
+    python3 - "$1" "$UPSTREAM_PORT" <<'PY'
+import sys
+p, upstream_port = sys.argv[1], sys.argv[2]
+s = open(p).read()
+s = s.replace('service = "up"\n', 'service = "up"\nauth = "user"\n'
+              'canary = { service = "up-canary", weight = 5, sticky = "header:x-user-id" }\n'
+              'rate_limit = { per_second = 1000000, burst = 1000000, key = "jwt:sub" }\n', 1)
+s += ('\n[services.up-canary]\nendpoints = ["127.0.0.1:%s"]\n'
+      '\n[auth.user]\nissuer = "bench-idp"\naudiences = ["api"]\nalgorithms = ["RS256"]\n'
+      'jwks = "file:jwks.json"\nforward_claims = { sub = "x-user-id" }\n') % upstream_port
+open(p, "w").write(s)
+PY
+}
 
 # reloader NAME PID: reload the proxy every second until killed. switchyard gets a changed
 # file (a comment appended, so the hash differs and the whole table is rebuilt) and SIGHUP;

@@ -138,6 +138,8 @@ pub struct TracingFile {
     pub sample_ratio: Option<Spanned<f64>>,
     /// `service.name` of the exported spans.
     pub service_name: Option<SStr>,
+    /// `"http/protobuf"` (default) or `"grpc"`.
+    pub otlp_protocol: Option<SStr>,
 }
 
 /// `[tls]` with `[[tls.certificates]]`.

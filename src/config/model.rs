@@ -278,6 +278,15 @@ pub struct Tracing {
     /// a continued trace keeps the caller's sampled flag.
     pub sample_ratio: f64,
     pub service_name: String,
+    pub protocol: OtlpProtocol,
+}
+
+/// OTLP transport: protobuf over HTTP POST (`/v1/traces`) or gRPC (`TraceService/Export`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OtlpProtocol {
+    #[default]
+    HttpProtobuf,
+    Grpc,
 }
 
 impl Default for Tracing {
@@ -286,6 +295,7 @@ impl Default for Tracing {
             otlp: None,
             sample_ratio: 1.0,
             service_name: "switchyard".into(),
+            protocol: OtlpProtocol::HttpProtobuf,
         }
     }
 }

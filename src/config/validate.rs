@@ -433,6 +433,15 @@ impl Validator<'_> {
                 .help = Some("0.1 samples one new trace in ten".into());
             }
         }
+        match t.otlp_protocol.as_ref().map(|p| (p, p.get_ref().as_str())) {
+            None | Some((_, "http/protobuf" | "http")) => {}
+            Some((_, "grpc")) => out.protocol = OtlpProtocol::Grpc,
+            Some((p, other)) => {
+                self.err("SY019", span(p), format!("unknown otlp_protocol `{other}`"))
+                    .help =
+                    Some("use \"http/protobuf\" (port 4318) or \"grpc\" (port 4317)".into());
+            }
+        }
         if let Some(n) = &t.service_name {
             if n.get_ref().is_empty() {
                 self.err("SY011", span(n), "`service_name` is empty");

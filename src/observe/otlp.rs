@@ -1,6 +1,6 @@
 //! OTLP span export: one server span per sampled request and one client span per
-//! upstream try, sent to an OpenTelemetry collector over OTLP/HTTP (protobuf) with
-//! `opentelemetry-otlp`.
+//! upstream try, sent to an OpenTelemetry collector over OTLP/HTTP (protobuf) or OTLP/gRPC
+//! with `opentelemetry-otlp`.
 //!
 //! The request path never waits for the collector: a finished span is handed to a
 //! bounded channel with `try_send` (a full queue drops the span and counts it), and one
@@ -26,7 +26,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLink
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
-use crate::config::model::Tracing;
+use crate::config::model::{OtlpProtocol, Tracing};
 use crate::observe::trace::TraceContext;
 
 /// Spans buffered between the request path and the exporter; beyond it, spans are
@@ -60,11 +60,18 @@ impl SpanSink {
     /// exporter cannot be built (logged).
     fn start(tracing: &Tracing, counters: SpanCounters) -> Option<SpanSink> {
         let endpoint = tracing.otlp.as_ref()?;
-        let built = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(endpoint.to_string())
-            .with_timeout(EXPORT_TIMEOUT)
-            .build();
+        let built = match tracing.protocol {
+            OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(endpoint.to_string())
+                .with_timeout(EXPORT_TIMEOUT)
+                .build(),
+            OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.to_string())
+                .with_timeout(EXPORT_TIMEOUT)
+                .build(),
+        };
         let mut exporter = match built {
             Ok(e) => e,
             Err(e) => {
@@ -79,7 +86,7 @@ impl SpanSink {
         );
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(export_loop(exporter, rx, counters.clone()));
-        tracing::info!(endpoint = %endpoint, "exporting spans over OTLP/HTTP");
+        tracing::info!(endpoint = %endpoint, protocol = ?tracing.protocol, "exporting spans over OTLP");
         Some(SpanSink {
             tx,
             counters,
@@ -150,6 +157,7 @@ impl Registry {
         if let Some((t, sink)) = current.as_ref()
             && t.otlp == tracing.otlp
             && t.service_name == tracing.service_name
+            && t.protocol == tracing.protocol
         {
             return Some(sink.clone());
         }

@@ -1,5 +1,5 @@
-//! OTLP span export: a real OTLP/HTTP receiver on loopback decodes what the gateway's
-//! `opentelemetry-otlp` exporter sends.
+//! OTLP span export: real OTLP/HTTP and OTLP/gRPC receivers on loopback decode what the
+//! gateway's `opentelemetry-otlp` exporter sends.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,6 +11,84 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
 
 use crate::support::*;
+
+/// An OTLP/gRPC receiver: `TraceService/Export` served by tonic's gRPC codec over an
+/// HTTP/2 server (messages from `opentelemetry-proto`, no protoc).
+struct GrpcReceiver {
+    addr: std::net::SocketAddr,
+    spans: Arc<Mutex<Vec<Span>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct Export(Arc<Mutex<Vec<Span>>>);
+
+impl tonic::server::UnaryService<ExportTraceServiceRequest> for Export {
+    type Response = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    type Future = std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<tonic::Response<Self::Response>, tonic::Status>>
+                + Send,
+        >,
+    >;
+    fn call(&mut self, req: tonic::Request<ExportTraceServiceRequest>) -> Self::Future {
+        let store = self.0.clone();
+        Box::pin(async move {
+            for rs in req.into_inner().resource_spans {
+                for ss in rs.scope_spans {
+                    store.lock().unwrap().extend(ss.spans);
+                }
+            }
+            Ok(tonic::Response::new(Default::default()))
+        })
+    }
+}
+
+impl GrpcReceiver {
+    async fn start() -> GrpcReceiver {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
+        let store = spans.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let store = store.clone();
+                            async move {
+                                let mut grpc =
+                                    tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+                                let resp = match req.uri().path() {
+                                    "/opentelemetry.proto.collector.trace.v1.TraceService/Export" => {
+                                        grpc.unary(Export(store), req).await
+                                    }
+                                    _ => tonic::Status::unimplemented("no such method").into_http(),
+                                };
+                                Ok::<_, std::convert::Infallible>(resp)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        GrpcReceiver { addr, spans, task }
+    }
+}
+
+impl Drop for GrpcReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
 
 /// An OTLP/HTTP receiver: every span of every export request, with the resource's
 /// `service.name`.
@@ -152,6 +230,52 @@ async fn a_request_exports_a_server_span_and_a_client_span_per_try() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_go_to_a_grpc_receiver_with_the_callers_trace_id() {
+    let receiver = GrpcReceiver::start().await;
+    let up = Upstream::echo("users").await;
+    let gw = Gateway::start(&traced(
+        &up,
+        &format!(
+            "otlp = \"http://{}\"\notlp_protocol = \"grpc\"",
+            receiver.addr
+        ),
+    ));
+    let c = client();
+    for i in 0..10u8 {
+        let tp = format!("00-{:032x}-00f067aa0ba902b7-01", u128::from(i) + 1);
+        let req = http::Request::get(gw.url("/users/1"))
+            .header("traceparent", &tp)
+            .body(empty())
+            .unwrap();
+        let a = send(&c, req).await;
+        assert_eq!(a.status, 200);
+        // The upstream sees the same trace.
+        assert_eq!(
+            &a.json()["headers"]["traceparent"].as_str().unwrap()[3..35],
+            &tp[3..35]
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let spans = loop {
+        let spans = receiver.spans.lock().unwrap().clone();
+        if spans.len() >= 20 || Instant::now() > deadline {
+            break spans;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let servers: Vec<&Span> = spans.iter().filter(|s| s.kind == 2).collect();
+    assert_eq!(servers.len(), 10, "one server span per request");
+    assert_eq!(spans.len(), 20, "and one client span per try");
+    for i in 0..10u128 {
+        let id = format!("{:032x}", i + 1);
+        assert!(
+            servers.iter().any(|s| hex(&s.trace_id) == id),
+            "a server span of trace {id}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsampled_requests_export_nothing_and_the_callers_flag_is_kept() {
     let receiver = Receiver::start().await;
     let up = Upstream::echo("users").await;
@@ -237,6 +361,7 @@ async fn bad_tracing_settings_are_config_errors() {
         ("sample_ratio = -0.1", "SY007"),
         ("service_name = \"\"", "SY011"),
         ("sampling = 0.5", "SY002"),
+        ("otlp_protocol = \"thrift\"", "SY019"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("routes.toml");
