@@ -166,7 +166,9 @@ wait_ready() { # wait_ready NAME PID PORT LOGFILE
     local name=$1 pid=$2 port=$3 logf=$4 i body
     for ((i = 0; i < 100; i++)); do
         alive "$pid" || { tail -n 20 "$logf" >&2 || true; die "$name (pid $pid) exited during start-up"; }
-        if body=$(curl -fsS --max-time 1 "http://127.0.0.1:$port/" 2>/dev/null); then
+        # The token lets the probe through the policies scenario's auth (others ignore it).
+        if body=$(curl -fsS --max-time 1 -H "Authorization: Bearer $TOKEN" -H "x-user-id: 42" \
+            "http://127.0.0.1:$port/" 2>/dev/null); then
             [[ $body == "hello world!" ]] || die "$name answered an unexpected body: '$body'"
             return 0
         fi
