@@ -331,7 +331,9 @@ async fn fetch(client: &FetchClient, url: &http::Uri) -> Result<Vec<Jwk>, String
         .header(http::header::ACCEPT, "application/json")
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
-    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    // The client's own message is only "client error (Connect)": add the causes, so
+    // an untrusted certificate or a refused connection shows in the log.
+    let resp = client.request(req).await.map_err(|e| with_causes(&e))?;
     if !resp.status().is_success() {
         return Err(format!("status {}", resp.status()));
     }
@@ -341,6 +343,21 @@ async fn fetch(client: &FetchClient, url: &http::Uri) -> Result<Vec<Jwk>, String
         .map_err(|e| e.to_string())?
         .to_bytes();
     parse(&body)
+}
+
+/// `e` and its sources, `: `-separated.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// URL, refresh, refetch and CA bundle of a URL source.
