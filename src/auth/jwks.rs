@@ -1,4 +1,4 @@
-//! Verification keys of one policy: a JWKS (file or URL) or an HMAC secret.
+//! Verification keys of one policy: a JWKS (file, http or https URL) or an HMAC secret.
 //!
 //! A [`KeyStore`] holds the current [`KeySet`] behind an `ArcSwap`: the request path
 //! reads it without a lock. A URL source is fetched when the store is created, again
@@ -16,13 +16,15 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 
-use crate::config::model::KeySource;
+use crate::config::model::{CaBundle, KeySource};
+use crate::upstream::tls;
 
 /// Largest JWKS document accepted from a URL.
 const MAX_JWKS_BYTES: usize = 1 << 20;
@@ -172,7 +174,37 @@ impl KeySet {
     }
 }
 
-type FetchClient = Client<HttpConnector, Empty<Bytes>>;
+type FetchClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// The client of one JWKS URL. An https URL is verified against `ca` (the policy's
+/// `jwks_ca`) or the system's root certificates, TLS 1.2/1.3 only, like upstream TLS.
+/// If that verification cannot be set up, the client trusts nothing: fetches fail
+/// (and are logged) rather than go out less verified than configured.
+fn fetch_client(url: &http::Uri, ca: Option<&CaBundle>) -> FetchClient {
+    let tls = if url.scheme_str() == Some("https") {
+        let cfg = tls::roots(ca.map(|c| &c.0[..])).and_then(|roots| {
+            if roots.is_empty() {
+                tracing::warn!(url = %url, "no system root certificates found: this https JWKS fetch will fail; set `jwks_ca`");
+            }
+            Ok(tls::verifying(roots)?.with_no_client_auth())
+        });
+        cfg.unwrap_or_else(|e| {
+            tracing::error!(url = %url, error = %e, "jwks TLS config failed; fetches will fail");
+            tls::trust_nothing()
+        })
+    } else {
+        // Never used: an http URL is fetched without TLS.
+        tls::trust_nothing()
+    };
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new()).build(https)
+}
 
 struct Remote {
     url: http::Uri,
@@ -299,7 +331,9 @@ async fn fetch(client: &FetchClient, url: &http::Uri) -> Result<Vec<Jwk>, String
         .header(http::header::ACCEPT, "application/json")
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
-    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    // The client's own message is only "client error (Connect)": add the causes, so
+    // an untrusted certificate or a refused connection shows in the log.
+    let resp = client.request(req).await.map_err(|e| with_causes(&e))?;
     if !resp.status().is_success() {
         return Err(format!("status {}", resp.status()));
     }
@@ -311,27 +345,46 @@ async fn fetch(client: &FetchClient, url: &http::Uri) -> Result<Vec<Jwk>, String
     parse(&body)
 }
 
+/// `e` and its sources, `: `-separated.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// URL, refresh, refetch and CA bundle of a URL source.
+type RegistryKey = (String, Duration, Duration, Option<CaBundle>);
+
 /// Hands out key stores; a URL source's store is shared by every snapshot (and every
-/// policy) that uses the same URL with the same intervals, so a reload keeps its
-/// cache and its background refresh.
+/// policy) that uses the same URL with the same intervals and CA bundle, so a reload
+/// keeps its cache and its background refresh.
 #[derive(Debug, Default)]
 pub struct Registry {
-    live: Mutex<HashMap<(String, Duration, Duration), Weak<KeyStore>>>,
+    live: Mutex<HashMap<RegistryKey, Weak<KeyStore>>>,
 }
 
 impl Registry {
     /// The store for `source`; a new URL store is fetched once before it is returned.
     pub async fn get(&self, source: &KeySource) -> Arc<KeyStore> {
-        let (url, refresh, refetch) = match source {
+        let (url, refresh, refetch, ca) = match source {
             KeySource::File(jwks) => return Arc::new(KeyStore::fixed(KeySet::from_jwks(jwks))),
             KeySource::Secret(s) => return Arc::new(KeyStore::fixed(KeySet::secret(&s.0))),
             KeySource::Url {
                 url,
                 refresh,
                 refetch,
-            } => (url, *refresh, *refetch),
+                ca,
+            } => (url, *refresh, *refetch, ca),
         };
-        let key = (url.to_string(), refresh, refetch);
+        let key = (url.to_string(), refresh, refetch, ca.clone());
         let store = {
             let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(s) = live.get(&key).and_then(Weak::upgrade) {
@@ -343,7 +396,7 @@ impl Registry {
                 remote: Some(Remote {
                     url: url.clone(),
                     refetch,
-                    client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+                    client: fetch_client(url, ca.as_ref()),
                     fetching: tokio::sync::Mutex::new(()),
                     last_fetch: AtomicU64::new(u64::MAX),
                     epoch: Instant::now(),

@@ -175,8 +175,11 @@ pub struct AuthPolicyFile {
     /// Accepted `aud` values; the token's `aud` must contain one.
     pub audiences: Option<Vec<SStr>>,
     pub algorithms: Spanned<Vec<SStr>>,
-    /// `"file:jwks.json"` or `"http://…/jwks.json"`.
+    /// `"file:jwks.json"`, `"http://…/jwks.json"` or `"https://…/jwks.json"`.
     pub jwks: Option<SStr>,
+    /// PEM CA bundle an https `jwks` server is verified against (default: the
+    /// system's root certificates).
+    pub jwks_ca: Option<SStr>,
     /// HS256/384/512 shared secret, read from this file.
     pub secret_file: Option<SStr>,
     pub leeway: Option<SStr>,

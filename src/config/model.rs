@@ -685,15 +685,28 @@ pub struct AuthPolicy {
 pub enum KeySource {
     /// A JWKS file, read when the config is (re)loaded.
     File(Vec<jsonwebtoken::jwk::Jwk>),
-    /// A JWKS URL, fetched at start, refreshed every `refresh`, and refetched on an
-    /// unknown `kid` at most once per `refetch`.
+    /// A JWKS URL (`http` or `https`), fetched at start, refreshed every `refresh`,
+    /// and refetched on an unknown `kid` at most once per `refetch`.
     Url {
         url: http::Uri,
         refresh: Duration,
         refetch: Duration,
+        /// `jwks_ca`: the https server is verified against these instead of the
+        /// system's root certificates.
+        ca: Option<CaBundle>,
     },
     /// An HMAC secret read from `secret_file`.
     Secret(Secret),
+}
+
+/// The certificates of a PEM CA bundle, read when the config is (re)loaded.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct CaBundle(pub Vec<rustls_pki_types::CertificateDer<'static>>);
+
+impl std::fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CaBundle({} certificates)", self.0.len())
+    }
 }
 
 /// Secret bytes that never show in `Debug` output or logs.

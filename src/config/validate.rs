@@ -1899,6 +1899,51 @@ mod tests {
         ));
     }
 
+    fn with_https_jwks(ca: &std::path::Path) -> String {
+        format!(
+            "{BASE}[auth.user-jwt]\nalgorithms = [\"RS256\"]\n\
+             jwks = \"https://idp.example.com/jwks.json\"\njwks_ca = {:?}\n",
+            ca.display().to_string()
+        )
+    }
+
+    #[test]
+    fn https_jwks_reads_its_ca_bundle() {
+        let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/check/tls/a.crt");
+        let (c, _) = parse(&with_https_jwks(&ca)).unwrap();
+        match &c.auth[0].keys {
+            KeySource::Url { url, ca, .. } => {
+                assert_eq!(url.scheme_str(), Some("https"));
+                assert_eq!(ca.as_ref().map(|c| c.0.len()), Some(1));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without `jwks_ca`: the system's roots.
+        let src = format!(
+            "{BASE}[auth.p]\nalgorithms = [\"ES256\"]\njwks = \"https://idp:8443/jwks.json\"\n"
+        );
+        let (c, _) = parse(&src).unwrap();
+        assert!(matches!(&c.auth[0].keys, KeySource::Url { ca: None, .. }));
+    }
+
+    #[test]
+    fn a_jwks_ca_that_is_not_a_usable_certificate_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let e = errors(&with_https_jwks(&garbage));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("bad CA certificate"), "{e:?}");
+
+        let e = errors(&with_https_jwks(&dir.path().join("missing.pem")));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("cannot read"), "{e:?}");
+    }
+
     #[test]
     fn strip_prefix_must_begin_the_path() {
         let src = format!(

@@ -1,12 +1,14 @@
 //! TLS towards upstreams (`protocol = "h2"` or `"https"`): the rustls client config
 //! (system roots or the service's `ca` bundle, an optional client certificate for
-//! mTLS) and the hyper-rustls connector with the ALPN of the protocol.
+//! mTLS) and the hyper-rustls connector with the ALPN of the protocol. The pieces that
+//! verify a server ([`roots`], [`verifying`]) are shared with the JWKS fetch client.
 
 use std::sync::Arc;
 
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
-use rustls::{ClientConfig, RootCertStore};
+use rustls::client::WantsClientCert;
+use rustls::{ClientConfig, ConfigBuilder, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -23,15 +25,17 @@ pub fn read_ca(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, S
     Ok(certs)
 }
 
-/// The rustls client config for `service`.
-pub fn client_config(service: &Service) -> Result<ClientConfig, String> {
+/// Trust anchors for verifying servers: the certificates of a CA bundle, or the
+/// system's root certificates (rustls-native-certs) when there is none. An empty store
+/// (no system roots found) verifies nothing; callers warn about it.
+pub fn roots(ca: Option<&[CertificateDer<'static>]>) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
-    match &service.tls.ca {
-        Some(ca) => {
-            for c in read_ca(ca)? {
+    match ca {
+        Some(certs) => {
+            for c in certs {
                 roots
-                    .add(c)
-                    .map_err(|e| format!("bad CA certificate in {}: {e}", ca.display()))?;
+                    .add(c.clone())
+                    .map_err(|e| format!("bad CA certificate: {e}"))?;
             }
         }
         None => {
@@ -39,17 +43,49 @@ pub fn client_config(service: &Service) -> Result<ClientConfig, String> {
             for e in &native.errors {
                 tracing::warn!(error = %e, "reading the system's root certificates");
             }
-            let (added, _) = roots.add_parsable_certificates(native.certs);
-            if added == 0 {
-                tracing::warn!(service = %service.name, "no system root certificates found: upstream TLS verification will fail; set `ca`");
-            }
+            roots.add_parsable_certificates(native.certs);
         }
     }
-    let builder =
+    Ok(roots)
+}
+
+/// A client config builder that verifies servers against `roots`: TLS 1.3 and 1.2
+/// only, ring provider. Upstream TLS and the JWKS fetch client share it.
+pub fn verifying(
+    roots: RootCertStore,
+) -> Result<ConfigBuilder<ClientConfig, WantsClientCert>, String> {
+    Ok(
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| e.to_string())?
-            .with_root_certificates(roots);
+            .with_root_certificates(roots),
+    )
+}
+
+/// A client config that trusts no server: every handshake fails. For a client whose
+/// configured verification could not be built (never a weaker fallback), and for
+/// clients that never speak TLS.
+pub fn trust_nothing() -> ClientConfig {
+    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth()
+}
+
+/// The rustls client config for `service`.
+pub fn client_config(service: &Service) -> Result<ClientConfig, String> {
+    let roots = match &service.tls.ca {
+        Some(ca) => roots(Some(&read_ca(ca)?)).map_err(|e| format!("{e} (in {})", ca.display()))?,
+        None => {
+            let r = roots(None)?;
+            if r.is_empty() {
+                tracing::warn!(service = %service.name, "no system root certificates found: upstream TLS verification will fail; set `ca`");
+            }
+            r
+        }
+    };
+    let builder = verifying(roots)?;
     match &service.tls.client_cert {
         None => Ok(builder.with_no_client_auth()),
         Some((cert, key)) => {
@@ -85,11 +121,7 @@ fn server_name(service: &Service) -> Option<ServerName<'static>> {
 pub fn connector(service: &Service, http: HttpConnector) -> HttpsConnector<HttpConnector> {
     let cfg = client_config(service).unwrap_or_else(|e| {
         tracing::error!(service = %service.name, error = %e, "upstream TLS config failed; requests to this service will fail");
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default versions")
-            .with_root_certificates(RootCertStore::empty())
-            .with_no_client_auth()
+        trust_nothing()
     });
     let b = HttpsConnectorBuilder::new()
         .with_tls_config(cfg)

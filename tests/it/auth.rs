@@ -1,6 +1,7 @@
 //! JWT verification at the edge, identity headers, JWKS fetching, internal callers and
 //! the gateway-minted identity. Tokens are signed here with the fixed test keys in
-//! `tests/fixtures/auth/`; JWKS documents are served over HTTP on loopback.
+//! `tests/fixtures/auth/`; JWKS documents are served over HTTP (and HTTPS, with a test
+//! CA) on loopback.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -98,7 +99,12 @@ async fn jwks_server(doc: Value) -> (Upstream, Arc<Mutex<String>>) {
 /// A gateway with the `user-jwt` policy on `/api` (JWKS from `jwks`), an unprotected
 /// `/open`, and `extra` appended.
 fn gateway(jwks: &str, up: &Upstream, policy_extra: &str, extra: &str) -> Gateway {
-    Gateway::start(&config(&format!(
+    Gateway::start(&gateway_config(jwks, up, policy_extra, extra))
+}
+
+/// The config of [`gateway`].
+fn gateway_config(jwks: &str, up: &Upstream, policy_extra: &str, extra: &str) -> String {
+    config(&format!(
         "[server]\naccess_log = \"off\"\n\
          [services.s]\nendpoints = [{}]\n\
          [auth.user-jwt]\nissuer = \"https://idp.example.com\"\naudiences = [\"api\"]\n\
@@ -108,7 +114,7 @@ fn gateway(jwks: &str, up: &Upstream, policy_extra: &str, extra: &str) -> Gatewa
          [[routes]]\nname = \"api\"\npath = \"/api\"\nservice = \"s\"\nauth = \"user-jwt\"\n\
          [[routes]]\nname = \"open\"\npath = \"/open\"\nservice = \"s\"\n{extra}",
         up.endpoint()
-    )))
+    ))
 }
 
 fn two_key_jwks() -> Value {
@@ -398,6 +404,101 @@ async fn cached_keys_keep_working_when_the_jwks_server_is_down() {
         "unknown kid, source down",
     );
     assert_eq!(with_token(&gw, "/api", &token).await.status, 200);
+}
+
+/// A JWKS served over HTTPS on 127.0.0.1 with a certificate of a test CA: `(server,
+/// CA)`.
+async fn https_jwks_server(doc: Value) -> (Upstream, crate::tls::TestCert) {
+    let (ca, leaf) = crate::tls::make_ca_and_leaf(&["127.0.0.1"]);
+    let body = doc.to_string();
+    let up = Upstream::start_tls(crate::h2::server_config(&leaf, None), move |_req| {
+        let doc = body.clone();
+        async move { json(&serde_json::from_str(&doc).unwrap()) }
+    })
+    .await;
+    (up, ca)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_jwks_is_verified_against_jwks_ca() {
+    let (jwks, ca) = https_jwks_server(two_key_jwks()).await;
+    let up = Upstream::echo("s").await;
+    let url = format!("https://{}/jwks.json", jwks.addr);
+    // `jwks_ca` is relative to the config file, like every key file.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("idp-ca.pem"), &ca.cert_pem).unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(
+        &routes,
+        gateway_config(&url, &up, "jwks_ca = \"idp-ca.pem\"", ""),
+    )
+    .unwrap();
+    let gw = Gateway::start_at(&routes);
+    assert_eq!(jwks.hits(), 1, "one fetch at start");
+
+    let rs = sign(
+        "rsa.pem",
+        Algorithm::RS256,
+        Some("rsa-1"),
+        &claims(json!({})),
+    );
+    let a = with_token(&gw, "/api/orders", &rs).await;
+    assert_eq!(a.status, 200, "{:?}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["headers"]["x-user-id"], "alice");
+    let es = sign("ec.pem", Algorithm::ES256, Some("ec-1"), &claims(json!({})));
+    assert_eq!(with_token(&gw, "/api/orders", &es).await.status, 200);
+    assert_401(
+        &with_token(&gw, "/api/orders", "not.a.token").await,
+        "bad token over an https JWKS",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_jwks_from_an_untrusted_ca_fails_the_fetch_and_tokens_get_401() {
+    let (jwks, _ca) = https_jwks_server(two_key_jwks()).await;
+    let up = Upstream::echo("s").await;
+    // No `jwks_ca`: the system's roots, which do not know the test CA.
+    let gw = gateway(
+        &format!("https://{}/jwks.json", jwks.addr),
+        &up,
+        "refetch_interval = \"1s\"",
+        "",
+    );
+    let deadline = Instant::now() + SOON;
+    let failed = loop {
+        let line = gw
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("jwks fetch failed"))
+            .cloned();
+        if let Some(line) = line {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "no `jwks fetch failed` log line");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(failed.contains(&jwks.addr.to_string()), "{failed}");
+    assert!(failed.contains("certificate"), "{failed}");
+    // The handshake failed before any request reached the server.
+    assert_eq!(jwks.hits(), 0);
+
+    let token = sign(
+        "rsa.pem",
+        Algorithm::RS256,
+        Some("rsa-1"),
+        &claims(json!({})),
+    );
+    for _ in 0..3 {
+        assert_401(
+            &with_token(&gw, "/api/orders", &token).await,
+            "keys never fetched",
+        );
+    }
+    assert_eq!(jwks.hits(), 0);
+    // The unprotected route is unaffected.
+    assert_eq!(call(&gw, "/open", &[]).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,7 +63,9 @@ async fn version_upstream(tls: Option<Arc<rustls::ServerConfig>>) -> VersionUpst
     }
 }
 
-fn server_config(cert: &TestCert, client_ca: Option<&TestCert>) -> Arc<rustls::ServerConfig> {
+/// A TLS server config presenting `cert` (ALPN h2, http/1.1), requiring a client
+/// certificate signed by `client_ca` when given.
+pub fn server_config(cert: &TestCert, client_ca: Option<&TestCert>) -> Arc<rustls::ServerConfig> {
     use rustls::pki_types::pem::PemObject;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = vec![rustls::pki_types::CertificateDer::from(cert.der.clone())];

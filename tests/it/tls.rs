@@ -33,6 +33,40 @@ pub fn make_cert(names: &[&str]) -> TestCert {
     }
 }
 
+/// A CA, and a certificate for `names` (DNS names or IP addresses) that it signed:
+/// `(ca, leaf)`. A client that trusts `ca` accepts `leaf`; one that trusts only the
+/// system's roots does not.
+pub fn make_ca_and_leaf(names: &[&str]) -> (TestCert, TestCert) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("rcgen");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "switchyard test CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca_key = rcgen::KeyPair::generate().expect("rcgen");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("rcgen");
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let leaf_params = rcgen::CertificateParams::new(names).expect("rcgen");
+    let leaf_key = rcgen::KeyPair::generate().expect("rcgen");
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("rcgen");
+    (
+        TestCert {
+            cert_pem: ca_cert.pem(),
+            key_pem: ca_key.serialize_pem(),
+            der: ca_cert.der().to_vec(),
+        },
+        TestCert {
+            cert_pem: leaf.pem(),
+            key_pem: leaf_key.serialize_pem(),
+            der: leaf.der().to_vec(),
+        },
+    )
+}
+
 /// Write `c` as `<name>.crt` / `<name>.key` in `dir` atomically (write aside, rename).
 pub fn write_cert(dir: &Path, name: &str, c: &TestCert) -> (PathBuf, PathBuf) {
     let crt = dir.join(format!("{name}.crt"));

@@ -10,11 +10,13 @@ use std::time::Duration;
 use http::HeaderName;
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, EncodingKey};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use toml::Spanned;
 
 use super::{Validator, did_you_mean, gateway_owned_header, is_name, parse_duration, span};
 use crate::config::file::{self, OneOrMany, SStr};
-use crate::config::model::{AuthPolicy, Identity, KeySource, Secret};
+use crate::config::model::{AuthPolicy, CaBundle, Identity, KeySource, Secret};
 
 const ALGORITHMS: &str =
     "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512";
@@ -64,7 +66,7 @@ impl Validator<'_> {
                     Some(ps),
                     format!("auth policy `{name}` has no keys"),
                 )
-                .help = Some("add jwks = \"file:jwks.json\" or jwks = \"http://…\"".into());
+                .help = Some("add jwks = \"file:jwks.json\" or jwks = \"https://…\"".into());
                 return None;
             }
             (Some(j), None) if hmac => {
@@ -86,6 +88,10 @@ impl Validator<'_> {
             }
             (Some(j), None) => self.jwks_source(j, p)?,
             (None, Some(s)) => {
+                if let Some(ca) = &p.jwks_ca {
+                    self.err("SY028", span(ca), "`jwks_ca` is for https JWKS URLs only");
+                    return None;
+                }
                 let bytes = self.read_file(s)?;
                 let trimmed = bytes.trim_ascii().to_vec();
                 if trimmed.len() < 32 {
@@ -239,6 +245,10 @@ impl Validator<'_> {
     fn jwks_source(&mut self, j: &SStr, p: &file::AuthPolicyFile) -> Option<KeySource> {
         let text = j.get_ref();
         if let Some(path) = text.strip_prefix("file:") {
+            if let Some(ca) = &p.jwks_ca {
+                self.err("SY028", span(ca), "`jwks_ca` is for https JWKS URLs only");
+                return None;
+            }
             let as_path = SStr::new(j.span(), path.to_string());
             let bytes = self.read_file(&as_path)?;
             return match crate::auth::jwks::parse(&bytes) {
@@ -258,25 +268,28 @@ impl Validator<'_> {
                 }
             };
         }
-        if text.starts_with("https://") {
-            self.err(
-                "SY028",
-                span(j),
-                "https JWKS URLs are not supported yet: this build has no TLS client",
-            )
-            .help = Some(
-                "use jwks = \"file:…\" (e.g. synced by a sidecar) or an http URL inside the cluster"
-                    .into(),
-            );
-            return None;
-        }
         let url = match text.parse::<http::Uri>() {
-            Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => u,
+            Ok(u)
+                if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() =>
+            {
+                u
+            }
             _ => {
                 self.err("SY028", span(j), format!("`{text}` is not a JWKS source"))
-                    .help = Some("write \"file:PATH\" or \"http://HOST/PATH\"".into());
+                    .help = Some(
+                    "write \"file:PATH\", \"https://HOST/PATH\" or \"http://HOST/PATH\"".into(),
+                );
                 return None;
             }
+        };
+        let ca = match &p.jwks_ca {
+            None => None,
+            Some(ca) if url.scheme_str() != Some("https") => {
+                self.err("SY028", span(ca), "`jwks_ca` is for https JWKS URLs only")
+                    .help = Some("an http source is fetched without TLS; use an https URL".into());
+                return None;
+            }
+            Some(ca) => Some(self.ca_bundle(ca)?),
         };
         let refresh = self.duration(&p.refresh_interval, Duration::from_secs(300));
         let refetch = self.duration(&p.refetch_interval, Duration::from_secs(30));
@@ -284,7 +297,40 @@ impl Validator<'_> {
             url,
             refresh,
             refetch,
+            ca,
         })
+    }
+
+    /// `jwks_ca`: a PEM bundle of CA certificates, each usable as a trust anchor.
+    fn ca_bundle(&mut self, path: &SStr) -> Option<CaBundle> {
+        let bytes = self.read_file(path)?;
+        let name = path.get_ref();
+        let certs = match CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>() {
+            Ok(certs) if certs.is_empty() => {
+                self.err(
+                    "SY029",
+                    span(path),
+                    format!("`{name}` holds no PEM certificate"),
+                )
+                .help =
+                    Some("a CA bundle is one or more `-----BEGIN CERTIFICATE-----` blocks".into());
+                return None;
+            }
+            Ok(certs) => certs,
+            Err(e) => {
+                self.err(
+                    "SY029",
+                    span(path),
+                    format!("`{name}` is not a PEM CA bundle: {e}"),
+                );
+                return None;
+            }
+        };
+        if let Err(e) = crate::upstream::tls::roots(Some(&certs)) {
+            self.err("SY029", span(path), format!("`{name}`: {e}"));
+            return None;
+        }
+        Some(CaBundle(certs))
     }
 
     /// A header the gateway sets as identity: valid, and not one it owns otherwise.
