@@ -212,6 +212,22 @@ impl Drop for RequestSpan {
             .map_or(SpanId::INVALID, span_id);
         let context =
             |id| SpanContext::new(trace_id, id, TraceFlags::SAMPLED, false, TraceState::NONE);
+        let (start, scope) = (self.start, self.sink.scope.clone());
+        let base = |span_context, span_kind, name| SpanData {
+            span_context,
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind,
+            name,
+            start_time: start,
+            end_time: end,
+            attributes: Vec::new(),
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: scope.clone(),
+        };
         let mut attributes = vec![
             KeyValue::new("http.request.method", self.method),
             KeyValue::new("url.path", std::mem::take(&mut self.path)),
@@ -256,35 +272,24 @@ impl Drop for RequestSpan {
                 }
             };
             self.sink.send(SpanData {
-                span_context: context(span_id(&t.span_id)),
                 parent_span_id: server_id,
-                parent_span_is_remote: false,
-                span_kind: SpanKind::Client,
-                name: Cow::Owned(format!("{} upstream", self.method)),
                 start_time: t.start,
                 end_time: t.end,
                 attributes,
-                dropped_attributes_count: 0,
-                events: SpanEvents::default(),
-                links: SpanLinks::default(),
                 status,
-                instrumentation_scope: self.sink.scope.clone(),
+                ..base(
+                    context(span_id(&t.span_id)),
+                    SpanKind::Client,
+                    Cow::Owned(format!("{} upstream", self.method)),
+                )
             });
         }
         self.sink.send(SpanData {
-            span_context: context(server_id),
             parent_span_id: parent,
             parent_span_is_remote: self.trace.parent_id.is_some(),
-            span_kind: SpanKind::Server,
-            name,
-            start_time: self.start,
-            end_time: end,
             attributes,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
             status,
-            instrumentation_scope: self.sink.scope.clone(),
+            ..base(context(server_id), SpanKind::Server, name)
         });
     }
 }

@@ -88,6 +88,18 @@ fn reply(q: &[u8], (ip, ttl): (Ipv4Addr, u32), a_queries: &AtomicUsize) -> Optio
     Some(r)
 }
 
+/// One service named `backend.test` (resolved by `dns`, port of `up`); `dns_refresh`
+/// is the upper bound (60 s), so the record's TTL decides when to ask again.
+fn dns_table(dns: &DnsServer, up: &Upstream) -> String {
+    config(&format!(
+        "[dns]\nservers = [\"127.0.0.1:{}\"]\n\
+         [services.s]\nendpoints = [\"backend.test:{}\"]\ndns_refresh = \"60s\"\n\
+         [[routes]]\nname = \"r\"\npath = \"/\"\nservice = \"s\"\n",
+        dns.port,
+        up.addr.port()
+    ))
+}
+
 async fn status_of(c: &TestClient, url: &str) -> u16 {
     get(c, url).await.status.as_u16()
 }
@@ -112,14 +124,7 @@ async fn wait_status(c: &TestClient, url: &str, want: u16) {
 async fn a_changed_dns_answer_moves_traffic_within_its_ttl() {
     let up = Upstream::echo("backend").await;
     let dns = DnsServer::start(Ipv4Addr::LOCALHOST, 1).await;
-    // dns_refresh is the upper bound; the 1 s TTL decides when to ask again.
-    let gw = Gateway::start(&config(&format!(
-        "[dns]\nservers = [\"127.0.0.1:{}\"]\n\
-         [services.s]\nendpoints = [\"backend.test:{}\"]\ndns_refresh = \"60s\"\n\
-         [[routes]]\nname = \"r\"\npath = \"/\"\nservice = \"s\"\n",
-        dns.port,
-        up.addr.port()
-    )));
+    let gw = Gateway::start(&dns_table(&dns, &up));
     let c = client();
     let url = gw.url("/x");
     assert_eq!(status_of(&c, &url).await, 200);
@@ -152,13 +157,7 @@ async fn a_changed_dns_answer_moves_traffic_within_its_ttl() {
 async fn a_failing_dns_server_keeps_the_last_answer() {
     let up = Upstream::echo("backend").await;
     let dns = DnsServer::start(Ipv4Addr::LOCALHOST, 1).await;
-    let mut gw = Gateway::start(&config(&format!(
-        "[dns]\nservers = [\"127.0.0.1:{}\"]\n\
-         [services.s]\nendpoints = [\"backend.test:{}\"]\ndns_refresh = \"60s\"\n\
-         [[routes]]\nname = \"r\"\npath = \"/\"\nservice = \"s\"\n",
-        dns.port,
-        up.addr.port()
-    )));
+    let mut gw = Gateway::start(&dns_table(&dns, &up));
     let c = client();
     assert_eq!(status_of(&c, &gw.url("/x")).await, 200);
     // The server is gone; once the gateway has tried it, it still routes to the last
