@@ -30,6 +30,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod background;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -35,9 +35,9 @@ pub async fn reload(gw: &Gateway, path: &Path) -> Outcome {
     let current = gw.snapshot();
     let started = std::time::Instant::now();
     // Parsing and validating a large table takes milliseconds of CPU: off the runtime's
-    // worker threads, so requests keep being served meanwhile.
+    // worker threads and at a lower priority, so requests keep being served meanwhile.
     let file = path.to_path_buf();
-    let loaded = match tokio::task::spawn_blocking(move || config::load(&file)).await {
+    let loaded = match crate::background::low_priority(move || config::load(&file)).await {
         Ok(l) => l,
         Err(e) => {
             gw.metrics.reload("rejected");

@@ -142,14 +142,15 @@ impl Snapshot {
         let auth = Auth::build(&config, &registry.auth).await;
         // Building the matcher for a large table is CPU work: off the runtime's worker
         // threads (a reload must not stall the requests being served).
-        let (config, router) = match tokio::task::spawn_blocking(move || {
+        let (config, router) = match crate::background::low_priority(move || {
             let router = Router::new(&config);
             (config, router)
         })
         .await
         {
             Ok(built) => built,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+            // Router::new does not fail; only a panic in it (a bug) ends up here.
+            Err(e) => panic!("building the router: {e}"),
         };
         let route_names = config
             .routes
