@@ -84,33 +84,22 @@ impl Dns {
 
     /// Look up `host` (a name, not an IP literal).
     pub async fn lookup(&self, host: &str, port: u16) -> Result<Answer, String> {
-        match &self.inner {
+        let (mut addrs, valid_until): (Vec<SocketAddr>, _) = match &self.inner {
             Some(r) => {
                 let found = r.lookup_ip(host).await.map_err(|e| e.to_string())?;
-                let mut addrs: Vec<SocketAddr> = found
-                    .iter()
-                    .map(|ip: IpAddr| SocketAddr::new(ip, port))
-                    .collect();
-                addrs.sort();
-                addrs.dedup();
-                Ok(Answer {
-                    addrs,
-                    valid_until: Some(found.valid_until()),
-                })
+                let addrs = found.iter().map(|ip: IpAddr| SocketAddr::new(ip, port));
+                (addrs.collect(), Some(found.valid_until()))
             }
             None => {
                 let found = tokio::net::lookup_host((host, port))
                     .await
                     .map_err(|e| e.to_string())?;
-                let mut addrs: Vec<SocketAddr> = found.collect();
-                addrs.sort();
-                addrs.dedup();
-                Ok(Answer {
-                    addrs,
-                    valid_until: None,
-                })
+                (found.collect(), None)
             }
-        }
+        };
+        addrs.sort();
+        addrs.dedup();
+        Ok(Answer { addrs, valid_until })
     }
 }
 

@@ -137,19 +137,24 @@ impl Receiver {
 
     /// Wait until `n` spans have arrived.
     async fn wait_for(&self, n: usize) -> Vec<(String, Span)> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let got = self.spans.lock().unwrap().clone();
-            if got.len() >= n {
-                return got;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {n} spans arrived",
-                got.len()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        wait_spans(&self.spans, n).await
+    }
+}
+
+/// Wait until a receiver's store holds `n` spans; all of them.
+async fn wait_spans<T: Clone>(store: &Mutex<Vec<T>>, n: usize) -> Vec<T> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = store.lock().unwrap().clone();
+        if got.len() >= n {
+            return got;
         }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} spans arrived",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -255,14 +260,7 @@ async fn spans_go_to_a_grpc_receiver_with_the_callers_trace_id() {
             &tp[3..35]
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let spans = loop {
-        let spans = receiver.spans.lock().unwrap().clone();
-        if spans.len() >= 20 || Instant::now() > deadline {
-            break spans;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let spans = wait_spans(&receiver.spans, 20).await;
     let servers: Vec<&Span> = spans.iter().filter(|s| s.kind == 2).collect();
     assert_eq!(servers.len(), 10, "one server span per request");
     assert_eq!(spans.len(), 20, "and one client span per try");
