@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 
 use crate::observe::access_log::AccessRecord;
 use crate::observe::otlp::RequestSpan;
+use crate::upstream::pool::PooledBody;
 
 /// Why the client's body stopped before its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,7 +199,7 @@ impl Tee {
 #[derive(Debug)]
 enum Kind {
     Full(Option<Bytes>),
-    Stream(Incoming),
+    Stream(PooledBody),
 }
 
 impl ResponseBody {
@@ -225,7 +226,7 @@ impl ResponseBody {
     }
 
     /// The upstream's body, streamed.
-    pub fn stream(inner: Incoming) -> Self {
+    pub fn stream(inner: PooledBody) -> Self {
         Self {
             kind: Kind::Stream(inner),
             record: None,

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::uri::Scheme;
 use http::{Request, Uri, Version};
 use http_body_util::BodyExt as _;
 use tokio::sync::oneshot;
@@ -160,18 +159,18 @@ impl ShadowTask {
     /// Send the copy and read the shadow's answer (capped, hashed).
     async fn exchange(&self, body: UpstreamBody) -> Option<Captured> {
         let target = self.shadow.pick()?;
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(target.authority.clone())
-            .path_and_query(self.head.path_and_query.clone())
-            .build()
-            .ok()?;
+        let uri = Uri::from(self.head.path_and_query.clone());
         let mut req = Request::new(body);
         *req.method_mut() = self.head.method.clone();
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = self.head.headers.clone();
-        let resp = self.shadow.client.request(req).await.ok()?;
+        let resp = self
+            .shadow
+            .client
+            .request(&target, &self.shadow.scheme, req)
+            .await
+            .ok()?;
         let status = resp.status().as_u16();
         if crate::policy::mirror::is_encoded(resp.headers()) {
             // Not comparable: drain without copying.

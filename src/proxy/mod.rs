@@ -71,6 +71,7 @@ use crate::resilience::retry;
 use crate::router::RequestInfo;
 use crate::snapshot::Snapshot;
 use crate::upstream::Upstream;
+use crate::upstream::pool::PooledBody;
 use body::{BodyError, BodyLimits, ResponseBody, UpstreamBody};
 pub use error::ProxyError;
 
@@ -549,7 +550,7 @@ fn guard_feedback(
     route_id: usize,
     fwd: &Forward,
     ctx: &RequestCtx,
-    resp: &Result<Response<Incoming>, ProxyError>,
+    resp: &Result<Response<PooledBody>, ProxyError>,
 ) {
     let (Some(guard), Some(choice)) = (&snap.guards[route_id], ctx.choice) else {
         return;
@@ -944,7 +945,7 @@ async fn forward(
     head: UpstreamHead,
     body: UpstreamBody,
     timeout: std::time::Duration,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<PooledBody>, ProxyError> {
     let defaults = &snap.config.defaults;
     let policy = &defaults.retry;
     // Only a body that can be sent again may be retried.
@@ -977,7 +978,7 @@ async fn forward(
     let tries = async {
         let mut body = Some(body);
         let mut head = Some(head);
-        let mut last: Result<Response<Incoming>, ProxyError> = Err(ProxyError::NoHealthyUpstream);
+        let mut last: Result<Response<PooledBody>, ProxyError> = Err(ProxyError::NoHealthyUpstream);
         let mut last_addr = None;
         for attempt in 1..=attempts {
             if attempt > 1 {
@@ -1014,12 +1015,8 @@ async fn forward(
                     .insert(TRACEPARENT.clone(), s.trace.header_value_for(id));
                 (id, SystemTime::now())
             });
-            let uri = Uri::builder()
-                .scheme(upstream.scheme.clone())
-                .authority(target.authority.clone())
-                .path_and_query(h.path_and_query)
-                .build()
-                .map_err(|_| ProxyError::BadPath)?;
+            // Origin form; the client adds what its protocol needs.
+            let uri = Uri::from(h.path_and_query);
             let this_body = match (&resend, body.take()) {
                 (Some(b), _) => UpstreamBody::Full(Some(b.clone())),
                 (None, Some(b)) => b,
@@ -1030,7 +1027,7 @@ async fn forward(
             *req.uri_mut() = uri;
             *req.version_mut() = Version::HTTP_11;
             *req.headers_mut() = h.headers;
-            let sent = upstream.client.request(req);
+            let sent = upstream.client.request(&target, &upstream.scheme, req);
             let outcome = match policy.per_try_timeout {
                 Some(t) => tokio::time::timeout(t, sent).await.ok(),
                 None => Some(sent.await),
@@ -1101,7 +1098,7 @@ async fn forward(
 /// response filter and `RateLimit-*` headers; the body streams back and holds the
 /// service's concurrency slot until it is done.
 fn downstream_response(
-    resp: Response<Incoming>,
+    resp: Response<PooledBody>,
     route: &Route,
     rate: Option<(u32, u32)>,
     permit: Option<OwnedSemaphorePermit>,

@@ -16,11 +16,12 @@ use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Extensions, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+
+use crate::upstream::pool::PooledBody;
 
 /// A client's upgrade request: HTTP/1.1 with `Connection: upgrade` and `Upgrade: …`.
 #[derive(Debug)]
@@ -83,7 +84,7 @@ pub struct Pending {
 /// Otherwise no tunnel: `None`.
 pub fn accept(
     pending: Pending,
-    resp: &mut Response<Incoming>,
+    resp: &mut Response<PooledBody>,
     idle: Duration,
 ) -> Option<HeaderValue> {
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {

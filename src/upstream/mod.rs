@@ -31,30 +31,60 @@ pub type HttpClient = Client<HttpConnector, UpstreamBody>;
 /// The pooled client of a TLS service (`https`, `h2`).
 pub type HttpsClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
-/// A service's pooled client. An enum rather than a boxed service: the plain client
-/// costs no more than before TLS existed. With `h2c` and `h2` the pool holds one
-/// shared HTTP/2 connection per endpoint that carries every request.
+/// A service's pooled client. An enum rather than a boxed service, so the common case
+/// (`http1`) pays for no indirection. `http1` uses the gateway's own pool
+/// ([`pool::H1Pool`]); with `h2c` and `h2` hyper-util's pool holds one shared HTTP/2
+/// connection per endpoint that carries every request; `https` is HTTP/1.1 over TLS
+/// through hyper-util's pool.
 #[derive(Debug, Clone)]
 pub enum UpstreamClient {
+    H1(H1Pool),
     Plain(HttpClient),
     Tls(HttpsClient),
 }
 
 impl UpstreamClient {
-    /// Send one request.
-    pub fn request(&self, req: http::Request<UpstreamBody>) -> ResponseFuture {
-        match self {
-            UpstreamClient::Plain(c) => c.request(req),
-            UpstreamClient::Tls(c) => c.request(req),
+    /// Send one request to `target`. The request's URI is in origin form (path and
+    /// query); the legacy clients get the absolute form they route by.
+    pub async fn request(
+        &self,
+        target: &Target,
+        scheme: &Scheme,
+        mut req: http::Request<UpstreamBody>,
+    ) -> Result<http::Response<PooledBody>, UpstreamError> {
+        let legacy = |req: &mut http::Request<UpstreamBody>| {
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            parts.scheme = Some(scheme.clone());
+            parts.authority = Some(target.authority.clone());
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        };
+        let sent: ResponseFuture = match self {
+            UpstreamClient::H1(pool) => return pool.send(target, req).await,
+            UpstreamClient::Plain(c) => {
+                legacy(&mut req);
+                c.request(req)
+            }
+            UpstreamClient::Tls(c) => {
+                legacy(&mut req);
+                c.request(req)
+            }
+        };
+        match sent.await {
+            Ok(resp) => Ok(resp.map(PooledBody::from)),
+            Err(e) => Err(UpstreamError::Legacy(e)),
         }
     }
 }
 
 pub mod dns;
 pub mod health;
+pub mod pool;
 pub mod tls;
 
 use dns::Dns;
+use pool::{H1Pool, IdleList, PooledBody, UpstreamError};
 
 /// One address to send requests to.
 #[derive(Debug, Clone)]
@@ -64,6 +94,8 @@ pub struct Target {
     pub authority: Authority,
     /// Health and ejection state, shared across DNS refreshes while the address stays.
     pub state: Arc<EndpointState>,
+    /// Idle keep-alive connections (`http1` services), kept like `state`.
+    pub idle: Arc<IdleList>,
 }
 
 /// A service's endpoints and client.
@@ -163,6 +195,7 @@ fn target(addr: SocketAddr, epoch: Instant) -> Option<Target> {
         addr,
         authority,
         state: Arc::new(EndpointState::new(epoch)),
+        idle: Arc::default(),
     })
 }
 
@@ -171,6 +204,7 @@ fn carry_state(new: &mut [Target], old: &[Target]) {
     for t in new {
         if let Some(o) = old.iter().find(|o| o.addr == t.addr) {
             t.state = o.state.clone();
+            t.idle = o.idle.clone();
         }
     }
 }
@@ -248,6 +282,9 @@ impl Registry {
         let (up, valid_until) = Self::build(service, defaults, &dns).await;
         let up = Arc::new(up);
         spawn_dns_refresh(&up, service, dns, valid_until);
+        if let UpstreamClient::H1(pool) = &up.client {
+            pool::spawn_sweeper(Arc::downgrade(&up), pool.idle_timeout);
+        }
         if let Some(check) = &service.health_check {
             health::spawn_health_checks(
                 Arc::downgrade(&up),
@@ -323,7 +360,12 @@ impl Registry {
                 .http2_keep_alive_while_idle(true);
         }
         let client = match service.protocol {
-            Protocol::Http1 | Protocol::H2c => UpstreamClient::Plain(builder.build(connector)),
+            Protocol::Http1 => UpstreamClient::H1(H1Pool {
+                connect_timeout: service.connect_timeout,
+                idle_timeout: defaults.pool_idle_timeout,
+                max_idle: defaults.pool_max_idle,
+            }),
+            Protocol::H2c => UpstreamClient::Plain(builder.build(connector)),
             Protocol::Https | Protocol::H2 => {
                 connector.enforce_http(false);
                 UpstreamClient::Tls(builder.build(tls::connector(service, connector)))

@@ -19,6 +19,7 @@ mod limits;
 mod observe;
 mod otlp;
 mod policy;
+mod pool;
 mod prometheus;
 mod proxying;
 mod reload;

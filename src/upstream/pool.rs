@@ -1,0 +1,314 @@
+//! The HTTP/1.1 connection pool of a plain-TCP service (`protocol = "http1"`, the
+//! default), on hyper's low-level `client::conn::http1`.
+//!
+//! Why not hyper-util's legacy `Client` here: on the e2e benchmark it was about 17 % of
+//! the gateway's user-space instructions per request (callgrind): a pool keyed by
+//! (scheme, authority) and hashed with SipHash at checkout and again at checkin, a boxed
+//! future per request, absolute-form URIs rebuilt per request, an `HttpInfo` extension
+//! per response. Here every endpoint ([`Target`](super::Target)) owns its idle list,
+//! reached without hashing, and the request goes out in origin form as it is.
+//! (`h2c`, `h2` and `https` services keep the legacy client: one shared HTTP/2
+//! connection, or TLS.)
+//!
+//! Reuse rules, which are what make a keep-alive pool safe:
+//! - A connection goes back to its idle list only when the client side has read the
+//!   upstream's whole answer ([`PooledBody`] saw its end). An answer that was not read to
+//!   the end (the client went away, a timeout) drops the connection: hyper closes it.
+//! - An answer to an upgrade (101) never goes back: the connection became a tunnel.
+//! - hyper keeps reading an idle connection, so one the upstream closed is noticed and
+//!   skipped at checkout. A request that could not be written because a reused
+//!   connection closed at that very moment (the keep-alive race) is sent once more on a
+//!   new connection; a request that was written is never sent again here (the retry
+//!   policy in `proxy::forward` decides that).
+//! - The idle list is LIFO (the warmest connection first) and holds at most
+//!   `pool_max_idle` connections per endpoint; connections idle for longer than
+//!   `pool_idle_timeout` are closed at checkout and by [`spawn_sweeper`].
+
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::{Target, Upstream};
+use crate::proxy::body::UpstreamBody;
+
+type Sender = http1::SendRequest<UpstreamBody>;
+
+/// The idle connections of one endpoint, newest last.
+#[derive(Debug, Default)]
+pub struct IdleList {
+    conns: Mutex<Vec<Idle>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    tx: Sender,
+    since: Instant,
+}
+
+impl IdleList {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        // Nothing here can panic half-way through an update.
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The newest usable idle connection, if any; stale ones met on the way are closed.
+    fn take(&self, idle_timeout: Duration) -> Option<Sender> {
+        let mut conns = self.lock();
+        while let Some(idle) = conns.pop() {
+            if !idle.tx.is_closed() && idle.since.elapsed() < idle_timeout {
+                return Some(idle.tx);
+            }
+        }
+        None
+    }
+
+    fn put(&self, tx: Sender, max_idle: usize) {
+        if tx.is_closed() {
+            return;
+        }
+        let mut conns = self.lock();
+        if conns.len() < max_idle {
+            conns.push(Idle {
+                tx,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Close the connections idle for `idle_timeout` or more, and those the upstream
+    /// closed.
+    fn sweep(&self, idle_timeout: Duration) {
+        self.lock()
+            .retain(|i| !i.tx.is_closed() && i.since.elapsed() < idle_timeout);
+    }
+
+    /// Idle connections right now (tests, admin).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when no connection is idle.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How a service's HTTP/1.1 connections are made and kept.
+#[derive(Debug, Clone)]
+pub struct H1Pool {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle: usize,
+}
+
+/// Why an exchange with the upstream failed.
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// No connection: refused, unreachable, or not within `connect_timeout`.
+    Connect(std::io::Error),
+    /// The connection broke or the answer was not valid HTTP (hyper's error).
+    Exchange(hyper::Error),
+    /// From the legacy client (`h2c`, `h2`, `https` services).
+    Legacy(hyper_util::client::legacy::Error),
+}
+
+impl UpstreamError {
+    /// True when the request never reached the upstream (connecting failed): safe to
+    /// send again whatever the method.
+    pub fn is_connect(&self) -> bool {
+        match self {
+            UpstreamError::Connect(_) => true,
+            UpstreamError::Exchange(_) => false,
+            UpstreamError::Legacy(e) => e.is_connect(),
+        }
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Connect(e) => write!(f, "connect: {e}"),
+            UpstreamError::Exchange(e) => write!(f, "{e}"),
+            UpstreamError::Legacy(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            UpstreamError::Connect(e) => Some(e),
+            UpstreamError::Exchange(e) => Some(e),
+            UpstreamError::Legacy(e) => Some(e),
+        }
+    }
+}
+
+impl H1Pool {
+    /// Send `req` (origin-form URI) to `target` on an idle connection, or a new one.
+    pub async fn send(
+        &self,
+        target: &Target,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        if !req.headers().contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(target.authority.as_str())
+        {
+            req.headers_mut().insert(header::HOST, host);
+        }
+        let mut reused = true;
+        let mut tx = loop {
+            let Some(mut tx) = target.idle.take(self.idle_timeout) else {
+                reused = false;
+                break self.connect(target).await?;
+            };
+            // Ready unless hyper has not yet seen the previous answer's end (it is about
+            // to); an error means the upstream closed it meanwhile.
+            if tx.is_ready() || tx.ready().await.is_ok() {
+                break tx;
+            }
+        };
+        let resp = match tx.try_send_request(req).await {
+            Ok(resp) => resp,
+            Err(mut e) => match e.take_message() {
+                // Not written: the reused connection closed under us. Once more, new.
+                Some(req) if reused => {
+                    tx = self.connect(target).await?;
+                    tx.send_request(req)
+                        .await
+                        .map_err(UpstreamError::Exchange)?
+                }
+                _ => return Err(UpstreamError::Exchange(e.into_error())),
+            },
+        };
+        // After a 101 the connection is the tunnel's.
+        let keep = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
+        let checkin = keep.then(|| Checkin {
+            idle: target.idle.clone(),
+            tx,
+            max_idle: self.max_idle,
+        });
+        Ok(resp.map(|inner| PooledBody {
+            inner,
+            checkin,
+            eof: false,
+        }))
+    }
+
+    async fn connect(&self, target: &Target) -> Result<Sender, UpstreamError> {
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(target.addr)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
+                Err(_) => {
+                    return Err(UpstreamError::Connect(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connect timed out",
+                    )));
+                }
+            };
+        // Small requests and answers go out at once, not after a delayed ACK.
+        let _ = stream.set_nodelay(true);
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Exchange)?;
+        let addr = target.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(endpoint = %addr, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(tx)
+    }
+}
+
+/// The connection to give back once the answer has been read to its end.
+#[derive(Debug)]
+struct Checkin {
+    idle: Arc<IdleList>,
+    tx: Sender,
+    max_idle: usize,
+}
+
+/// The upstream's answer body. When it has been read to its end (or it had none), its
+/// connection goes back to the endpoint's idle list as this body is dropped.
+#[derive(Debug)]
+pub struct PooledBody {
+    inner: Incoming,
+    checkin: Option<Checkin>,
+    eof: bool,
+}
+
+impl From<Incoming> for PooledBody {
+    /// A body whose connection is not pooled here (the legacy client pools its own).
+    fn from(inner: Incoming) -> Self {
+        PooledBody {
+            inner,
+            checkin: None,
+            eof: false,
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.eof = true,
+            // A broken answer: the connection is not reused.
+            Poll::Ready(Some(Err(_))) => this.checkin = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        if let Some(c) = self.checkin.take()
+            && (self.eof || self.inner.is_end_stream())
+        {
+            c.idle.put(c.tx, c.max_idle);
+        }
+    }
+}
+
+/// Close idle connections past `idle_timeout` every so often, for as long as `up` lives
+/// (an endpoint that sees no more requests would otherwise keep its idle connections
+/// until the upstream closes them).
+pub fn spawn_sweeper(up: Weak<Upstream>, idle_timeout: Duration) {
+    let every = (idle_timeout / 2).max(Duration::from_secs(1));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(up) = up.upgrade() else { return };
+            for t in up.targets().iter() {
+                t.idle.sweep(idle_timeout);
+            }
+        }
+    });
+}
