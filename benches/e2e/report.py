@@ -118,7 +118,7 @@ def parse_h2load(out, log_path):
 def parse_curl(out, kind, expected, rc):
     """run.sh's curl -w line: E2E-CURL code=... down=... up=... time=..."""
     r = {"http_code": None, "bytes": None, "transfer_seconds": None, "throughput_mib_s": None,
-         "requests": 1, "rps": None, "lat_us": {},
+         "lat_us": {},
          "socket_errors": {"curl_exit": 1 if rc else 0, "short_transfer": 0}, "non_2xx_3xx": 0}
     m = re.search(r"E2E-CURL code=(\d+) down=(\d+) up=(\d+) time=([0-9.]+)", out)
     if m:
@@ -158,15 +158,14 @@ def record(runs_path, out_path, kvs):
     ticks = run["cpu_ticks"] / run["clk_tck"]
     run["cpu_seconds"] = ticks
     run["cpu_pct"] = 100.0 * ticks / run["wall_seconds"] if run["wall_seconds"] else None
-    run["cpu_us_per_req"] = 1e6 * ticks / run["requests"] if run["requests"] else None
-    run["cpu_ms_per_10k_req"] = (run["cpu_us_per_req"] * 10.0
-                                 if run["cpu_us_per_req"] is not None else None)
     run["peak_rss_mib"] = run["vmhwm_kib"] / 1024.0
     run["rss_before_mib"] = run["vmrss_before_kib"] / 1024.0
     run["rss_after_mib"] = run["vmrss_after_kib"] / 1024.0
     if kind in STREAM_KINDS:
         gib = (run["bytes"] or 0) / (1024.0 * MIB)
         run["cpu_s_per_gib"] = ticks / gib if gib else None
+    else:
+        run["cpu_us_per_req"] = 1e6 * ticks / run["requests"] if run["requests"] else None
     run["tool_output"] = out
     with open(runs_path, "a") as f:
         f.write(json.dumps(run) + "\n")
@@ -269,9 +268,6 @@ def summary(runs_path, meta_path, out_path):
         ref = by_key.get((r["round"], r["scenario"], "nginx"))
         metrics = STREAM_METRICS if r["tool"] in STREAM_KINDS else REQUEST_METRICS
         r["vs_nginx"] = {k: ratio(get(r), get(ref)) if ref else None for k, get in metrics}
-        # kept under their old names too
-        r["rps_vs_nginx"] = r["vs_nginx"].get("rps")
-        r["cpu_per_req_vs_nginx"] = r["vs_nginx"].get("cpu_us_per_req")
 
     rows = []
     for sc in scenarios:
@@ -298,8 +294,6 @@ def summary(runs_path, meta_path, out_path):
             else:
                 row["cpu_ms_per_10k_req"] = (row["cpu_us_per_req"] * 10.0
                                              if row["cpu_us_per_req"] is not None else None)
-                row["rps_vs_nginx"] = row["vs_nginx"]["rps"]
-                row["cpu_per_req_vs_nginx"] = row["vs_nginx"]["cpu_us_per_req"]
             keys = sorted({k for r in rs for k in r["socket_errors"]})
             row["errors_total"] = sum(run_errors(r) for r in rs)
             row["non_2xx_3xx_total"] = sum(r["non_2xx_3xx"] for r in rs)
