@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # End-to-end proxy benchmark: nginx vs HAProxy vs switchyard in front of the same upstream.
 #
-# Core layout (2+ cores): cpu0 = wrk (1 thread) + upstream nginx (1 worker);
-# cpu1 = the proxy under test, alone (taskset -c 1). One proxy runs at a time; each
-# (round, scenario, proxy) gets a fresh proxy process, so peak RSS is per run.
-# Targets alternate A B C A B C; the table shows medians over rounds and ratios to
+# Core layout (2+ cores): cpu0 = the load tool (wrk -t1, h2load -t1 or curl) + upstream
+# nginx (1 worker); cpu1 = the proxy under test, alone (taskset -c 1). One proxy runs at a
+# time; each (round, scenario, proxy) gets a fresh proxy process, so peak RSS is per run.
+# Targets alternate A B C A B C; the tables show medians over rounds and ratios to
 # nginx taken within the same round.
 #
 # Env: DURATION (s per run, default 10), ROUNDS (default 2),
 #      SCENARIOS (default "c256 c64 c1"; see scenario() below: cN = small GET keep-alive
-#        at N connections, body64k, upload1m, newconn, routes1k),
+#        at N connections, body64k, upload1m, newconn, routes1k, routes10k, reload10k,
+#        policies; h2 = small GET over cleartext HTTP/2, 4 connections x 100 streams
+#        (h2load); stream1g = one 1 GiB response, stream1g-up = one 1 GiB upload (curl)),
 #      PROXIES (default "nginx haproxy switchyard"), WARMUP (s, default 1),
 #      CARGO_TARGET_DIR (default $HOME/.cache/switchyard-target),
 #      SWITCHYARD_BIN (use this binary instead of building), KEEP_WORK=1 (keep temp dir).
@@ -34,14 +36,19 @@ die() { log "ERROR: $*"; exit 1; }
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, got '$ROUNDS'"
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a non-negative integer (seconds), got '$WARMUP'"
 TOKEN= # set by make_token (token.sh) before the runs; scenario() only reads it
-# scenario NAME -> CONNS, REQ_PATH, WRK_ARGS (array), ROUTES (extra routes in the table),
-# DESC (one line for the report).
+# scenario NAME -> KIND (wrk | h2load | download | upload: the load tool and what is
+# measured), CONNS, STREAMS (h2load: concurrent streams per connection), REQ_PATH,
+# WRK_SCRIPT (wrk -s; every script prints p50/p99/p99.9 via latency.lua), WRK_ARGS
+# (array), ROUTES (extra routes in the table), H2 (the proxy listens for cleartext
+# HTTP/2 with prior knowledge), BIG_BODY (switchyard: a route for /upload1g without the
+# 32 MiB body limit), DESC (one line for the report).
 scenario() {
-    WRK_ARGS=(); ROUTES=0; REQ_PATH=/; RELOAD=0; POLICIES=0
+    KIND=wrk; WRK_SCRIPT=$HERE/latency.lua; WRK_ARGS=(); ROUTES=0; REQ_PATH=/; RELOAD=0
+    POLICIES=0; STREAMS=1; H2=0; BIG_BODY=0
     case $1 in
     c[1-9]*) CONNS=${1#c}; DESC="GET 13 B, keep-alive, $CONNS connections" ;;
     body64k) CONNS=64; REQ_PATH=/64k; DESC="GET 64 KiB response, keep-alive, 64 connections" ;;
-    upload1m) CONNS=16; REQ_PATH=/upload; WRK_ARGS=(-s "$HERE/upload1m.lua")
+    upload1m) CONNS=16; REQ_PATH=/upload; WRK_SCRIPT=$HERE/upload1m.lua
               DESC="POST 1 MiB body, keep-alive, 16 connections" ;;
     newconn) CONNS=64; WRK_ARGS=(-H "Connection: close")
              DESC="GET 13 B, new TCP connection per request, 64 connections" ;;
@@ -53,22 +60,29 @@ scenario() {
               DESC="GET 13 B, 64 connections; switchyard with JWT auth (RS256) + sticky canary + rate limit + metrics; nginx/HAProxy plain" ;;
     reload10k) CONNS=64; ROUTES=10000; REQ_PATH=/svc-5000/item; RELOAD=1
                DESC="routes10k with a config reload every second (nginx -s reload / SIGHUP)" ;;
+    h2) KIND=h2load; CONNS=4; STREAMS=100; H2=1
+        DESC="GET 13 B over cleartext HTTP/2 (prior knowledge), 4 connections x 100 concurrent streams (h2load); upstream HTTP/1.1 keep-alive" ;;
+    stream1g) KIND=download; CONNS=1; REQ_PATH=/1g
+              DESC="GET one 1 GiB response streamed through the proxy (curl -o /dev/null); throughput, CPU, RSS before/after" ;;
+    stream1g-up) KIND=upload; CONNS=1; REQ_PATH=/upload1g; BIG_BODY=1
+                 DESC="PUT one 1 GiB body with Content-Length (curl -T), the upstream discards it; throughput, CPU, RSS before/after" ;;
     *) return 1 ;;
     esac
 }
 for sc in $SCENARIOS; do
     [[ $sc =~ ^c[1-9][0-9]*$ ]] || scenario "$sc" \
-        || die "unknown scenario '$sc' (cN: small GET keep-alive at N connections, body64k, upload1m, newconn, routes1k, routes10k, reload10k, policies)"
+        || die "unknown scenario '$sc' (cN: small GET keep-alive at N connections, body64k, upload1m, newconn, routes1k, routes10k, reload10k, policies, h2, stream1g, stream1g-up)"
 done
 for p in $PROXIES; do
     case $p in nginx|haproxy|switchyard) ;; *) die "unknown proxy '$p' (nginx, haproxy, switchyard)";; esac
 done
 
 # ---------------------------------------------------------------- 1. tools
-declare -A PKG_FOR=([nginx]=nginx [haproxy]=haproxy [wrk]=wrk [taskset]=util-linux
-                    [ps]=procps [curl]=curl [python3]=python3 [getconf]=libc-bin [openssl]=openssl)
+declare -A PKG_FOR=([nginx]=nginx [haproxy]=haproxy [wrk]=wrk [h2load]=nghttp2-client
+                    [taskset]=util-linux [ps]=procps [curl]=curl [python3]=python3
+                    [getconf]=libc-bin [openssl]=openssl [truncate]=coreutils)
 missing=()
-for cmd in nginx haproxy wrk taskset ps curl python3 getconf openssl; do
+for cmd in nginx haproxy wrk h2load taskset ps curl python3 getconf openssl truncate; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${PKG_FOR[$cmd]}")
 done
 if ((${#missing[@]})); then
@@ -134,9 +148,13 @@ trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
 
-render() { # render TEMPLATE OUT: substitute @WORK@ @PROXY_PORT@ @UPSTREAM_PORT@
+render() { # render TEMPLATE OUT: substitute @WORK@ @PROXY_PORT@ @UPSTREAM_PORT@, and the
+    # listener options that turn on cleartext HTTP/2 (prior knowledge) when H2=1
+    local ngx_opts="" ha_opts=""
+    if ((${H2:-0})); then ngx_opts=" http2"; ha_opts=" proto h2"; fi
     sed -e "s|@WORK@|$WORK|g" -e "s|@PROXY_PORT@|${PROXY_PORT:-}|g" \
-        -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|g" "$1" >"$2"
+        -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|g" -e "s|@NGINX_LISTEN_OPTS@|$ngx_opts|g" \
+        -e "s|@HAPROXY_BIND_OPTS@|$ha_opts|g" "$1" >"$2"
 }
 
 # add_routes NAME CONFIG N: N extra prefix routes /svc-0000/ .. to the same upstream,
@@ -161,13 +179,15 @@ add_routes() {
     esac
 }
 
-# Bounded readiness poll: GET / must answer 200 "hello world!".
-wait_ready() { # wait_ready NAME PID PORT LOGFILE
+# Bounded readiness poll: GET / must answer 200 "hello world!". Extra curl arguments
+# (e.g. --http2-prior-knowledge for an HTTP/2-only listener) come after LOGFILE.
+wait_ready() { # wait_ready NAME PID PORT LOGFILE [CURL_ARG...]
     local name=$1 pid=$2 port=$3 logf=$4 i body
+    shift 4
     for ((i = 0; i < 100; i++)); do
         alive "$pid" || { tail -n 20 "$logf" >&2 || true; die "$name (pid $pid) exited during start-up"; }
         # The token lets the probe through the policies scenario's auth (others ignore it).
-        if body=$(curl -fsS --max-time 1 -H "Authorization: Bearer $TOKEN" -H "x-user-id: 42" \
+        if body=$(curl -fsS --max-time 1 "$@" -H "Authorization: Bearer $TOKEN" -H "x-user-id: 42" \
             "http://127.0.0.1:$port/" 2>/dev/null); then
             [[ $body == "hello world!" ]] || die "$name answered an unexpected body: '$body'"
             return 0
@@ -188,14 +208,17 @@ cpu_ticks() { # utime+stime summed over the given PIDs
     done
     echo "$total"
 }
-peak_rss_kib() { # VmHWM summed over the given PIDs
-    local total=0 pid v
+status_kib() { # status_kib FIELD PID...: a /proc/PID/status field (VmHWM, VmRSS) summed
+    local field=$1 total=0 pid v
+    shift
     for pid in "$@"; do
-        v=$(awk '/^VmHWM:/{print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+        v=$(awk -v f="$field:" '$1 == f {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
         total=$((total + ${v:-0}))
     done
     echo "$total"
 }
+peak_rss_kib() { status_kib VmHWM "$@"; } # peak RSS since the process started
+rss_kib() { status_kib VmRSS "$@"; }      # RSS now
 
 # Four free loopback ports: upstream, then one per proxy.
 read -r UPSTREAM_PORT NGINX_PORT HAPROXY_PORT SY_PORT < <(python3 -c '
@@ -218,6 +241,20 @@ mkdir -p "$WORK/upstream"
 source "$HERE/token.sh"
 make_token "$WORK" "$ROOT/tests/fixtures/auth"
 head -c 65536 /dev/zero | tr '\0' 'x' >"$WORK/upstream/64k.bin"
+# stream1g / stream1g-up: a sparse 1 GiB file (no disk blocks; reads come from the page
+# cache), served by the upstream and uploaded by curl -T.
+BIG_FILE=$WORK/upstream/1g.bin
+BIG_BYTES=$((1 << 30))
+truncate -s "$BIG_BYTES" "$BIG_FILE"
+for sc in $SCENARIOS; do
+    scenario "$sc"
+    if [[ $KIND == download || $KIND == upload ]]; then
+        # Read it once so its pages are cached: the first read of a new file fills 1 GiB of
+        # page cache and took seconds here, which would be charged to the first proxy.
+        taskset -c 0 cat "$BIG_FILE" >/dev/null
+        break
+    fi
+done
 render "$HERE/upstream-nginx.conf.in" "$WORK/upstream/nginx.conf"
 taskset -c 0 nginx -e "$WORK/upstream/error.log" -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" \
     >"$WORK/upstream/stdout.log" 2>&1 &
@@ -251,6 +288,7 @@ start_proxy() { # start_proxy NAME -> sets PROXY_PID, PROXY_LOG
         render "$HERE/switchyard-routes.toml.in" "$dir/routes.toml"
         add_routes switchyard "$dir/routes.toml" "$ROUTES"
         ((POLICIES)) && add_policies "$dir/routes.toml"
+        ((BIG_BODY)) && add_big_body_route "$dir/routes.toml"
         PROXY_LOG=$dir/switchyard.log
         "$SY_BIN" check "$dir/routes.toml" >/dev/null || die "switchyard rejected its routes.toml"
         # TOKIO_WORKER_THREADS=1: tokio's multi-threaded runtime honours this env var; one
@@ -262,7 +300,9 @@ start_proxy() { # start_proxy NAME -> sets PROXY_PID, PROXY_LOG
     esac
     PROXY_PID=$!
     STARTED+=("$PROXY_PID")
-    wait_ready "$name" "$PROXY_PID" "$PROXY_PORT" "$PROXY_LOG"
+    local probe=()
+    ((H2)) && probe=(--http2-prior-knowledge) # nginx and HAProxy then speak only HTTP/2
+    wait_ready "$name" "$PROXY_PID" "$PROXY_PORT" "$PROXY_LOG" "${probe[@]}"
 }
 
 proxy_pids() { echo "$1"; children_of "$1"; } # master + workers (nginx); others: one process
@@ -288,6 +328,13 @@ open(p, "w").write(s)
 PY
 }
 
+# add_big_body_route CONFIG: stream1g-up sends 1 GiB, over switchyard's default 32 MiB
+# max_body; an exact route for /upload1g lifts it (nginx: client_max_body_size 0 in its
+# /upload1g location; HAProxy has no body limit).
+add_big_body_route() {
+    printf '\n[[routes]]\nname = "upload1g"\nexact = "/upload1g"\nservice = "up"\nmax_body = "2GiB"\n' >>"$1"
+}
+
 # reloader NAME PID: reload the proxy every second until killed. switchyard gets a changed
 # file (a comment appended, so the hash differs and the whole table is rebuilt) and SIGHUP;
 # nginx gets SIGHUP (it re-reads its config and replaces its workers).
@@ -305,16 +352,18 @@ reloader() {
 # ---------------------------------------------------------------- 5. runs
 SCEN_JSON=$(for sc in $SCENARIOS; do
     scenario "$sc"
-    python3 -c 'import json,sys; print(json.dumps({"name": sys.argv[1], "connections": int(sys.argv[2]), "path": sys.argv[3], "description": sys.argv[4]}))' \
-        "$sc" "$CONNS" "$REQ_PATH" "$DESC"
+    python3 -c 'import json,sys; print(json.dumps({"name": sys.argv[1], "kind": sys.argv[2], "connections": int(sys.argv[3]), "streams_per_connection": int(sys.argv[4]), "path": sys.argv[5], "description": sys.argv[6]}))' \
+        "$sc" "$KIND" "$CONNS" "$STREAMS" "$REQ_PATH" "$DESC"
 done | paste -sd, -)
 PROX_JSON=$(for p in $PROXIES; do echo "\"$p\""; done | paste -sd, -)
-export LOADAVG_START DURATION ROUNDS WARMUP CLK_TCK UPSTREAM_PORT NGINX_PORT HAPROXY_PORT SY_PORT SY_BIN ROOT
+export LOADAVG_START DURATION ROUNDS WARMUP CLK_TCK BIG_BYTES UPSTREAM_PORT NGINX_PORT HAPROXY_PORT SY_PORT SY_BIN ROOT
 export SCEN_JSON PROX_JSON
-export V_NGINX V_HAPROXY V_WRK V_SY GIT_REV GIT_DIRTY
+export V_NGINX V_HAPROXY V_WRK V_H2LOAD V_CURL V_SY GIT_REV GIT_DIRTY
 V_NGINX=$(nginx -v 2>&1 | head -n1 || true)
 V_HAPROXY=$(haproxy -v 2>&1 | head -n1 || true)
 V_WRK=$(wrk -v 2>&1 | head -n1 || true)
+V_H2LOAD=$(h2load --version 2>&1 | head -n1 || true)
+V_CURL=$(curl --version 2>&1 | head -n1 || true)
 V_SY=$("$SY_BIN" --version 2>&1 | head -n1 || true)
 GIT_REV=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
 GIT_DIRTY=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -c . || true)
@@ -335,24 +384,54 @@ for ((round = 1; round <= ROUNDS; round++)); do
             start_proxy "$p"
             url="http://127.0.0.1:${PORT[$p]}$REQ_PATH"
             if ((WARMUP > 0)); then
-                taskset -c 0 wrk -t1 -c"$conns" -d"${WARMUP}s" "${WRK_ARGS[@]}" "$url" >/dev/null
+                case $KIND in
+                wrk) taskset -c 0 wrk -t1 -c"$conns" -d"${WARMUP}s" -s "$WRK_SCRIPT" "${WRK_ARGS[@]}" "$url" >/dev/null ;;
+                h2load) taskset -c 0 h2load -t1 -c"$conns" -m"$STREAMS" -D"$WARMUP" "$url" >/dev/null ;;
+                esac # download/upload: one transfer, no warm-up (its RSS before is after start-up)
             fi
             mapfile -t pids < <(proxy_pids "$PROXY_PID")
+            rss0=$(rss_kib "${pids[@]}")
             t0=$(cpu_ticks "${pids[@]}"); w0=$(date +%s.%N)
             RELOADER=
             if ((RELOAD)); then reloader "$p" "$PROXY_PID" & RELOADER=$!; fi
-            taskset -c 0 wrk -t1 -c"$conns" -d"${DURATION}s" --latency "${WRK_ARGS[@]}" "$url" >"$WORK/wrk.out" 2>&1 \
-                || { cat "$WORK/wrk.out" >&2; die "wrk failed"; }
+            out=$WORK/load.out
+            tool_rc=0
+            case $KIND in
+            wrk)
+                taskset -c 0 wrk -t1 -c"$conns" -d"${DURATION}s" --latency -s "$WRK_SCRIPT" "${WRK_ARGS[@]}" "$url" >"$out" 2>&1 \
+                    || { cat "$out" >&2; die "wrk failed"; }
+                ;;
+            h2load)
+                # h2load itself prints only min/max/mean/sd of the request time; its
+                # --log-file (one line per request: start, status, µs to the end of the
+                # response) gives report.py the percentiles. It costs h2load one write(2)
+                # per request on cpu0 (a few % of its rate), the same for every proxy.
+                rm -f "$WORK/h2load.log"
+                taskset -c 0 h2load -t1 -c"$conns" -m"$STREAMS" -D"$DURATION" --log-file="$WORK/h2load.log" "$url" >"$out" 2>&1 \
+                    || { cat "$out" >&2; die "h2load failed"; }
+                ;;
+            download | upload)
+                # One 1 GiB transfer; a failed one is recorded as an error, not fatal.
+                curl_args=(-sS -o /dev/null --max-time 600
+                           -w 'E2E-CURL code=%{http_code} down=%{size_download} up=%{size_upload} time=%{time_total}\n')
+                # Expect: (empty) skips the 100-continue round trip, the same for every proxy.
+                [[ $KIND == upload ]] && curl_args+=(-H "Expect:" -T "$BIG_FILE")
+                taskset -c 0 curl "${curl_args[@]}" "$url" >"$out" 2>&1 || tool_rc=$?
+                ;;
+            esac
             if [[ -n $RELOADER ]]; then kill "$RELOADER" 2>/dev/null || true; wait "$RELOADER" 2>/dev/null || true; fi
             # With reloads nginx replaced its workers: the CPU of the exited ones is not
             # counted (switchyard is one process, its count stays exact).
             t1=$(cpu_ticks "${pids[@]}"); w1=$(date +%s.%N)
+            rss1=$(rss_kib "${pids[@]}")
             rss=$(peak_rss_kib "${pids[@]}")
             alive "$PROXY_PID" || die "$p exited during the run"
-            python3 "$HERE/report.py" record "$RUNS" "$WORK/wrk.out" \
-                round="$round" scenario="$sc" connections="$conns" proxy="$p" \
-                cpu_ticks=$((t1 - t0)) clk_tck="$CLK_TCK" \
-                wall_seconds="$(python3 -c "print($w1 - $w0)")" vmhwm_kib="$rss" nprocs="${#pids[@]}"
+            python3 "$HERE/report.py" record "$RUNS" "$out" \
+                tool="$KIND" round="$round" scenario="$sc" connections="$conns" proxy="$p" \
+                streams="$STREAMS" cpu_ticks=$((t1 - t0)) clk_tck="$CLK_TCK" \
+                wall_seconds="$(python3 -c "print($w1 - $w0)")" vmhwm_kib="$rss" \
+                vmrss_before_kib="$rss0" vmrss_after_kib="$rss1" nprocs="${#pids[@]}" \
+                tool_rc="$tool_rc" expected_bytes="$BIG_BYTES" h2load_log="$WORK/h2load.log"
             if ((RELOAD)); then mapfile -t pids < <(proxy_pids "$PROXY_PID"); fi
             # shellcheck disable=SC2046
             stop_pid "$PROXY_PID" $(printf '%s\n' "${pids[@]:1}")
@@ -383,13 +462,15 @@ meta = {
     "warmup_seconds": int(e["WARMUP"]), "clk_tck": int(e["CLK_TCK"]),
     "scenarios": json.loads("[" + e["SCEN_JSON"] + "]"),
     "proxies": json.loads("[" + e["PROX_JSON"] + "]"),
-    "request": "HTTP/1.1 from wrk; the upstream answers 'hello world!\\n' (13 bytes) on /, 64 KiB on /64k, and reads and discards bodies on /upload",
-    "layout": {"cpu0": "wrk -t1 + upstream nginx (1 worker)", "cpu1": "proxy under test (taskset -c 1)",
+    "request": "HTTP/1.1 from wrk (h2: cleartext HTTP/2 with prior knowledge from h2load; stream1g*: curl); the upstream (HTTP/1.1 keep-alive) answers 'hello world!\\n' (13 bytes) on /, 64 KiB on /64k, a sparse 1 GiB file on /1g, and reads and discards bodies on /upload and /upload1g",
+    "big_file_bytes": int(e["BIG_BYTES"]),
+    "layout": {"cpu0": "load tool (wrk -t1 / h2load -t1 / curl) + upstream nginx (1 worker)", "cpu1": "proxy under test (taskset -c 1)",
                "switchyard_env": "TOKIO_WORKER_THREADS=1", "nginx": "1 worker, upstream keepalive 256",
                "haproxy": "nbthread 1, http-reuse always"},
     "ports": {"upstream": int(e["UPSTREAM_PORT"]), "nginx": int(e["NGINX_PORT"]),
               "haproxy": int(e["HAPROXY_PORT"]), "switchyard": int(e["SY_PORT"])},
     "versions": {"nginx": e["V_NGINX"], "haproxy": e["V_HAPROXY"], "wrk": e["V_WRK"],
+                 "h2load": e["V_H2LOAD"], "curl": e["V_CURL"],
                  "switchyard": e["V_SY"], "switchyard_binary": e["SY_BIN"],
                  "git_rev": e["GIT_REV"], "git_dirty_files": int(e["GIT_DIRTY"] or 0)},
 }
