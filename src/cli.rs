@@ -157,12 +157,29 @@ fn init_logging() {
         .init();
 }
 
+/// The runtime: tokio's multi-threaded scheduler with one worker per CPU the process
+/// may use (`available_parallelism` honours cgroup CPU quotas; `TOKIO_WORKER_THREADS`
+/// overrides it). With a single worker the current-thread scheduler does the same work
+/// with less cross-thread bookkeeping: no work-stealing queues, and the accept loop runs
+/// on the thread that serves the connections instead of handing each one over from
+/// the main thread.
+fn runtime_builder() -> tokio::runtime::Builder {
+    let workers = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1);
+    if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    }
+}
+
 fn serve(config: PathBuf, demo: bool) -> ExitCode {
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchyard: cannot start the runtime: {e}");

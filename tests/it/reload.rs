@@ -198,3 +198,28 @@ async fn a_broken_file_is_rejected_with_its_errors_and_the_table_kept() {
     );
     assert_eq!(get(&client(), &gw.url("/t")).await.json()["service"], "a");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_runs_on_the_current_thread_scheduler_and_still_reloads() {
+    let a = Upstream::echo("a").await;
+    let b = Upstream::echo("b").await;
+    let mut gw = Gateway::start_with_env(&table(&a, &b, "a"), &[("TOKIO_WORKER_THREADS", "1")]);
+    // No multi-threaded worker exists: everything runs on the main thread.
+    let pid = gw.child.id();
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("tokio-rt-worker")),
+        "{names:?}"
+    );
+    assert_eq!(get(&client(), &gw.url("/t")).await.json()["service"], "a");
+    // The build thread hands the new table back to the one runtime thread.
+    gw.write_config(&table(&a, &b, "b"));
+    gw.wait_log("config reloaded");
+    assert_eq!(get(&client(), &gw.url("/t")).await.json()["service"], "b");
+    let admin = get(&client(), &gw.admin_url("/metrics")).await;
+    assert_eq!(admin.status, 200);
+}
