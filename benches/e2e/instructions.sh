@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, Switchyard beside nginx, counted by
+# callgrind (valgrind). Unlike req/s and CPU time, an instruction count does not depend
+# on what else the machine is doing: the same binary and load give the same count, so
+# a change to the hot path can be judged on a busy 2-core machine. The kernel's share
+# (the loopback TCP path, about half of the CPU time in the e2e runs) is not counted;
+# both proxies make the same system calls per request (strace: two recvfrom and two
+# writev), so this is where they differ.
+#
+# Each proxy runs alone under callgrind in front of one upstream nginx (not counted).
+# After a warm-up the counters are zeroed, wrk runs for SECONDS, the counters are
+# dumped; instructions / requests is the figure.
+#
+# Env: CONNS (default 16), SECONDS_RUN (default 8), PROXIES (default "nginx switchyard"),
+#      REQ_PATH (default /), SWITCHYARD_BIN (else cargo build --profile profiling),
+#      CARGO_TARGET_DIR (default $HOME/.cache/switchyard-target).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+CONNS=${CONNS:-16}
+SECONDS_RUN=${SECONDS_RUN:-8}
+PROXIES=${PROXIES:-"nginx switchyard"}
+REQ_PATH=${REQ_PATH:-/}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/switchyard-target}
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+log() { printf '[instr %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+[[ $CONNS =~ ^[1-9][0-9]*$ ]] || die "CONNS must be a positive integer"
+[[ $SECONDS_RUN =~ ^[1-9][0-9]*$ ]] || die "SECONDS_RUN must be a positive integer"
+
+missing=()
+for cmd in nginx wrk valgrind callgrind_control callgrind_annotate curl python3; do
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
+done
+if ((${#missing[@]})); then
+    [[ $EUID -eq 0 ]] || die "missing: ${missing[*]} (run as root to install nginx wrk valgrind curl)"
+    log "installing nginx wrk valgrind curl"
+    apt-get update >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y nginx wrk valgrind curl python3 >&2
+fi
+
+if [[ -n ${SWITCHYARD_BIN:-} ]]; then
+    SY_BIN=$SWITCHYARD_BIN
+else
+    log "building switchyard (cargo build --profile profiling: release code with line tables)"
+    (cd "$ROOT" && cargo build --profile profiling) >&2
+    SY_BIN=$CARGO_TARGET_DIR/profiling/switchyard
+fi
+[[ -x $SY_BIN ]] || die "no switchyard binary at $SY_BIN"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/switchyard-instr.XXXXXX")
+chmod 755 "$WORK"
+declare -a PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+read -r UP NG SY < <(python3 -c '
+import socket
+ss = [socket.socket() for _ in range(3)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in ss])')
+
+render() { # render TEMPLATE OUT PROXY_PORT
+    sed -e "s|@WORK@|$WORK|g" -e "s|@PROXY_PORT@|$3|g" -e "s|@UPSTREAM_PORT@|$UP|g" \
+        -e "s|@NGINX_LISTEN_OPTS@||g" "$1" >"$2"
+}
+
+mkdir -p "$WORK/upstream" "$WORK/nginx" "$WORK/switchyard"
+head -c 65536 /dev/zero | tr '\0' 'x' >"$WORK/upstream/64k.bin"
+render "$HERE/upstream-nginx.conf.in" "$WORK/upstream/nginx.conf" ""
+nginx -e "$WORK/upstream/error.log" -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" \
+    >/dev/null 2>&1 &
+PIDS+=($!)
+
+wait_ready() { # wait_ready PORT PID
+    local i
+    for ((i = 0; i < 300; i++)); do
+        kill -0 "$2" 2>/dev/null || die "process $2 exited during start-up"
+        curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$1$REQ_PATH" && return 0
+        sleep 0.1
+    done
+    die "nothing answers on 127.0.0.1:$1 after 30 s"
+}
+
+# measure NAME PORT PID: zero, load, dump; prints "NAME requests instructions".
+measure() {
+    local name=$1 port=$2 pid=$3 n ir f
+    wait_ready "$port" "$pid"
+    wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port$REQ_PATH" >/dev/null
+    callgrind_control -z "$pid" >/dev/null
+    wrk -t1 -c"$CONNS" -d"${SECONDS_RUN}s" "http://127.0.0.1:$port$REQ_PATH" >"$WORK/wrk-$name.out"
+    callgrind_control -d "$pid" >/dev/null
+    n=$(awk '/requests in/{print $1}' "$WORK/wrk-$name.out")
+    f=$(ls "$WORK/cg-$name.out".* | head -n 1)
+    ir=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",", "", $1); print $1}')
+    [[ -n $n && -n $ir ]] || die "$name: no count (wrk or callgrind failed)"
+    echo "$name $n $ir"
+}
+
+: >"$WORK/results"
+for p in $PROXIES; do
+    case $p in
+    nginx)
+        # One process (master_process off) so that callgrind sees the worker.
+        render "$HERE/proxy-nginx.conf.in" "$WORK/nginx/nginx.conf" "$NG"
+        sed -i 's/^master_process on;/master_process off;/' "$WORK/nginx/nginx.conf"
+        valgrind --tool=callgrind --callgrind-out-file="$WORK/cg-nginx.out" \
+            nginx -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" \
+            >"$WORK/nginx/valgrind.log" 2>&1 &
+        pid=$!; PIDS+=("$pid")
+        measure nginx "$NG" "$pid" >>"$WORK/results"
+        ;;
+    switchyard)
+        render "$HERE/switchyard-routes.toml.in" "$WORK/switchyard/routes.toml" "$SY"
+        (cd "$WORK/switchyard" && TOKIO_WORKER_THREADS=1 exec valgrind --tool=callgrind \
+            --callgrind-out-file="$WORK/cg-switchyard.out" "$SY_BIN" run --config routes.toml \
+            >/dev/null 2>"$WORK/switchyard/valgrind.log") &
+        pid=$!; PIDS+=("$pid")
+        measure switchyard "$SY" "$pid" >>"$WORK/results"
+        ;;
+    *) die "unknown proxy '$p' (nginx, switchyard)" ;;
+    esac
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+done
+
+python3 - "$WORK/results" "$CONNS" "$SECONDS_RUN" "$REQ_PATH" <<'PY'
+import sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+print(f"user-space instructions per request (callgrind), GET {sys.argv[4]}, keep-alive, "
+      f"{sys.argv[2]} connections, {sys.argv[3]} s")
+base = {r[0]: int(r[2]) / int(r[1]) for r in rows}.get("nginx")
+print(f"{'proxy':<12} {'requests':>9} {'instr/request':>14} {'x nginx':>8}")
+for name, n, ir in rows:
+    per = int(ir) / int(n)
+    ratio = f"{per / base:.2f}" if base else "-"
+    print(f"{name:<12} {int(n):>9} {per:>14,.0f} {ratio:>8}")
+PY
