@@ -138,19 +138,23 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
 
     let tracker = TaskTracker::new();
     let limit = server::connection_limit(&gw);
-    let plain = async {
-        if let Some(l) = listener {
-            let (gw, stop, t) = (gw.clone(), shutdown.clone(), tracker.clone());
-            server::serve(l, gw, stop, t, None, limit.clone()).await;
+    // The accept loops are tasks, not futures of `block_on`: on the multi-threaded
+    // runtime `block_on` runs on the main thread, which is not a worker, so every
+    // accepted connection would cost a cross-thread wake-up of the main thread and a
+    // hand-over of the new connection task to a worker.
+    let plain = listener.map(|l| {
+        let (gw, stop, t) = (gw.clone(), shutdown.clone(), tracker.clone());
+        tokio::spawn(server::serve(l, gw, stop, t, None, limit.clone()))
+    });
+    let secure = tls_listener.map(|(l, acceptor)| {
+        let (gw, stop, t) = (gw.clone(), shutdown.clone(), tracker.clone());
+        tokio::spawn(server::serve(l, gw, stop, t, Some(acceptor), limit.clone()))
+    });
+    for task in [plain, secure].into_iter().flatten() {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "an accept loop ended abnormally");
         }
-    };
-    let secure = async {
-        if let Some((l, acceptor)) = tls_listener {
-            let (gw, stop, t) = (gw.clone(), shutdown.clone(), tracker.clone());
-            server::serve(l, gw, stop, t, Some(acceptor), limit.clone()).await;
-        }
-    };
-    tokio::join!(plain, secure);
+    }
 
     gw.set_draining();
     tracker.close();
