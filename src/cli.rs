@@ -109,6 +109,8 @@ enum Command {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    // First, before anything touches the heap: pages faulted in before this stay huge.
+    disable_huge_pages();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run {
         config: PathBuf::from("routes.toml"),
@@ -155,6 +157,18 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_current_span(false)
         .init();
+}
+
+/// No transparent huge pages for this process. Where the kernel's THP setting is
+/// `always` (common), the allocator's 2 MiB-aligned arenas are backed by huge pages
+/// and every first touch makes 2 MiB resident: a gateway with a ~10 MiB heap showed
+/// 27 MiB peak RSS under load instead of 17.5 MiB, with no throughput difference
+/// measured (e2e rig, c=64, three alternations). Memory per pod is what a platform
+/// team sizes a gateway fleet by.
+fn disable_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // An error (a kernel without the flag) leaves things as they were: harmless.
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
 }
 
 /// The runtime: tokio's multi-threaded scheduler with one worker per CPU the process

@@ -223,3 +223,15 @@ async fn one_worker_runs_on_the_current_thread_scheduler_and_still_reloads() {
     let admin = get(&client(), &gw.admin_url("/metrics")).await;
     assert_eq!(admin.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_runs_without_transparent_huge_pages() {
+    let a = Upstream::echo("a").await;
+    let b = Upstream::echo("b").await;
+    let gw = Gateway::start(&table(&a, &b, "a"));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", gw.child.id())).unwrap();
+    // The line exists since Linux 5.0; older kernels cannot show the flag.
+    if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
+}
