@@ -100,6 +100,8 @@ impl ConnInfo {
 struct RequestCtx {
     request_id: HeaderValue,
     record: Option<Box<AccessRecord>>,
+    /// Index of the matched route (`config.routes`).
+    route_id: Option<usize>,
     route: Option<Arc<str>>,
     service: Option<Arc<str>>,
     /// The verified claims of the request's token (routes with `auth`); `None` for
@@ -177,6 +179,7 @@ pub async fn serve(
     let mut ctx = RequestCtx {
         request_id,
         record,
+        route_id: None,
         route: None,
         service: None,
         claims: None,
@@ -204,7 +207,7 @@ pub async fn serve(
         resp.headers_mut()
             .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
-    finish(gw, &mut resp, ctx, &method, error, started);
+    finish(gw, &snapshot, &mut resp, ctx, &method, error, started);
     resp
 }
 
@@ -262,6 +265,7 @@ async fn pipeline(
         return https_redirect(snap, &parts.method, &parts.uri, raw_host);
     }
     let (route_id, route) = snap.router.find(&info).ok_or(ProxyError::NoRoute)?;
+    ctx.route_id = Some(route_id);
     ctx.route = Some(snap.route_names[route_id].clone());
     let fwd = match &route.action {
         Action::Forward(f) => f,
@@ -1128,6 +1132,7 @@ fn downstream_response(
 /// on the body.
 fn finish(
     gw: &Gateway,
+    snap: &Snapshot,
     resp: &mut Response<ResponseBody>,
     ctx: RequestCtx,
     method: &http::Method,
@@ -1140,8 +1145,12 @@ fn finish(
         Some(_) => &ctx.metric_service,
         None => &ctx.service,
     };
-    m.request(
-        &ctx.route,
+    let series = ctx
+        .route_id
+        .and_then(|i| snap.route_series.get(i))
+        .unwrap_or(m.unrouted());
+    m.request_on(
+        series,
         metric_service,
         method,
         status,
@@ -1152,7 +1161,7 @@ fn finish(
     }
     if let Some(service) = metric_service {
         if let Some(t) = ctx.upstream_time {
-            m.upstream(service, t.as_secs_f64());
+            m.upstream_on(series, service, t.as_secs_f64());
         }
         for _ in 0..ctx.connect_failures {
             m.connect_failure(service);
