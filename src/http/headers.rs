@@ -37,7 +37,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // (or only `connection`), and nine hashed removals per message showed up as 7% of
     // the proxy's user-space instructions. The names are judged by length first (no
     // other header has the length of one), and the ones present are kept as bits.
-    let present = headers.keys().fold(0u16, |bits, n| bits | hop_by_hop_bit(n));
+    let present = headers
+        .keys()
+        .fold(0u16, |bits, n| bits | hop_by_hop_bit(n));
     if present == 0 {
         return;
     }
@@ -132,7 +134,10 @@ pub fn new_request_id() -> HeaderValue {
         *b = HEX[(n & 0xf) as usize];
         n >>= 4;
     }
-    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+    // Owned by a shared `Bytes`: the one clone (to the upstream request) is a reference
+    // count, not a second allocation.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .expect("hex is a valid header value")
 }
 
 /// Set `x-forwarded-for/-proto/-host` for the upstream. From a trusted proxy the existing
@@ -144,7 +149,7 @@ pub fn set_forwarded(
     peer: &HeaderValue,
     trusted: bool,
     proto: &'static str,
-    host: Option<&str>,
+    host: Option<&HeaderValue>,
 ) {
     if trusted {
         let chain = headers
@@ -160,18 +165,18 @@ pub fn set_forwarded(
             headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
         }
         if !headers.contains_key(&X_FORWARDED_HOST)
-            && let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok())
+            && let Some(v) = host
         {
-            headers.insert(X_FORWARDED_HOST.clone(), v);
+            headers.insert(X_FORWARDED_HOST.clone(), v.clone());
         }
         return;
     }
     headers.remove(&FORWARDED);
     headers.insert(X_FORWARDED_FOR.clone(), peer.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+    match host {
         Some(v) => {
-            headers.insert(X_FORWARDED_HOST.clone(), v);
+            headers.insert(X_FORWARDED_HOST.clone(), v.clone());
         }
         None => {
             headers.remove(&X_FORWARDED_HOST);
@@ -260,8 +265,19 @@ mod tests {
         for (i, name) in HOP_BY_HOP.iter().enumerate() {
             assert_eq!(hop_by_hop_bit(name), 1 << i, "{name}");
         }
-        for other in ["host", "tee", "connections", "content-length", "x-upgrade", "trailers"] {
-            assert_eq!(hop_by_hop_bit(&HeaderName::from_static(other)), 0, "{other}");
+        for other in [
+            "host",
+            "tee",
+            "connections",
+            "content-length",
+            "x-upgrade",
+            "trailers",
+        ] {
+            assert_eq!(
+                hop_by_hop_bit(&HeaderName::from_static(other)),
+                0,
+                "{other}"
+            );
         }
         let mut h = map(&[
             ("upgrade", "websocket"),
@@ -298,7 +314,7 @@ mod tests {
             &HeaderValue::from_static("192.0.2.1"),
             false,
             "http",
-            Some("a.example"),
+            Some(&HeaderValue::from_static("a.example")),
         );
         assert_eq!(h["x-forwarded-for"], "192.0.2.1");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -336,7 +352,7 @@ mod tests {
             &HeaderValue::from_static("10.0.0.2"),
             true,
             "http",
-            Some("a"),
+            Some(&HeaderValue::from_static("a")),
         );
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "https");

@@ -301,7 +301,16 @@ async fn pipeline(
     let path_and_query = upstream_path_and_query(route, &path, &parts.uri)?;
     route.request_headers.apply(&mut parts.headers);
     let te_trailers = upstream.protocol.is_h2() && wants_trailers(&parts.headers);
-    upstream_request_headers(snap, conn, &mut parts.headers, raw_host, &ctx.request_id);
+    // The Host value as it came (a text one only), for `x-forwarded-host` and a
+    // missing `Host`: shared, not copied.
+    let raw_host_header = raw_host_value.as_ref().filter(|_| raw_host.is_some());
+    upstream_request_headers(
+        snap,
+        conn,
+        &mut parts.headers,
+        raw_host_header,
+        &ctx.request_id,
+    );
     if te_trailers {
         // The one TE value HTTP/2 allows; gRPC servers may insist on it.
         parts
@@ -902,7 +911,7 @@ fn upstream_request_headers(
     snap: &Snapshot,
     conn: &ConnInfo,
     headers: &mut HeaderMap,
-    raw_host: Option<&str>,
+    raw_host: Option<&HeaderValue>,
     request_id: &HeaderValue,
 ) {
     remove_hop_by_hop(headers);
@@ -917,9 +926,9 @@ fn upstream_request_headers(
         .any(|net| net.contains(&conn.peer.ip()));
     set_forwarded(headers, &conn.peer_ip, trusted, conn.proto, raw_host);
     if !headers.contains_key(header::HOST)
-        && let Some(v) = raw_host.and_then(|h| HeaderValue::from_str(h).ok())
+        && let Some(v) = raw_host
     {
-        headers.insert(header::HOST, v);
+        headers.insert(header::HOST, v.clone());
     }
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
 }
