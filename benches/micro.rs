@@ -104,12 +104,13 @@ fn header_processing(c: &mut Criterion) {
         base.insert(k, HeaderValue::from_static(v));
     }
     let peer = HeaderValue::from_static("198.51.100.4");
+    let host = HeaderValue::from_static("api.example.com");
     c.bench_function("headers/upstream_request", |b| {
         b.iter_batched(
             || base.clone(),
             |mut h| {
                 remove_hop_by_hop(&mut h);
-                set_forwarded(&mut h, &peer, false, "http", Some("api.example.com"));
+                set_forwarded(&mut h, &peer, false, "http", Some(&host));
                 h
             },
             criterion::BatchSize::SmallInput,

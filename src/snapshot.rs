@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use crate::auth::{self, Auth};
 use crate::config::model::{Endpoint, Service};
 use crate::config::{Config, Loaded};
+use crate::observe::metrics::RouteSeries;
 use crate::observe::otlp::{self, SpanSink};
 use crate::policy::branch::BranchCache;
 use crate::policy::canary::GuardState;
@@ -69,6 +70,8 @@ pub struct Snapshot {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Route names as shared strings, for the access log (no copy per request).
     pub route_names: Vec<Arc<str>>,
+    /// Per route, its request metrics' handles (resolved on first use).
+    pub route_series: Vec<RouteSeries>,
     /// Per route (same index as `config.routes`), its rate limiter.
     pub limiters: Vec<Option<Arc<RouteLimiter>>>,
     /// Where sampled requests' spans go; `None` when OTLP export is off.
@@ -152,10 +155,24 @@ impl Snapshot {
             // Router::new does not fail; only a panic in it (a bug) ends up here.
             Err(e) => panic!("building the router: {e}"),
         };
-        let route_names = config
+        let route_names: Vec<Arc<str>> = config
             .routes
             .iter()
             .map(|r| Arc::from(r.name.as_str()))
+            .collect();
+        let route_series = config
+            .routes
+            .iter()
+            .zip(&route_names)
+            .map(|(r, name)| {
+                let services = r
+                    .forward()
+                    .into_iter()
+                    .flat_map(|f| &f.backends)
+                    .filter_map(|b| upstreams.get(b.service))
+                    .map(|u| u.name.clone());
+                RouteSeries::new(Some(name.clone()), services)
+            })
             .collect();
         let spans = registry.spans.get(&config.tracing);
         let service_values = config
@@ -172,6 +189,7 @@ impl Snapshot {
             spans,
             upstreams,
             route_names,
+            route_series,
             limiters,
             guards,
             mirror_slots,

@@ -8,8 +8,9 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
-/// legacy `proxy-connection` and `keep-alive`.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// legacy `proxy-connection` and `keep-alive`, and `Upgrade`. The order is that of
+/// the bits of [`hop_by_hop_bit`].
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -18,6 +19,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// `x-request-id`.
@@ -33,51 +35,60 @@ pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names first: most messages carry no hop-by-hop header at all
     // (or only `connection`), and nine hashed removals per message showed up as 7% of
-    // the proxy's user-space instructions. The pass notes which ones are there (bit i:
-    // `HOP_BY_HOP[i]`, bit 8: `upgrade`), so that only those are removed, without
-    // collecting their names first.
-    let mut present = 0u16;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present |= 1 << i;
-        } else if name == header::UPGRADE {
-            present |= 1 << 8;
-        }
-    }
+    // the proxy's user-space instructions. The names are judged by length first (no
+    // other header has the length of one), and the ones present are kept as bits.
+    let present = headers
+        .keys()
+        .fold(0u16, |bits, n| bits | hop_by_hop_bit(n));
     if present == 0 {
         return;
     }
     // Headers named in `Connection`. `keep-alive` and `close` are connection options
     // (the `keep-alive` header is removed below anyway): no allocation for the usual
     // `Connection: keep-alive`.
-    if present & 1 != 0 {
-        let mut named: Vec<HeaderName> = Vec::new();
-        for value in headers.get_all(header::CONNECTION) {
-            for token in value.to_str().ok().into_iter().flat_map(|v| v.split(',')) {
-                let t = token.trim();
-                if t.is_empty()
-                    || t.eq_ignore_ascii_case("keep-alive")
-                    || t.eq_ignore_ascii_case("close")
-                {
-                    continue;
-                }
-                if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
-                    named.push(n);
-                }
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.to_str().ok().into_iter().flat_map(|v| v.split(',')) {
+            let t = token.trim();
+            if t.is_empty()
+                || t.eq_ignore_ascii_case("keep-alive")
+                || t.eq_ignore_ascii_case("close")
+            {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
+                named.push(n);
             }
         }
-        for name in named {
-            headers.remove(name);
-        }
     }
+    for name in named {
+        headers.remove(name);
+    }
+    // Remove only the hop-by-hop headers that are present.
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {
             headers.remove(name);
         }
     }
-    if present & (1 << 8) != 0 {
-        headers.remove(header::UPGRADE);
-    }
+}
+
+/// The bit of a hop-by-hop header ([`HOP_BY_HOP`] order); 0 for any other header.
+fn hop_by_hop_bit(name: &HeaderName) -> u16 {
+    // Header names are lowercase.
+    let s = name.as_str();
+    let i = match s.len() {
+        2 if s == "te" => 5,
+        7 if s == "trailer" => 6,
+        7 if s == "upgrade" => 8,
+        10 if s == "connection" => 0,
+        10 if s == "keep-alive" => 1,
+        16 if s == "proxy-connection" => 2,
+        17 if s == "transfer-encoding" => 7,
+        18 if s == "proxy-authenticate" => 3,
+        19 if s == "proxy-authorization" => 4,
+        _ => return 0,
+    };
+    1 << i
 }
 
 /// Request framing that a proxy must refuse rather than forward (request smuggling):
@@ -123,7 +134,10 @@ pub fn new_request_id() -> HeaderValue {
         *b = HEX[(n & 0xf) as usize];
         n >>= 4;
     }
-    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+    // Owned by a shared `Bytes`: the one clone (to the upstream request) is a reference
+    // count, not a second allocation.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .expect("hex is a valid header value")
 }
 
 /// Set `x-forwarded-for/-proto/-host` for the upstream. From a trusted proxy the existing
@@ -135,7 +149,7 @@ pub fn set_forwarded(
     peer: &HeaderValue,
     trusted: bool,
     proto: &'static str,
-    host: Option<&str>,
+    host: Option<&HeaderValue>,
 ) {
     if trusted {
         let chain = headers
@@ -151,18 +165,18 @@ pub fn set_forwarded(
             headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
         }
         if !headers.contains_key(&X_FORWARDED_HOST)
-            && let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok())
+            && let Some(v) = host
         {
-            headers.insert(X_FORWARDED_HOST.clone(), v);
+            headers.insert(X_FORWARDED_HOST.clone(), v.clone());
         }
         return;
     }
     headers.remove(&FORWARDED);
     headers.insert(X_FORWARDED_FOR.clone(), peer.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+    match host {
         Some(v) => {
-            headers.insert(X_FORWARDED_HOST.clone(), v);
+            headers.insert(X_FORWARDED_HOST.clone(), v.clone());
         }
         None => {
             headers.remove(&X_FORWARDED_HOST);
@@ -247,6 +261,37 @@ mod tests {
     }
 
     #[test]
+    fn hop_by_hop_bits_match_the_list() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_bit(name), 1 << i, "{name}");
+        }
+        for other in [
+            "host",
+            "tee",
+            "connections",
+            "content-length",
+            "x-upgrade",
+            "trailers",
+        ] {
+            assert_eq!(
+                hop_by_hop_bit(&HeaderName::from_static(other)),
+                0,
+                "{other}"
+            );
+        }
+        let mut h = map(&[
+            ("upgrade", "websocket"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "x"),
+            ("trailer", "x-t"),
+            ("x-kept", "1"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
     fn connection_named_headers_are_removed() {
         let mut h = map(&[
             ("connection", "keep-alive, X-Secret"),
@@ -269,7 +314,7 @@ mod tests {
             &HeaderValue::from_static("192.0.2.1"),
             false,
             "http",
-            Some("a.example"),
+            Some(&HeaderValue::from_static("a.example")),
         );
         assert_eq!(h["x-forwarded-for"], "192.0.2.1");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -307,7 +352,7 @@ mod tests {
             &HeaderValue::from_static("10.0.0.2"),
             true,
             "http",
-            Some("a"),
+            Some(&HeaderValue::from_static("a")),
         );
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "https");

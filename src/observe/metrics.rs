@@ -4,8 +4,8 @@
 //! method folded to a fixed set, the status class. A request for an unknown path is
 //! counted under `route="", service=""`, not under its path.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::{Arc, OnceLock};
 
 use http::Method;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -88,9 +88,86 @@ impl MirrorCounter {
     }
 }
 
+/// The `method` label values, in [`method_index`] order.
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "other",
+];
+/// The `code_class` label values, in [`class_index`] order.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The per-request series of one route, resolved on first use and then kept: answering
+/// a request increments atomics instead of hashing label sets into the families.
+/// Built with each snapshot, so a route removed by a reload takes its handles with it
+/// (the series it already exported stay, as they always did). A series is created in
+/// its family exactly when the family lookup would have created it: on the first
+/// answer that counts in it.
+///
+/// The handles belong to the [`Metrics`] that first resolves them; a snapshot serves
+/// one gateway.
+#[derive(Debug)]
+pub struct RouteSeries {
+    route: Name,
+    duration: OnceLock<Histogram>,
+    /// Answers given before a service was chosen (no route, refused, redirected).
+    unserved: ServiceSeries,
+    /// One per distinct service the route sends to.
+    services: Box<[ServiceSeries]>,
+}
+
+#[derive(Debug)]
+struct ServiceSeries {
+    service: Name,
+    upstream: OnceLock<Histogram>,
+    /// `[method][code class]`, allocated on the pair's first answer.
+    requests: OnceLock<Box<RequestCells>>,
+}
+
+type RequestCells = [OnceLock<Counter>; METHODS.len() * CLASSES.len()];
+
+impl ServiceSeries {
+    fn new(service: Name) -> Self {
+        Self {
+            service,
+            upstream: OnceLock::new(),
+            requests: OnceLock::new(),
+        }
+    }
+}
+
+impl RouteSeries {
+    /// The series of `route` (`None`: requests that matched no route), answered by
+    /// `services` (repeats are ignored).
+    pub fn new(route: Option<Arc<str>>, services: impl IntoIterator<Item = Arc<str>>) -> Self {
+        let mut list: Vec<ServiceSeries> = Vec::new();
+        for s in services {
+            if !list.iter().any(|l| l.service.0.as_deref() == Some(&*s)) {
+                list.push(ServiceSeries::new(Name(Some(s))));
+            }
+        }
+        Self {
+            route: Name(route),
+            duration: OnceLock::new(),
+            unserved: ServiceSeries::new(Name(None)),
+            services: list.into_boxed_slice(),
+        }
+    }
+
+    fn service(&self, service: &Option<Arc<str>>) -> Option<&ServiceSeries> {
+        match service {
+            None => Some(&self.unserved),
+            Some(name) => self
+                .services
+                .iter()
+                .find(|s| s.service.0.as_deref() == Some(&**name)),
+        }
+    }
+}
+
 /// Every metric of the gateway; lives as long as the process (survives reloads).
 pub struct Metrics {
     registry: Registry,
+    /// The series of requests that matched no route.
+    unrouted: RouteSeries,
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram>,
     upstream_duration: Family<ServiceLabels, Histogram>,
@@ -223,6 +300,7 @@ impl Metrics {
             cert_not_after.clone(),
         );
         Metrics {
+            unrouted: RouteSeries::new(None, []),
             guard_tripped,
             mirror,
             registry,
@@ -295,6 +373,67 @@ impl Metrics {
             .inc();
         self.duration
             .get_or_create(&RouteLabels { route })
+            .observe(seconds);
+    }
+
+    /// The series of requests that matched no route.
+    pub fn unrouted(&self) -> &RouteSeries {
+        &self.unrouted
+    }
+
+    /// One answered request, counted through the route's resolved handles: the same
+    /// series as [`Metrics::request`] with `series`' route.
+    pub fn request_on(
+        &self,
+        series: &RouteSeries,
+        service: &Option<Arc<str>>,
+        method: &Method,
+        status: u16,
+        seconds: f64,
+    ) {
+        let Some(s) = series.service(service) else {
+            // Not a service of the route (not expected): the family lookup.
+            return self.request(&series.route.0, service, method, status, seconds);
+        };
+        let (m, c) = (method_index(method), class_index(status));
+        let cells = s
+            .requests
+            .get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())));
+        cells[m * CLASSES.len() + c]
+            .get_or_init(|| {
+                self.requests.get_or_create_owned(&RequestLabels {
+                    route: series.route.clone(),
+                    service: s.service.clone(),
+                    method: METHODS[m],
+                    code_class: CLASSES[c],
+                })
+            })
+            .inc();
+        series
+            .duration
+            .get_or_init(|| {
+                self.duration.get_or_create_owned(&RouteLabels {
+                    route: series.route.clone(),
+                })
+            })
+            .observe(seconds);
+    }
+
+    /// The upstream's time for a request of the route (see [`Metrics::upstream`]).
+    pub fn upstream_on(&self, series: &RouteSeries, service: &Arc<str>, seconds: f64) {
+        let Some(s) = series
+            .services
+            .iter()
+            .find(|s| s.service.0.as_deref() == Some(&**service))
+        else {
+            return self.upstream(service, seconds);
+        };
+        s.upstream
+            .get_or_init(|| {
+                self.upstream_duration.get_or_create_owned(&ServiceLabels {
+                    service: s.service.clone(),
+                })
+            })
             .observe(seconds);
     }
 
@@ -407,27 +546,37 @@ impl Drop for InFlight<'_> {
 
 /// The method as a bounded label: the standard ones, everything else `other`.
 pub fn method_label(m: &Method) -> &'static str {
+    METHODS[method_index(m)]
+}
+
+/// Index of the method's label in [`METHODS`].
+fn method_index(m: &Method) -> usize {
     match *m {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => "other",
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::PATCH => 5,
+        Method::OPTIONS => 6,
+        Method::CONNECT => 7,
+        Method::TRACE => 8,
+        _ => 9,
     }
 }
 
 fn class(status: u16) -> &'static str {
+    CLASSES[class_index(status)]
+}
+
+/// Index of the status class's label in [`CLASSES`].
+fn class_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
 
@@ -459,6 +608,64 @@ mod tests {
         );
         assert!(
             text.contains(r#"switchyard_requests_total{route="",service="",method="other",code_class="4xx"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn route_series_count_what_the_family_lookup_counts() {
+        let by_family = Metrics::new();
+        let by_series = Metrics::new();
+        let route = Some(Arc::from("users"));
+        let svc: Option<Arc<str>> = Some(Arc::from("users-svc"));
+        let other: Option<Arc<str>> = Some(Arc::from("elsewhere"));
+        let series = RouteSeries::new(
+            route.clone(),
+            [
+                Arc::from("users-svc"),
+                Arc::from("users-svc"),
+                Arc::from("b"),
+            ],
+        );
+        let purge = Method::from_bytes(b"PURGE").unwrap();
+        // The families are hash maps: the same lines, not in the same order.
+        let lines = |m: &Metrics| {
+            let mut l: Vec<String> = m.encode().lines().map(str::to_string).collect();
+            l.sort();
+            l
+        };
+        // Nothing is exported before the first answer.
+        assert_eq!(lines(&by_series), lines(&by_family));
+        let answers = [
+            (&svc, &Method::GET, 200),
+            (&svc, &Method::GET, 204),
+            (&svc, &Method::POST, 503),
+            (&None, &purge, 429),
+            (&other, &Method::HEAD, 101),
+            (&svc, &Method::GET, 200),
+        ];
+        for (service, method, status) in answers {
+            by_family.request(&route, service, method, status, 0.002);
+            by_series.request_on(&series, service, method, status, 0.002);
+            if let Some(s) = service {
+                by_family.upstream(s, 0.001);
+                by_series.upstream_on(&series, s, 0.001);
+            }
+        }
+        by_family.request(&None, &None, &Method::GET, 404, 0.001);
+        by_series.request_on(by_series.unrouted(), &None, &Method::GET, 404, 0.001);
+        assert_eq!(lines(&by_series), lines(&by_family));
+        let text = by_series.encode();
+        assert!(
+            text.contains(
+                r#"switchyard_requests_total{route="users",service="users-svc",method="GET",code_class="2xx"} 3"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"switchyard_requests_total{route="",service="",method="GET",code_class="4xx"} 1"#
+            ),
             "{text}"
         );
     }

@@ -101,6 +101,8 @@ impl ConnInfo {
 struct RequestCtx {
     request_id: HeaderValue,
     record: Option<Box<AccessRecord>>,
+    /// Index of the matched route (`config.routes`).
+    route_id: Option<usize>,
     route: Option<Arc<str>>,
     service: Option<Arc<str>>,
     /// The verified claims of the request's token (routes with `auth`); `None` for
@@ -178,6 +180,7 @@ pub async fn serve(
     let mut ctx = RequestCtx {
         request_id,
         record,
+        route_id: None,
         route: None,
         service: None,
         claims: None,
@@ -205,7 +208,7 @@ pub async fn serve(
         resp.headers_mut()
             .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
-    finish(gw, &mut resp, ctx, &method, error, started);
+    finish(gw, &snapshot, &mut resp, ctx, &method, error, started);
     resp
 }
 
@@ -263,6 +266,7 @@ async fn pipeline(
         return https_redirect(snap, &parts.method, &parts.uri, raw_host);
     }
     let (route_id, route) = snap.router.find(&info).ok_or(ProxyError::NoRoute)?;
+    ctx.route_id = Some(route_id);
     ctx.route = Some(snap.route_names[route_id].clone());
     let fwd = match &route.action {
         Action::Forward(f) => f,
@@ -298,7 +302,16 @@ async fn pipeline(
     let path_and_query = upstream_path_and_query(route, &path, &parts.uri)?;
     route.request_headers.apply(&mut parts.headers);
     let te_trailers = upstream.protocol.is_h2() && wants_trailers(&parts.headers);
-    upstream_request_headers(snap, conn, &mut parts.headers, raw_host, &ctx.request_id);
+    // The Host value as it came (a text one only), for `x-forwarded-host` and a
+    // missing `Host`: shared, not copied.
+    let raw_host_header = raw_host_value.as_ref().filter(|_| raw_host.is_some());
+    upstream_request_headers(
+        snap,
+        conn,
+        &mut parts.headers,
+        raw_host_header,
+        &ctx.request_id,
+    );
     if te_trailers {
         // The one TE value HTTP/2 allows; gRPC servers may insist on it.
         parts
@@ -899,7 +912,7 @@ fn upstream_request_headers(
     snap: &Snapshot,
     conn: &ConnInfo,
     headers: &mut HeaderMap,
-    raw_host: Option<&str>,
+    raw_host: Option<&HeaderValue>,
     request_id: &HeaderValue,
 ) {
     remove_hop_by_hop(headers);
@@ -914,9 +927,9 @@ fn upstream_request_headers(
         .any(|net| net.contains(&conn.peer.ip()));
     set_forwarded(headers, &conn.peer_ip, trusted, conn.proto, raw_host);
     if !headers.contains_key(header::HOST)
-        && let Some(v) = raw_host.and_then(|h| HeaderValue::from_str(h).ok())
+        && let Some(v) = raw_host
     {
-        headers.insert(header::HOST, v);
+        headers.insert(header::HOST, v.clone());
     }
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
 }
@@ -1125,6 +1138,7 @@ fn downstream_response(
 /// on the body.
 fn finish(
     gw: &Gateway,
+    snap: &Snapshot,
     resp: &mut Response<ResponseBody>,
     ctx: RequestCtx,
     method: &http::Method,
@@ -1137,8 +1151,12 @@ fn finish(
         Some(_) => &ctx.metric_service,
         None => &ctx.service,
     };
-    m.request(
-        &ctx.route,
+    let series = ctx
+        .route_id
+        .and_then(|i| snap.route_series.get(i))
+        .unwrap_or(m.unrouted());
+    m.request_on(
+        series,
         metric_service,
         method,
         status,
@@ -1149,7 +1167,7 @@ fn finish(
     }
     if let Some(service) = metric_service {
         if let Some(t) = ctx.upstream_time {
-            m.upstream(service, t.as_secs_f64());
+            m.upstream_on(series, service, t.as_secs_f64());
         }
         for _ in 0..ctx.connect_failures {
             m.connect_failure(service);
