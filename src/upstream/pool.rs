@@ -12,8 +12,10 @@
 //!
 //! Reuse rules, which are what make a keep-alive pool safe:
 //! - A connection goes back to its idle list only when the client side has read the
-//!   upstream's whole answer ([`PooledBody`] saw its end). An answer that was not read to
-//!   the end (the client went away, a timeout) drops the connection: hyper closes it.
+//!   upstream's whole answer ([`PooledBody`] saw its end) and hyper is done with the
+//!   request too (an upstream may answer before it has read the whole upload). An answer
+//!   that was not read to the end (the client went away, a timeout) drops the
+//!   connection: hyper closes it.
 //! - An answer to an upgrade (101) never goes back: the connection became a tunnel.
 //! - hyper keeps reading an idle connection, so one the upstream closed is noticed and
 //!   skipped at checkout. A request that could not be written because a reused
@@ -165,13 +167,13 @@ impl H1Pool {
         }
         let mut reused = true;
         let mut tx = loop {
-            let Some(mut tx) = target.idle.take(self.idle_timeout) else {
+            let Some(tx) = target.idle.take(self.idle_timeout) else {
                 reused = false;
                 break self.connect(target).await?;
             };
-            // Ready unless hyper has not yet seen the previous answer's end (it is about
-            // to); an error means the upstream closed it meanwhile.
-            if tx.is_ready() || tx.ready().await.is_ok() {
+            // Only ready connections are put back, so one that is not ready any more
+            // has been closed meanwhile.
+            if tx.is_ready() {
                 break tx;
             }
         };
@@ -289,10 +291,27 @@ impl Body for PooledBody {
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        if let Some(c) = self.checkin.take()
-            && (self.eof || self.inner.is_end_stream())
-        {
+        let Some(mut c) = self.checkin.take() else {
+            return;
+        };
+        if !(self.eof || self.inner.is_end_stream()) {
+            return;
+        }
+        if c.tx.is_ready() {
+            // The usual case: hyper finished the exchange as it delivered the end.
             c.idle.put(c.tx, c.max_idle);
+        } else if !c.tx.is_closed()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            // The upstream answered before it read the whole request body (a 413, a
+            // 401): the connection is free once hyper has sent the rest. Waiting for
+            // that here, not at checkout, keeps the next request from queueing behind
+            // a slow upload.
+            rt.spawn(async move {
+                if c.tx.ready().await.is_ok() {
+                    c.idle.put(c.tx, c.max_idle);
+                }
+            });
         }
     }
 }

@@ -54,6 +54,10 @@ impl Counting {
                             }
                         };
                         let big = buf.starts_with(b"GET /big ");
+                        // POST /early: answered at once, like a 401 or 413 before the
+                        // upload is read; the body is read (and dropped) afterwards.
+                        let early = buf.starts_with(b"POST /early ");
+                        let declared = content_length(&buf[..end]);
                         buf.drain(..end);
                         let body = if big {
                             vec![b'x'; 4 << 20]
@@ -67,6 +71,16 @@ impl Counting {
                             || close_after_answer
                         {
                             break;
+                        }
+                        if early {
+                            let mut left = declared.saturating_sub(buf.len());
+                            buf.clear();
+                            while left > 0 {
+                                match s.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => break 'conn,
+                                    Ok(n) => left = left.saturating_sub(n),
+                                }
+                            }
                         }
                     }
                     e.fetch_add(1, Ordering::SeqCst);
@@ -92,6 +106,18 @@ impl Counting {
     fn ended(&self) -> usize {
         self.ended.load(Ordering::SeqCst)
     }
+}
+
+/// The `content-length` of a request head (0 when there is none).
+fn content_length(head: &[u8]) -> usize {
+    String::from_utf8_lossy(head)
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0)
 }
 
 impl Drop for Counting {
@@ -196,4 +222,46 @@ async fn idle_connections_close_after_pool_idle_timeout() {
     // And the next request gets a new connection.
     assert_eq!(get(&client(), &gw.url("/")).await.status, 200);
     assert_eq!(up.accepted(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_answered_early_does_not_hold_up_the_next_request() {
+    let up = Counting::start(false).await;
+    let gw = Gateway::start(&one_route(&up.endpoint(), ""));
+    // A client uploads 1 MB (streamed: over buffer_body), sends the first KB and
+    // stalls; the upstream has answered already.
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"POST /early HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n")
+        .await
+        .expect("write head");
+    s.write_all(&[b'x'; 1000]).await.expect("write body");
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !answer.ends_with(b"ok") {
+        let n = tokio::time::timeout(SOON, s.read(&mut chunk))
+            .await
+            .expect("the early answer came")
+            .expect("read");
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    // The upload's connection is still busy sending; the next request must not wait
+    // for it (it would wait for the 30 s body_read_timeout).
+    let started = Instant::now();
+    let a = get(&client(), &gw.url("/next")).await;
+    assert_eq!((a.status, &a.body[..]), (http::StatusCode::OK, &b"ok"[..]));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "the next request waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        up.accepted(),
+        2,
+        "the next request got a connection of its own"
+    );
+    drop(s);
 }
