@@ -60,10 +60,12 @@ impl Gateway {
         self.snapshot.load_full()
     }
 
-    /// Swap in a new snapshot. Requests that already hold the old one finish on it.
+    /// Swap in a new snapshot. Requests that already hold the old one finish on it; it
+    /// is freed off the request path ([`crate::background::release`]).
     pub fn store(&self, snapshot: Snapshot) {
         record_snapshot(&self.metrics, &snapshot);
-        self.snapshot.store(Arc::new(snapshot));
+        let old = self.snapshot.swap(Arc::new(snapshot));
+        crate::background::release(old);
     }
 
     /// Read the certificate files again (SIGHUP, a file change, a config reload).
