@@ -241,6 +241,7 @@ mkdir -p "$WORK/upstream"
 source "$HERE/token.sh"
 make_token "$WORK" "$ROOT/tests/fixtures/auth"
 head -c 65536 /dev/zero | tr '\0' 'x' >"$WORK/upstream/64k.bin"
+printf 'ok\n' >"$WORK/upstream/ok.txt" # stream1g-up's answer, once the body is read
 # stream1g / stream1g-up: a sparse 1 GiB file (no disk blocks; reads come from the page
 # cache), served by the upstream and uploaded by curl -T.
 BIG_FILE=$WORK/upstream/1g.bin
