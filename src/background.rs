@@ -9,13 +9,10 @@ pub async fn low_priority<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, String> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("switchyard-build".into())
-        .spawn(move || {
-            lower_this_thread();
-            let _ = tx.send(f());
-        })
-        .map_err(|e| format!("cannot start a build thread: {e}"))?;
+    spawn_lowered("switchyard-build", move || {
+        let _ = tx.send(f());
+    })
+    .map_err(|e| format!("cannot start a build thread: {e}"))?;
     rx.await
         .map_err(|_| "the build thread panicked".to_string())
 }
@@ -27,20 +24,28 @@ pub async fn low_priority<T: Send + 'static>(
 /// count only goes down; it is checked every 10 ms, for at most a minute (a request
 /// that holds the snapshot longer frees it itself).
 pub fn release<T: Send + Sync + 'static>(old: std::sync::Arc<T>) {
-    let spawned = std::thread::Builder::new()
-        .name("switchyard-release".into())
-        .spawn(move || {
-            lower_this_thread();
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-            while std::sync::Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            drop(old);
-        });
+    let spawned = spawn_lowered("switchyard-release", move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::sync::Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        drop(old);
+    });
     // No thread (resource limits): the snapshot is freed where it is dropped, as before.
     if let Err(e) = spawned {
         tracing::debug!(error = %e, "cannot start a release thread");
     }
+}
+
+/// Run `f` on a new thread named `name`, at the lower priority.
+fn spawn_lowered(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            lower_this_thread();
+            f();
+        })
+        .map(drop)
 }
 
 /// About nice 10 under the normal (CFS) policy: `thread-priority` maps 0..=99 onto nice

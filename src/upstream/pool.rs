@@ -90,16 +90,6 @@ impl IdleList {
         self.lock()
             .retain(|i| !i.tx.is_closed() && i.since.elapsed() < idle_timeout);
     }
-
-    /// Idle connections right now (tests, admin).
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// True when no connection is idle.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// How a service's HTTP/1.1 connections are made and kept.
