@@ -17,7 +17,8 @@ fn one_route(endpoint: &str, defaults: &str) -> String {
 }
 
 /// A raw HTTP/1.1 upstream that counts the connections it accepted and those that
-/// ended. `/big` answers 4 MiB; anything else a 2-byte body. With `close_after_answer`
+/// ended. `/big` answers 64 MiB (far more than loopback socket buffers hold, so it
+/// cannot all be in flight when a client gives up); anything else a 2-byte body. With `close_after_answer`
 /// it closes each connection right after its first answer, without saying so
 /// (`Connection: close` is not sent), like an upstream whose keep-alive timeout is
 /// shorter than the gateway's.
@@ -60,7 +61,7 @@ impl Counting {
                         let declared = content_length(&buf[..end]);
                         buf.drain(..end);
                         let body = if big {
-                            vec![b'x'; 4 << 20]
+                            vec![b'x'; 64 << 20]
                         } else {
                             b"ok".to_vec()
                         };
@@ -154,7 +155,10 @@ async fn pool_max_idle_zero_opens_a_connection_per_request() {
 async fn an_answer_not_read_to_its_end_is_not_reused() {
     let up = Counting::start(false).await;
     let gw = Gateway::start(&one_route(&up.endpoint(), ""));
-    // A client that reads the head of a 4 MiB answer and goes away.
+    // A client that reads the head of a 64 MiB answer and goes away. (With 4 MiB, the
+    // whole answer could pass through the gateway into socket buffers before the client
+    // left: read to its end, the connection is then rightly reused, and this test once
+    // failed that way under full-suite load.)
     let mut s = tokio::net::TcpStream::connect(gw.addr)
         .await
         .expect("connect");
@@ -166,7 +170,7 @@ async fn an_answer_not_read_to_its_end_is_not_reused() {
     assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &head[..n]);
     drop(s);
     // The half-read connection is closed, never handed to the next request (which
-    // would read the rest of the 4 MiB as its answer).
+    // would read the rest of the 64 MiB as its answer).
     let deadline = Instant::now() + SOON;
     while up.ended() < 1 {
         assert!(
