@@ -13,7 +13,9 @@
 #
 # Env: CONNS (default 16), SECONDS_RUN (default 8), PROXIES (default "nginx switchyard"),
 #      REQ_PATH (default /), SWITCHYARD_BIN (else cargo build --profile profiling),
-#      CARGO_TARGET_DIR (default $HOME/.cache/switchyard-target).
+#      CARGO_TARGET_DIR (default $HOME/.cache/switchyard-target),
+#      KEEP_DIR (if set, the callgrind output files are copied there, for
+#      callgrind_annotate --inclusive=yes).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -101,6 +103,7 @@ measure() {
     f=$(ls "$WORK/cg-$name.out".* | head -n 1)
     ir=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",", "", $1); print $1}')
     [[ -n $n && -n $ir ]] || die "$name: no count (wrk or callgrind failed)"
+    if [[ -n ${KEEP_DIR:-} ]]; then mkdir -p "$KEEP_DIR" && cp "$f" "$KEEP_DIR/cg-$name.out"; fi
     echo "$name $n $ir"
 }
 

@@ -168,7 +168,7 @@ impl ShadowTask {
         let resp = self
             .shadow
             .client
-            .request(&target, &self.shadow.scheme, req)
+            .request(&target, &self.shadow.scheme, &mut req, true)
             .await
             .ok()?;
         let status = resp.status().as_u16();

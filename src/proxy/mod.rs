@@ -989,8 +989,13 @@ async fn forward(
     let reached = &mut ctx.reached_upstream;
     *reached = false;
     let tries = async {
-        let mut body = Some(body);
-        let mut head = Some(head);
+        // One request for every try: the clients borrow it and copy only what they must
+        // (hyper's client, when another try may follow, needs its own copy).
+        let mut req = Request::new(body);
+        *req.method_mut() = head.method;
+        *req.uri_mut() = Uri::from(head.path_and_query);
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = head.headers;
         let mut last: Result<Response<PooledBody>, ProxyError> = Err(ProxyError::NoHealthyUpstream);
         let mut last_addr = None;
         for attempt in 1..=attempts {
@@ -1001,6 +1006,9 @@ async fn forward(
                 }
                 *retries += 1;
                 tokio::time::sleep(retry::backoff(policy.backoff, attempt)).await;
+                if let Some(b) = &resend {
+                    *req.body_mut() = UpstreamBody::Full(Some(b.clone()));
+                }
             }
             let target = upstream
                 .pick_other(last_addr)
@@ -1010,37 +1018,19 @@ async fn forward(
                 r.endpoint = Some(target.addr);
                 r.attempts = attempt;
             }
-            let h = if attempt == attempts {
-                head.take()
-            } else {
-                head.as_ref().map(|h| UpstreamHead {
-                    method: h.method.clone(),
-                    path_and_query: h.path_and_query.clone(),
-                    headers: h.headers.clone(),
-                })
-            };
-            let Some(mut h) = h else { break };
             // A sampled request gets a client span per try; the upstream's spans hang
             // under it.
             let try_span = span.as_ref().map(|s| {
                 let id = new_span_id();
-                h.headers
+                req.headers_mut()
                     .insert(TRACEPARENT.clone(), s.trace.header_value_for(id));
                 (id, SystemTime::now())
             });
             // Origin form; the client adds what its protocol needs.
-            let uri = Uri::from(h.path_and_query);
-            let this_body = match (&resend, body.take()) {
-                (Some(b), _) => UpstreamBody::Full(Some(b.clone())),
-                (None, Some(b)) => b,
-                (None, None) => UpstreamBody::Empty,
-            };
-            let mut req = Request::new(this_body);
-            *req.method_mut() = h.method;
-            *req.uri_mut() = uri;
-            *req.version_mut() = Version::HTTP_11;
-            *req.headers_mut() = h.headers;
-            let sent = upstream.client.request(&target, &upstream.scheme, req);
+            let sent =
+                upstream
+                    .client
+                    .request(&target, &upstream.scheme, &mut req, attempt == attempts);
             let outcome = match policy.per_try_timeout {
                 Some(t) => tokio::time::timeout(t, sent).await.ok(),
                 None => Some(sent.await),

@@ -45,31 +45,30 @@ pub enum UpstreamClient {
 
 impl UpstreamClient {
     /// Send one request to `target`. The request's URI is in origin form (path and
-    /// query); the legacy clients get the absolute form they route by.
+    /// query); the legacy clients get the absolute form they route by. `req` is
+    /// borrowed: when `last` is false another try may send it again, so a client that
+    /// needs its own copy makes one; on the last try it is taken.
     pub async fn request(
         &self,
         target: &Target,
         scheme: &Scheme,
-        mut req: http::Request<UpstreamBody>,
+        req: &mut http::Request<UpstreamBody>,
+        last: bool,
     ) -> Result<http::Response<PooledBody>, UpstreamError> {
         let legacy = |req: &mut http::Request<UpstreamBody>| {
+            let mut req = take_or_copy(req, last);
             let mut parts = std::mem::take(req.uri_mut()).into_parts();
             parts.scheme = Some(scheme.clone());
             parts.authority = Some(target.authority.clone());
             if let Ok(uri) = http::Uri::from_parts(parts) {
                 *req.uri_mut() = uri;
             }
+            req
         };
         let sent: ResponseFuture = match self {
-            UpstreamClient::H1(pool) => return pool.send(target, req).await,
-            UpstreamClient::Plain(c) => {
-                legacy(&mut req);
-                c.request(req)
-            }
-            UpstreamClient::Tls(c) => {
-                legacy(&mut req);
-                c.request(req)
-            }
+            UpstreamClient::H1(pool) => return pool.send(target, req, last).await,
+            UpstreamClient::Plain(c) => c.request(legacy(req)),
+            UpstreamClient::Tls(c) => c.request(legacy(req)),
         };
         match sent.await {
             Ok(resp) => Ok(resp.map(PooledBody::from)),
@@ -78,7 +77,29 @@ impl UpstreamClient {
     }
 }
 
+/// A request of its own for a client that consumes it: `req` itself on the last try,
+/// else a copy (a streamed body cannot be copied and is moved; it is never retried).
+pub fn take_or_copy(
+    req: &mut http::Request<UpstreamBody>,
+    last: bool,
+) -> http::Request<UpstreamBody> {
+    if last {
+        return std::mem::replace(req, http::Request::new(UpstreamBody::Empty));
+    }
+    let body = match req.body().try_clone() {
+        Some(b) => b,
+        None => std::mem::replace(req.body_mut(), UpstreamBody::Empty),
+    };
+    let mut copy = http::Request::new(body);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
 pub mod dns;
+pub mod h1;
 pub mod health;
 pub mod pool;
 pub mod tls;

@@ -10,6 +10,11 @@
 //! (`h2c`, `h2` and `https` services keep the legacy client: one shared HTTP/2
 //! connection, or TLS.)
 //!
+//! Requests without a streamed body and without an upgrade (nearly all of them) do not
+//! go through hyper's client at all: [`super::h1`] writes them and reads the answer on
+//! the request's own task, with connections kept in a second idle list. Streamed
+//! uploads and upgrades use hyper's `client::conn::http1`, described below.
+//!
 //! Reuse rules, which are what make a keep-alive pool safe:
 //! - A connection goes back to its idle list only when the client side has read the
 //!   upstream's whole answer ([`PooledBody`] saw its end) and hyper is done with the
@@ -37,15 +42,19 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::h1::{self, ExchangeError, IdleRaw, RawBody, RawConn};
 use super::{Target, Upstream};
 use crate::proxy::body::UpstreamBody;
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 type Sender = http1::SendRequest<UpstreamBody>;
 
-/// The idle connections of one endpoint, newest last.
+/// The idle connections of one endpoint, newest last: hyper's and [`h1`]'s.
 #[derive(Debug, Default)]
 pub struct IdleList {
     conns: Mutex<Vec<Idle>>,
+    raw: Mutex<Vec<IdleRaw>>,
 }
 
 #[derive(Debug)]
@@ -58,6 +67,33 @@ impl IdleList {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         // Nothing here can panic half-way through an update.
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_raw(&self) -> std::sync::MutexGuard<'_, Vec<IdleRaw>> {
+        self.raw.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The newest usable idle [`h1`] connection, if any; stale ones met on the way are
+    /// closed.
+    fn take_raw(&self, idle_timeout: Duration) -> Option<RawConn> {
+        let mut conns = self.lock_raw();
+        while let Some(idle) = conns.pop() {
+            if idle.since.elapsed() < idle_timeout && idle.conn.is_usable() {
+                return Some(idle.conn);
+            }
+        }
+        None
+    }
+
+    /// Give back an [`h1`] connection whose answer was read to its end.
+    pub(super) fn put_raw(&self, conn: RawConn, max_idle: usize) {
+        let mut conns = self.lock_raw();
+        if conns.len() < max_idle {
+            conns.push(IdleRaw {
+                conn,
+                since: Instant::now(),
+            });
+        }
     }
 
     /// The newest usable idle connection, if any; stale ones met on the way are closed.
@@ -89,6 +125,8 @@ impl IdleList {
     fn sweep(&self, idle_timeout: Duration) {
         self.lock()
             .retain(|i| !i.tx.is_closed() && i.since.elapsed() < idle_timeout);
+        self.lock_raw()
+            .retain(|i| i.since.elapsed() < idle_timeout && i.conn.is_usable());
     }
 }
 
@@ -107,6 +145,8 @@ pub enum UpstreamError {
     Connect(std::io::Error),
     /// The connection broke or the answer was not valid HTTP (hyper's error).
     Exchange(hyper::Error),
+    /// The same, met by the gateway's own exchange ([`h1`]).
+    Io(std::io::Error),
     /// From the legacy client (`h2c`, `h2`, `https` services).
     Legacy(hyper_util::client::legacy::Error),
 }
@@ -117,7 +157,7 @@ impl UpstreamError {
     pub fn is_connect(&self) -> bool {
         match self {
             UpstreamError::Connect(_) => true,
-            UpstreamError::Exchange(_) => false,
+            UpstreamError::Exchange(_) | UpstreamError::Io(_) => false,
             UpstreamError::Legacy(e) => e.is_connect(),
         }
     }
@@ -128,6 +168,7 @@ impl std::fmt::Display for UpstreamError {
         match self {
             UpstreamError::Connect(e) => write!(f, "connect: {e}"),
             UpstreamError::Exchange(e) => write!(f, "{e}"),
+            UpstreamError::Io(e) => write!(f, "{e}"),
             UpstreamError::Legacy(e) => write!(f, "{e}"),
         }
     }
@@ -138,6 +179,7 @@ impl std::error::Error for UpstreamError {
         match self {
             UpstreamError::Connect(e) => Some(e),
             UpstreamError::Exchange(e) => Some(e),
+            UpstreamError::Io(e) => Some(e),
             UpstreamError::Legacy(e) => Some(e),
         }
     }
@@ -145,16 +187,22 @@ impl std::error::Error for UpstreamError {
 
 impl H1Pool {
     /// Send `req` (origin-form URI) to `target` on an idle connection, or a new one.
+    /// `req` is borrowed as [`super::UpstreamClient::request`] says.
     pub async fn send(
         &self,
         target: &Target,
-        mut req: Request<UpstreamBody>,
+        req: &mut Request<UpstreamBody>,
+        last: bool,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         if !req.headers().contains_key(header::HOST)
             && let Ok(host) = HeaderValue::from_str(target.authority.as_str())
         {
             req.headers_mut().insert(header::HOST, host);
         }
+        if h1::eligible(req) {
+            return self.exchange(target, req).await;
+        }
+        let req = super::take_or_copy(req, last);
         let mut reused = true;
         let mut tx = loop {
             let Some(tx) = target.idle.take(self.idle_timeout) else {
@@ -188,13 +236,65 @@ impl H1Pool {
             max_idle: self.max_idle,
         });
         Ok(resp.map(|inner| PooledBody {
-            inner,
-            checkin,
-            eof: false,
+            kind: PooledKind::Hyper {
+                inner,
+                checkin,
+                eof: false,
+            },
         }))
     }
 
+    /// Send a request without a streamed body through [`h1`].
+    async fn exchange(
+        &self,
+        target: &Target,
+        req: &Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        let (mut conn, mut reused) = match target.idle.take_raw(self.idle_timeout) {
+            Some(conn) => (conn, true),
+            None => (RawConn::new(self.connect_tcp(target).await?), false),
+        };
+        loop {
+            let checkin = h1::Checkin {
+                idle: target.idle.clone(),
+                max_idle: self.max_idle,
+            };
+            let error = match h1::exchange(conn, req, reused, checkin).await {
+                Ok(resp) => return Ok(resp.map(PooledBody::raw)),
+                Err(ExchangeError::Failed(e)) => e,
+                // A reused connection the upstream had closed (the keep-alive race):
+                // once more on a new connection when the request did not go out, or
+                // when sending it twice is harmless (RFC 9110 §9.2.2).
+                Err(ExchangeError::Stale { written, error }) => {
+                    if written && !req.method().is_idempotent() {
+                        error
+                    } else {
+                        conn = RawConn::new(self.connect_tcp(target).await?);
+                        reused = false;
+                        continue;
+                    }
+                }
+            };
+            return Err(UpstreamError::Io(error));
+        }
+    }
+
     async fn connect(&self, target: &Target) -> Result<Sender, UpstreamError> {
+        let stream = self.connect_tcp(target).await?;
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Exchange)?;
+        let addr = target.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(endpoint = %addr, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(tx)
+    }
+
+    async fn connect_tcp(&self, target: &Target) -> Result<TcpStream, UpstreamError> {
         let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(target.addr)).await
             {
@@ -209,17 +309,7 @@ impl H1Pool {
             };
         // Small requests and answers go out at once, not after a delayed ACK.
         let _ = stream.set_nodelay(true);
-        let (tx, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(UpstreamError::Exchange)?;
-        let addr = target.addr;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(endpoint = %addr, error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(tx)
+        Ok(stream)
     }
 }
 
@@ -232,59 +322,103 @@ struct Checkin {
 }
 
 /// The upstream's answer body. When it has been read to its end (or it had none), its
-/// connection goes back to the endpoint's idle list as this body is dropped.
+/// connection goes back to the endpoint's idle list.
 #[derive(Debug)]
 pub struct PooledBody {
-    inner: Incoming,
-    checkin: Option<Checkin>,
-    eof: bool,
+    kind: PooledKind,
+}
+
+#[derive(Debug)]
+enum PooledKind {
+    /// From hyper's client; goes back as this body is dropped.
+    Hyper {
+        inner: Incoming,
+        checkin: Option<Checkin>,
+        eof: bool,
+    },
+    /// From [`h1`]; goes back as its end is read.
+    Raw(RawBody),
 }
 
 impl From<Incoming> for PooledBody {
     /// A body whose connection is not pooled here (the legacy client pools its own).
     fn from(inner: Incoming) -> Self {
         PooledBody {
-            inner,
-            checkin: None,
-            eof: false,
+            kind: PooledKind::Hyper {
+                inner,
+                checkin: None,
+                eof: false,
+            },
+        }
+    }
+}
+
+impl PooledBody {
+    fn raw(body: RawBody) -> Self {
+        PooledBody {
+            kind: PooledKind::Raw(body),
         }
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.eof = true,
-            // A broken answer: the connection is not reused.
-            Poll::Ready(Some(Err(_))) => this.checkin = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().kind {
+            PooledKind::Raw(body) => std::pin::Pin::new(body)
+                .poll_frame(cx)
+                .map_err(BoxError::from),
+            PooledKind::Hyper {
+                inner,
+                checkin,
+                eof,
+            } => {
+                let polled = std::pin::Pin::new(inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => *eof = true,
+                    // A broken answer: the connection is not reused.
+                    Poll::Ready(Some(Err(_))) => *checkin = None,
+                    _ => {}
+                }
+                polled.map_err(BoxError::from)
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.kind {
+            PooledKind::Raw(body) => body.is_end_stream(),
+            PooledKind::Hyper { inner, .. } => inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.kind {
+            PooledKind::Raw(body) => body.size_hint(),
+            PooledKind::Hyper { inner, .. } => inner.size_hint(),
+        }
     }
 }
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        let Some(mut c) = self.checkin.take() else {
+        let PooledKind::Hyper {
+            inner,
+            checkin,
+            eof,
+        } = &mut self.kind
+        else {
             return;
         };
-        if !(self.eof || self.inner.is_end_stream()) {
+        let Some(mut c) = checkin.take() else {
+            return;
+        };
+        if !(*eof || inner.is_end_stream()) {
             return;
         }
         if c.tx.is_ready() {

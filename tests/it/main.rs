@@ -12,6 +12,7 @@ mod diff;
 mod dns;
 mod filters;
 mod grpc;
+mod h1;
 mod h2;
 mod import;
 mod import_nginx;

@@ -1,0 +1,817 @@
+//! The gateway's own HTTP/1.1 exchange with an upstream, for requests whose body is
+//! empty or already in memory and that do not ask for an upgrade: by far the most
+//! common case on an edge gateway (GETs, small retried POSTs).
+//!
+//! Why not hyper's client connection for these: on the e2e benchmark it was about a
+//! third of the gateway's user-space instructions per request (callgrind): a
+//! connection task per upstream connection that the request task talks to through a
+//! channel and a oneshot (two task wake-ups per answer), and a general codec. Here the
+//! request's own task writes the request head and body in one write and parses the
+//! answer's head with httparse; the answer body reads from the same socket as the
+//! client's side of the gateway polls it. Requests that stream a body or upgrade still
+//! go through hyper ([`super::pool`]).
+//!
+//! The answer is framed as RFC 9112 §6.3 says: no body for HEAD, 1xx, 204 and 304;
+//! `Transfer-Encoding` ending in `chunked` is decoded (trailers become a trailers
+//! frame); a `Transfer-Encoding` without `chunked` or an answer with neither header is
+//! read to the connection's close; otherwise `Content-Length`, which must be one
+//! valid number. Interim answers (100, 103) are skipped; a 101 is refused (these
+//! requests did not ask for an upgrade).
+//!
+//! A connection goes back to the idle list only when the answer was read to its end,
+//! nothing follows it, and neither side said `close`.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::pool::IdleList;
+use crate::proxy::body::UpstreamBody;
+
+/// Most header fields an answer (or its trailers) may have, as hyper's default.
+pub const MAX_HEADERS: usize = 100;
+/// Largest answer head (status line and fields), as hyper's default buffer limit.
+pub const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
+/// Largest request body sent this way (a buffered body for retries); larger ones go
+/// through hyper.
+pub const MAX_INLINE_BODY: usize = 64 * 1024;
+/// Answers with up to this many fields are parsed without a heap allocation.
+const SMALL_HEAD: usize = 24;
+/// Longest chunk-size line (with extensions) accepted in a chunked answer.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Largest trailer section of a chunked answer.
+const MAX_TRAILER_BYTES: usize = 64 * 1024;
+/// Size of a read into an empty buffer; grows up to `MAX_READ` while reads fill it.
+const MIN_READ: usize = 8 * 1024;
+const MAX_READ: usize = 256 * 1024;
+
+/// An upstream connection with its read buffer (empty while idle).
+#[derive(Debug)]
+pub struct RawConn {
+    io: TcpStream,
+    buf: BytesMut,
+    /// The request head is encoded here; kept to reuse its allocation.
+    out: Vec<u8>,
+}
+
+impl RawConn {
+    pub fn new(io: TcpStream) -> Self {
+        RawConn {
+            io,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Whether an idle connection can still be used: nothing was heard from it since
+    /// its last answer. An upstream that closed it (EOF) or sent stray bytes makes it
+    /// unusable. Costs a system call only when the socket became readable.
+    pub fn is_usable(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // Readiness can be left over from the last read of the answer; look.
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+}
+
+/// True when `req` can be sent by [`exchange`]: its body is empty or in memory (and
+/// small), and it does not ask for an upgrade.
+pub fn eligible(req: &Request<UpstreamBody>) -> bool {
+    let body_ok = match req.body() {
+        UpstreamBody::Empty | UpstreamBody::Full(None) => true,
+        UpstreamBody::Full(Some(b)) => b.len() <= MAX_INLINE_BODY,
+        UpstreamBody::Stream(inner, ..) => http_body::Body::is_end_stream(inner),
+    };
+    body_ok && req.method() != Method::CONNECT && !req.headers().contains_key(header::UPGRADE)
+}
+
+/// Why an exchange failed.
+#[derive(Debug)]
+pub enum ExchangeError {
+    /// A reused connection turned out closed before any byte of an answer came back
+    /// (the keep-alive race): the request may be sent again on a new connection if it
+    /// is idempotent, or was not written at all.
+    Stale { written: bool, error: io::Error },
+    /// Anything else: a broken connection or an answer that is not valid HTTP/1.1.
+    Failed(io::Error),
+}
+
+fn invalid(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// Encode the request head (and an in-memory body) into `out`.
+fn encode(req: &Request<UpstreamBody>, body: Option<&Bytes>, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        req.uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .as_bytes(),
+    );
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut has_length = false;
+    for (name, value) in req.headers() {
+        // The framing is the gateway's: the body is sent with its real length.
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            if body.is_some() {
+                continue;
+            }
+            has_length = true;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match body {
+        Some(b) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa_buf(b.len() as u64, &mut [0u8; 20]));
+            out.extend_from_slice(b"\r\n\r\n");
+            out.extend_from_slice(b);
+        }
+        None => {
+            // A method that defines a body says "none" explicitly, as hyper does.
+            if !has_length && matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
+                out.extend_from_slice(b"content-length: 0\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+fn itoa_buf(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// How the answer's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked(Chunk),
+    /// Read until the upstream closes the connection.
+    Close,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// After the last (zero) chunk: trailer fields up to an empty line.
+    Trailers,
+}
+
+/// Where the connection goes once the answer is read to its end.
+#[derive(Debug)]
+pub struct Checkin {
+    pub idle: Arc<IdleList>,
+    pub max_idle: usize,
+}
+
+/// Send `req` on `conn` and read the answer's head. The answer's body reads from
+/// `conn`, which goes back to `checkin` when the body was read to its end. `req` is
+/// only borrowed, so that it can be sent again after [`ExchangeError::Stale`].
+pub async fn exchange(
+    mut conn: RawConn,
+    req: &Request<UpstreamBody>,
+    reused: bool,
+    checkin: Checkin,
+) -> Result<Response<RawBody>, ExchangeError> {
+    let inline = match req.body() {
+        UpstreamBody::Full(Some(b)) => Some(b),
+        _ => None,
+    };
+    encode(req, inline, &mut conn.out);
+    let head_req = *req.method() == Method::HEAD;
+    let stale = |written: bool, error: io::Error| {
+        if reused {
+            ExchangeError::Stale { written, error }
+        } else {
+            ExchangeError::Failed(error)
+        }
+    };
+    if let Err(e) = conn.io.write_all(&conn.out).await {
+        // Nothing or part of the request went out: the upstream cannot have acted on it.
+        return Err(stale(false, e));
+    }
+    if conn.out.capacity() > 16 * 1024 {
+        conn.out = Vec::new();
+    }
+    loop {
+        if conn.buf.capacity() - conn.buf.len() < 1024 {
+            conn.buf.reserve(MIN_READ);
+        }
+        let n = match conn.io.read_buf(&mut conn.buf).await {
+            Ok(n) => n,
+            Err(e) if conn.buf.is_empty() => return Err(stale(true, e)),
+            Err(e) => return Err(ExchangeError::Failed(e)),
+        };
+        if n == 0 {
+            let e = io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "upstream closed the connection before a complete answer",
+            );
+            return Err(if conn.buf.is_empty() {
+                stale(true, e)
+            } else {
+                ExchangeError::Failed(e)
+            });
+        }
+        // Parse every complete head in the buffer: interim answers come first.
+        loop {
+            match parse_head(&mut conn.buf, head_req).map_err(ExchangeError::Failed)? {
+                Parsed::Partial => {
+                    if conn.buf.len() > MAX_HEAD_BYTES {
+                        return Err(ExchangeError::Failed(invalid(
+                            "upstream answer head too large",
+                        )));
+                    }
+                    break;
+                }
+                Parsed::Interim => continue,
+                Parsed::Final(head, framing, keep_alive) => {
+                    return Ok(answer(conn, head, framing, keep_alive, checkin));
+                }
+            }
+        }
+    }
+}
+
+fn answer(
+    conn: RawConn,
+    head: http::response::Parts,
+    framing: Framing,
+    keep_alive: bool,
+    checkin: Checkin,
+) -> Response<RawBody> {
+    let mut body = RawBody {
+        conn: Some(conn),
+        framing,
+        keep_alive,
+        checkin: Some(checkin),
+        read_size: MIN_READ,
+    };
+    if framing == Framing::Length(0) {
+        body.framing = Framing::Done;
+    }
+    if body.framing == Framing::Done {
+        body.finish();
+    }
+    Response::from_parts(head, body)
+}
+
+enum Parsed {
+    Partial,
+    Interim,
+    Final(http::response::Parts, Framing, bool),
+}
+
+/// Offsets of one header field in the head buffer.
+#[derive(Clone, Copy, Default)]
+struct FieldAt {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+fn span_of(base: &[u8], part: &[u8]) -> (usize, usize) {
+    let start = part.as_ptr() as usize - base.as_ptr() as usize;
+    (start, start + part.len())
+}
+
+/// Parse one answer head from the front of `buf`, removing it when complete.
+fn parse_head(buf: &mut BytesMut, head_req: bool) -> io::Result<Parsed> {
+    // Offsets of the fields: on the stack for a usual answer (a 100-field array would
+    // cost a 3 KiB memset per answer), on the heap beyond that.
+    let mut small = [FieldAt::default(); SMALL_HEAD];
+    let mut large = Vec::new();
+    let (len, code, version, count) = {
+        let mut raw =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, buf, &mut raw);
+        let len = match parsed {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(invalid("upstream answer has too many header fields"));
+            }
+            Err(_) => return Err(invalid("upstream answer is not valid HTTP/1.1")),
+        };
+        let at = |h: &httparse::Header<'_>| FieldAt {
+            name: span_of(buf, h.name.as_bytes()),
+            value: span_of(buf, h.value),
+        };
+        if resp.headers.len() <= SMALL_HEAD {
+            for (slot, h) in small.iter_mut().zip(resp.headers.iter()) {
+                *slot = at(h);
+            }
+        } else {
+            large = resp.headers.iter().map(at).collect();
+        }
+        (
+            len,
+            resp.code.unwrap_or(0),
+            resp.version.unwrap_or(1),
+            resp.headers.len(),
+        )
+    };
+    let status =
+        StatusCode::from_u16(code).map_err(|_| invalid("upstream answer has an invalid status"))?;
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(invalid("upstream switched protocols without being asked"));
+        }
+        buf.advance(len);
+        return Ok(Parsed::Interim);
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut te = false;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let fields = if count <= SMALL_HEAD {
+        &small[..count]
+    } else {
+        &large[..]
+    };
+    for at in fields {
+        let name = HeaderName::from_bytes(&head[at.name.0..at.name.1])
+            .map_err(|_| invalid("upstream answer has an invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(at.value.0..at.value.1))
+            .map_err(|_| invalid("upstream answer has an invalid header value"))?;
+        if name == header::CONTENT_LENGTH {
+            let n = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| invalid("upstream answer has an invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(invalid(
+                    "upstream answer has conflicting Content-Length values",
+                ));
+            }
+            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            te = true;
+            // Only the last coding says whether the body is chunked.
+            chunked = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.rsplit(',').next())
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        } else if name == header::CONNECTION {
+            let v = value.to_str().unwrap_or("");
+            for token in v.split(',') {
+                let token = token.trim();
+                close |= token.eq_ignore_ascii_case("close");
+                keep_alive_token |= token.eq_ignore_ascii_case("keep-alive");
+            }
+        }
+        headers.append(name, value);
+    }
+    let version = if version == 1 {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    let mut keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
+    let framing =
+        if head_req || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Framing::Done
+        } else if te {
+            if chunked {
+                // With both, Transfer-Encoding wins, and the connection is not reused
+                // (RFC 9112 §6.3: a possible smuggling attempt).
+                keep_alive &= length.is_none();
+                Framing::Chunked(Chunk::Size)
+            } else {
+                Framing::Close
+            }
+        } else if let Some(n) = length {
+            Framing::Length(n)
+        } else {
+            Framing::Close
+        };
+    if framing == Framing::Close {
+        keep_alive = false;
+    }
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Parsed::Final(parts, framing, keep_alive))
+}
+
+/// The body of an answer read by [`exchange`].
+#[derive(Debug)]
+pub struct RawBody {
+    /// `None` once the body has ended (the connection went back or was closed).
+    conn: Option<RawConn>,
+    framing: Framing,
+    keep_alive: bool,
+    checkin: Option<Checkin>,
+    /// Next read size for bodies without a known length left.
+    read_size: usize,
+}
+
+impl RawBody {
+    /// The body has ended: the connection goes back if it can be reused.
+    fn finish(&mut self) {
+        self.framing = Framing::Done;
+        let (Some(mut conn), Some(c)) = (self.conn.take(), self.checkin.take()) else {
+            return;
+        };
+        // Bytes after the answer: the upstream is out of step; do not reuse.
+        if !self.keep_alive || !conn.buf.is_empty() {
+            return;
+        }
+        // Keep no large buffer while idle.
+        if conn.buf.capacity() > MIN_READ {
+            conn.buf = BytesMut::new();
+        }
+        c.idle.put_raw(conn, c.max_idle);
+    }
+
+    fn fail(&mut self, e: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.framing = Framing::Done;
+        self.conn = None;
+        Poll::Ready(Some(Err(e)))
+    }
+
+    /// Read more from the upstream into the buffer; `Ok(0)` is its close.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        if conn.buf.capacity() - conn.buf.len() < want.min(MIN_READ) {
+            conn.buf.reserve(want);
+        }
+        let before = conn.buf.capacity() - conn.buf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut conn.io),
+            cx,
+            &mut conn.buf
+        ))?;
+        // Reads that fill the space ask for more next time (a big download).
+        if n == before {
+            self.read_size = (self.read_size * 2).min(MAX_READ);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn buffered(&self) -> usize {
+        self.conn.as_ref().map_or(0, |c| c.buf.len())
+    }
+
+    fn take(&mut self, n: usize) -> Bytes {
+        match self.conn.as_mut() {
+            Some(c) => c.buf.split_to(n).freeze(),
+            None => Bytes::new(),
+        }
+    }
+
+    fn poll_chunked(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut state: Chunk,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let buf = &mut conn.buf;
+            match state {
+                Chunk::Size => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        buf.advance(used);
+                        state = if size == 0 {
+                            Chunk::Trailers
+                        } else {
+                            Chunk::Data(size)
+                        };
+                        self.framing = Framing::Chunked(state);
+                        continue;
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
+                        return self.fail(invalid("upstream sent a chunk-size line too long"));
+                    }
+                    Ok(httparse::Status::Partial) => {}
+                    Err(_) => return self.fail(invalid("upstream sent a bad chunk size")),
+                },
+                Chunk::Data(left) => {
+                    if !buf.is_empty() {
+                        let n = (buf.len() as u64).min(left);
+                        let data = buf.split_to(n as usize).freeze();
+                        let left = left - n;
+                        state = if left == 0 {
+                            Chunk::DataEnd
+                        } else {
+                            Chunk::Data(left)
+                        };
+                        self.framing = Framing::Chunked(state);
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                Chunk::DataEnd => {
+                    if buf.len() >= 2 {
+                        if &buf[..2] != b"\r\n" {
+                            return self.fail(invalid("upstream sent a chunk without its CRLF"));
+                        }
+                        buf.advance(2);
+                        state = Chunk::Size;
+                        self.framing = Framing::Chunked(state);
+                        continue;
+                    }
+                }
+                Chunk::Trailers => {
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                        self.finish();
+                        return Poll::Ready(None);
+                    }
+                    if let Some(end) = find(buf, b"\r\n\r\n") {
+                        let trailers = match parse_trailers(&buf[..end + 4]) {
+                            Ok(t) => t,
+                            Err(e) => return self.fail(e),
+                        };
+                        buf.advance(end + 4);
+                        self.finish();
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    if buf.len() > MAX_TRAILER_BYTES {
+                        return self.fail(invalid("upstream sent trailers too large"));
+                    }
+                }
+            }
+            let want = match state {
+                Chunk::Data(left) => (left as usize).clamp(MIN_READ, self.read_size),
+                _ => MIN_READ,
+            };
+            match ready!(self.poll_fill(cx, want)) {
+                Ok(0) => return self.fail(closed_early()),
+                Ok(_) => {}
+                Err(e) => return self.fail(e),
+            }
+        }
+    }
+}
+
+fn closed_early() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "upstream closed the connection before the end of the answer",
+    )
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse_trailers(block: &[u8]) -> io::Result<HeaderMap> {
+    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let fields = match httparse::parse_headers(block, &mut raw) {
+        Ok(httparse::Status::Complete((_, fields))) => fields,
+        _ => return Err(invalid("upstream sent invalid trailers")),
+    };
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for f in fields {
+        let name = HeaderName::from_bytes(f.name.as_bytes())
+            .map_err(|_| invalid("upstream sent an invalid trailer name"))?;
+        let value = HeaderValue::from_bytes(f.value)
+            .map_err(|_| invalid("upstream sent an invalid trailer value"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+impl http_body::Body for RawBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        match this.framing {
+            Framing::Done => Poll::Ready(None),
+            Framing::Chunked(state) => this.poll_chunked(cx, state),
+            Framing::Length(left) => {
+                if this.buffered() == 0 {
+                    let want = (left as usize).clamp(MIN_READ, MAX_READ);
+                    match ready!(this.poll_fill(cx, want)) {
+                        Ok(0) => return this.fail(closed_early()),
+                        Ok(_) => {}
+                        Err(e) => return this.fail(e),
+                    }
+                }
+                let n = (this.buffered() as u64).min(left);
+                let data = this.take(n as usize);
+                let left = left - n;
+                this.framing = Framing::Length(left);
+                if left == 0 {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Framing::Close => {
+                if this.buffered() == 0 {
+                    let want = this.read_size;
+                    match ready!(this.poll_fill(cx, want)) {
+                        Ok(0) => {
+                            this.framing = Framing::Done;
+                            this.conn = None;
+                            return Poll::Ready(None);
+                        }
+                        Ok(_) => {}
+                        Err(e) => return this.fail(e),
+                    }
+                }
+                let n = this.buffered();
+                Poll::Ready(Some(Ok(Frame::data(this.take(n)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// When a connection was put in the idle list.
+#[derive(Debug)]
+pub struct IdleRaw {
+    pub conn: RawConn,
+    pub since: Instant,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &[u8], head_req: bool) -> io::Result<Parsed> {
+        let mut buf = BytesMut::from(raw);
+        parse_head(&mut buf, head_req)
+    }
+
+    fn framing(raw: &[u8]) -> (Framing, bool) {
+        match head(raw, false) {
+            Ok(Parsed::Final(_, f, k)) => (f, k),
+            Ok(_) => panic!("not a final head"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
+            (Framing::Length(5), true)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
+            (Framing::Chunked(Chunk::Size), true)
+        );
+        // Both: chunked wins, the connection is not reused.
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n"),
+            (Framing::Chunked(Chunk::Size), false)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
+            (Framing::Close, false)
+        );
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\n\r\n"), (Framing::Close, false));
+        assert_eq!(
+            framing(b"HTTP/1.1 204 No Content\r\n\r\n"),
+            (Framing::Done, true)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"),
+            (Framing::Length(0), false)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n"),
+            (Framing::Length(1), false)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\n"),
+            (Framing::Length(1), true)
+        );
+        assert!(matches!(
+            head(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", true),
+            Ok(Parsed::Final(_, Framing::Done, true))
+        ));
+    }
+
+    #[test]
+    fn bad_heads_are_errors() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\n",
+            b"HTTP/1.1 099 Low\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"HTTX/1.1 200 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+        ] {
+            assert!(
+                head(raw, false).is_err(),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert!(head(&many, false).is_err());
+    }
+
+    #[test]
+    fn interim_answers_are_skipped_and_partial_heads_wait() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi"[..],
+        );
+        assert!(matches!(parse_head(&mut buf, false), Ok(Parsed::Interim)));
+        let Ok(Parsed::Final(parts, Framing::Length(2), true)) = parse_head(&mut buf, false) else {
+            panic!("no final head");
+        };
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(parts.headers["content-length"], "2");
+        assert_eq!(&buf[..], b"hi");
+        assert!(matches!(
+            head(b"HTTP/1.1 200 OK\r\ncontent-le", false),
+            Ok(Parsed::Partial)
+        ));
+    }
+
+    #[test]
+    fn request_heads() {
+        let mut req = Request::new(UpstreamBody::Empty);
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = "/a?b=c".parse().unwrap();
+        req.headers_mut()
+            .insert("host", HeaderValue::from_static("up"));
+        let mut out = Vec::new();
+        encode(&req, None, &mut out);
+        assert_eq!(
+            out,
+            b"POST /a?b=c HTTP/1.1\r\nhost: up\r\ncontent-length: 0\r\n\r\n"
+        );
+        req.headers_mut()
+            .insert("content-length", HeaderValue::from_static("99"));
+        encode(&req, Some(&Bytes::from_static(b"abc")), &mut out);
+        assert_eq!(
+            out,
+            b"POST /a?b=c HTTP/1.1\r\nhost: up\r\ncontent-length: 3\r\n\r\nabc"
+        );
+        *req.method_mut() = Method::GET;
+        req.headers_mut().remove("content-length");
+        encode(&req, None, &mut out);
+        assert_eq!(out, b"GET /a?b=c HTTP/1.1\r\nhost: up\r\n\r\n");
+    }
+}
