@@ -374,11 +374,13 @@ fn parse_head(buf: &mut BytesMut, head_req: bool) -> io::Result<Parsed> {
         let value = HeaderValue::from_maybe_shared(head.slice(at.value.0..at.value.1))
             .map_err(|_| invalid("upstream answer has an invalid header value"))?;
         if name == header::CONTENT_LENGTH {
-            let n = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| invalid("upstream answer has an invalid Content-Length"))?;
+            // 1*DIGIT (RFC 9110 8.6): no sign, no list.
+            let digits = value.as_bytes();
+            let n =
+                (!digits.is_empty() && digits.len() <= 19 && digits.iter().all(u8::is_ascii_digit))
+                    .then(|| value.to_str().ok()?.parse::<u64>().ok())
+                    .flatten()
+                    .ok_or_else(|| invalid("upstream answer has an invalid Content-Length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(invalid(
                     "upstream answer has conflicting Content-Length values",
@@ -408,6 +410,12 @@ fn parse_head(buf: &mut BytesMut, head_req: bool) -> io::Result<Parsed> {
     } else {
         Version::HTTP_10
     };
+    // RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 message means faulty framing.
+    if te && version == Version::HTTP_10 {
+        return Err(invalid(
+            "upstream answer is HTTP/1.0 with Transfer-Encoding",
+        ));
+    }
     let mut keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
     let framing =
         if head_req || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
@@ -752,6 +760,10 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
             b"HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
             b"HTTP/1.1 099 Low\r\n\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
             b"HTTX/1.1 200 OK\r\n\r\n",
