@@ -48,6 +48,8 @@ pub const MAX_INLINE_BODY: usize = 64 * 1024;
 const SMALL_HEAD: usize = 24;
 /// Longest chunk-size line (with extensions) accepted in a chunked answer.
 const MAX_CHUNK_LINE: usize = 4096;
+/// Most chunk-extension bytes in one answer (as hyper's decoder).
+const MAX_CHUNK_EXT_BYTES: usize = 16 * 1024;
 /// Largest trailer section of a chunked answer.
 const MAX_TRAILER_BYTES: usize = 64 * 1024;
 /// Size of a read into an empty buffer; grows up to `MAX_READ` while reads fill it.
@@ -77,7 +79,15 @@ impl RawConn {
     /// unusable. Costs a system call only when the socket became readable.
     pub fn is_usable(&self) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
+        // Outside the task's cooperative budget: a spent budget would answer "not
+        // readable" whatever the socket's state.
+        let ready = std::pin::pin!(tokio::task::unconstrained(std::future::poll_fn(|cx| {
+            Poll::Ready(self.io.poll_read_ready(cx))
+        })));
+        let Poll::Ready(polled) = std::future::Future::poll(ready, &mut cx) else {
+            return true;
+        };
+        match polled {
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
             // Readiness can be left over from the last read of the answer; look.
@@ -103,11 +113,13 @@ pub fn eligible(req: &Request<UpstreamBody>) -> bool {
 /// Why an exchange failed.
 #[derive(Debug)]
 pub enum ExchangeError {
-    /// A reused connection turned out closed before any byte of an answer came back
-    /// (the keep-alive race): the request may be sent again on a new connection if it
-    /// is idempotent, or was not written at all.
-    Stale { written: bool, error: io::Error },
-    /// Anything else: a broken connection or an answer that is not valid HTTP/1.1.
+    /// A reused connection turned out closed before the request could be written (the
+    /// keep-alive race): the upstream cannot have acted on it, so it may be sent again
+    /// on a new connection whatever its method.
+    Unsent(io::Error),
+    /// Anything else: a broken connection (the request may have reached the upstream:
+    /// whether to send it again is the retry policy's call) or an answer that is not
+    /// valid HTTP/1.1.
     Failed(io::Error),
 }
 
@@ -115,8 +127,10 @@ fn invalid(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
-/// Encode the request head (and an in-memory body) into `out`.
-fn encode(req: &Request<UpstreamBody>, body: Option<&Bytes>, out: &mut Vec<u8>) {
+/// Encode the request head (and an in-memory body) into `out`. `host` is sent when the
+/// request has no `Host` (it is the endpoint's, so it is not kept in `req`: a retry may
+/// go to another endpoint).
+fn encode(req: &Request<UpstreamBody>, body: Option<&Bytes>, host: &str, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
@@ -127,34 +141,30 @@ fn encode(req: &Request<UpstreamBody>, body: Option<&Bytes>, out: &mut Vec<u8>) 
             .as_bytes(),
     );
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut has_length = false;
+    if !req.headers().contains_key(header::HOST) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     for (name, value) in req.headers() {
         // The framing is the gateway's: the body is sent with its real length.
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            if body.is_some() {
-                continue;
-            }
-            has_length = true;
+        if body.is_some() && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING) {
+            continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    match body {
-        Some(b) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa_buf(b.len() as u64, &mut [0u8; 20]));
-            out.extend_from_slice(b"\r\n\r\n");
-            out.extend_from_slice(b);
-        }
-        None => {
-            // A method that defines a body says "none" explicitly, as hyper does.
-            if !has_length && matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
-                out.extend_from_slice(b"content-length: 0\r\n");
-            }
-            out.extend_from_slice(b"\r\n");
-        }
+    // A request without a body goes out as it came (hyper's client adds no
+    // `content-length: 0` either).
+    if let Some(b) = body {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa_buf(b.len() as u64, &mut [0u8; 20]));
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(b);
+    } else {
+        out.extend_from_slice(b"\r\n");
     }
 }
 
@@ -201,10 +211,11 @@ pub struct Checkin {
 
 /// Send `req` on `conn` and read the answer's head. The answer's body reads from
 /// `conn`, which goes back to `checkin` when the body was read to its end. `req` is
-/// only borrowed, so that it can be sent again after [`ExchangeError::Stale`].
+/// only borrowed, so that it can be sent again after [`ExchangeError::Unsent`].
 pub async fn exchange(
     mut conn: RawConn,
     req: &Request<UpstreamBody>,
+    host: &str,
     reused: bool,
     checkin: Checkin,
 ) -> Result<Response<RawBody>, ExchangeError> {
@@ -212,18 +223,15 @@ pub async fn exchange(
         UpstreamBody::Full(Some(b)) => Some(b),
         _ => None,
     };
-    encode(req, inline, &mut conn.out);
+    encode(req, inline, host, &mut conn.out);
     let head_req = *req.method() == Method::HEAD;
-    let stale = |written: bool, error: io::Error| {
-        if reused {
-            ExchangeError::Stale { written, error }
-        } else {
-            ExchangeError::Failed(error)
-        }
-    };
     if let Err(e) = conn.io.write_all(&conn.out).await {
         // Nothing or part of the request went out: the upstream cannot have acted on it.
-        return Err(stale(false, e));
+        return Err(if reused {
+            ExchangeError::Unsent(e)
+        } else {
+            ExchangeError::Failed(e)
+        });
     }
     if conn.out.capacity() > 16 * 1024 {
         conn.out = Vec::new();
@@ -232,21 +240,16 @@ pub async fn exchange(
         if conn.buf.capacity() - conn.buf.len() < 1024 {
             conn.buf.reserve(MIN_READ);
         }
-        let n = match conn.io.read_buf(&mut conn.buf).await {
-            Ok(n) => n,
-            Err(e) if conn.buf.is_empty() => return Err(stale(true, e)),
-            Err(e) => return Err(ExchangeError::Failed(e)),
-        };
+        let n = conn
+            .io
+            .read_buf(&mut conn.buf)
+            .await
+            .map_err(ExchangeError::Failed)?;
         if n == 0 {
-            let e = io::Error::new(
+            return Err(ExchangeError::Failed(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "upstream closed the connection before a complete answer",
-            );
-            return Err(if conn.buf.is_empty() {
-                stale(true, e)
-            } else {
-                ExchangeError::Failed(e)
-            });
+            )));
         }
         // Parse every complete head in the buffer: interim answers come first.
         loop {
@@ -281,6 +284,7 @@ fn answer(
         keep_alive,
         checkin: Some(checkin),
         read_size: MIN_READ,
+        ext_bytes: 0,
     };
     if framing == Framing::Length(0) {
         body.framing = Framing::Done;
@@ -315,7 +319,7 @@ fn parse_head(buf: &mut BytesMut, head_req: bool) -> io::Result<Parsed> {
     // cost a 3 KiB memset per answer), on the heap beyond that.
     let mut small = [FieldAt::default(); SMALL_HEAD];
     let mut large = Vec::new();
-    let (len, code, version, count) = {
+    let (len, code, version, count, reason) = {
         let mut raw =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
@@ -345,6 +349,7 @@ fn parse_head(buf: &mut BytesMut, head_req: bool) -> io::Result<Parsed> {
             resp.code.unwrap_or(0),
             resp.version.unwrap_or(1),
             resp.headers.len(),
+            resp.reason.map(|r| span_of(buf, r.as_bytes())),
         )
     };
     let status =
@@ -374,19 +379,17 @@ fn parse_head(buf: &mut BytesMut, head_req: bool) -> io::Result<Parsed> {
         let value = HeaderValue::from_maybe_shared(head.slice(at.value.0..at.value.1))
             .map_err(|_| invalid("upstream answer has an invalid header value"))?;
         if name == header::CONTENT_LENGTH {
-            // 1*DIGIT (RFC 9110 8.6): no sign, no list.
-            let digits = value.as_bytes();
-            let n =
-                (!digits.is_empty() && digits.len() <= 19 && digits.iter().all(u8::is_ascii_digit))
-                    .then(|| value.to_str().ok()?.parse::<u64>().ok())
-                    .flatten()
+            // 1*DIGIT (RFC 9110 8.6); a list of identical values is taken as one.
+            for part in value.as_bytes().split(|&b| b == b',') {
+                let n = parse_length(part.trim_ascii())
                     .ok_or_else(|| invalid("upstream answer has an invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(invalid(
-                    "upstream answer has conflicting Content-Length values",
-                ));
+                if length.is_some_and(|l| l != n) {
+                    return Err(invalid(
+                        "upstream answer has conflicting Content-Length values",
+                    ));
+                }
+                length = Some(n);
             }
-            length = Some(n);
         } else if name == header::TRANSFER_ENCODING {
             te = true;
             // Only the last coding says whether the body is chunked.
@@ -438,6 +441,14 @@ fn parse_head(buf: &mut BytesMut, head_req: bool) -> io::Result<Parsed> {
         keep_alive = false;
     }
     let (mut parts, ()) = Response::new(()).into_parts();
+    // A reason phrase of the upstream's own ("499 Client Closed Request") is passed on,
+    // as hyper's client and server do.
+    if let Some((from, to)) = reason
+        && status.canonical_reason().map(str::as_bytes) != Some(&head[from..to])
+        && let Ok(r) = hyper::ext::ReasonPhrase::try_from(head.slice(from..to))
+    {
+        parts.extensions.insert(r);
+    }
     parts.status = status;
     parts.version = version;
     parts.headers = headers;
@@ -454,6 +465,8 @@ pub struct RawBody {
     checkin: Option<Checkin>,
     /// Next read size for bodies without a known length left.
     read_size: usize,
+    /// Chunk-extension bytes skipped so far (capped).
+    ext_bytes: usize,
 }
 
 impl RawBody {
@@ -523,22 +536,26 @@ impl RawBody {
             };
             let buf = &mut conn.buf;
             match state {
-                Chunk::Size => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        buf.advance(used);
-                        state = if size == 0 {
+                Chunk::Size => match parse_chunk_line(buf) {
+                    Ok(Some(line)) => {
+                        self.ext_bytes += line.ext_len;
+                        if self.ext_bytes > MAX_CHUNK_EXT_BYTES {
+                            return self.fail(invalid("upstream sent too many chunk extensions"));
+                        }
+                        buf.advance(line.len);
+                        state = if line.size == 0 {
                             Chunk::Trailers
                         } else {
-                            Chunk::Data(size)
+                            Chunk::Data(line.size)
                         };
                         self.framing = Framing::Chunked(state);
                         continue;
                     }
-                    Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
+                    Ok(None) if buf.len() > MAX_CHUNK_LINE => {
                         return self.fail(invalid("upstream sent a chunk-size line too long"));
                     }
-                    Ok(httparse::Status::Partial) => {}
-                    Err(_) => return self.fail(invalid("upstream sent a bad chunk size")),
+                    Ok(None) => {}
+                    Err(what) => return self.fail(invalid(what)),
                 },
                 Chunk::Data(left) => {
                     if !buf.is_empty() {
@@ -605,14 +622,83 @@ fn closed_early() -> io::Error {
     )
 }
 
+fn has_bare_lf(block: &[u8]) -> bool {
+    block
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || block[i - 1] != b'\r'))
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A parsed chunk-size line.
+struct ChunkLine {
+    /// Bytes of the line, CRLF included.
+    len: usize,
+    size: u64,
+    /// Bytes after the size (extensions), which are skipped.
+    ext_len: usize,
+}
+
+/// `chunk-size [ chunk-ext ] CRLF` (RFC 9112 7.1): at least one hex digit, and no CR
+/// or LF before the CRLF (a parser that ends lines at a bare LF would frame the body
+/// differently). `Ok(None)`: the line is not complete yet.
+fn parse_chunk_line(buf: &[u8]) -> Result<Option<ChunkLine>, &'static str> {
+    let mut size: u64 = 0;
+    let mut i = 0;
+    while let Some(d) = buf.get(i).and_then(|&b| (b as char).to_digit(16)) {
+        size = size
+            .checked_mul(16)
+            .and_then(|s| s.checked_add(u64::from(d)))
+            .ok_or("upstream sent a chunk size too large")?;
+        i += 1;
+    }
+    if i == buf.len() {
+        return Ok(None);
+    }
+    if i == 0 {
+        return Err("upstream sent a chunk without a size");
+    }
+    let digits_end = i;
+    while i < buf.len() {
+        match buf[i] {
+            b'\r' => {
+                return match buf.get(i + 1) {
+                    None => Ok(None),
+                    Some(b'\n') => Ok(Some(ChunkLine {
+                        len: i + 2,
+                        size,
+                        ext_len: i - digits_end,
+                    })),
+                    Some(_) => Err("upstream sent a bare CR in a chunk-size line"),
+                };
+            }
+            b'\n' => return Err("upstream sent a bare LF in a chunk-size line"),
+            _ => i += 1,
+        }
+    }
+    Ok(None)
+}
+
+/// `1*DIGIT`, at most 19 digits (fits a u64).
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 fn parse_trailers(block: &[u8]) -> io::Result<HeaderMap> {
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let fields = match httparse::parse_headers(block, &mut raw) {
-        Ok(httparse::Status::Complete((_, fields))) => fields,
+        // The whole block, up to its CRLF CRLF, and no line ending in a bare LF.
+        Ok(httparse::Status::Complete((used, fields)))
+            if used == block.len() && !has_bare_lf(block) =>
+        {
+            fields
+        }
         _ => return Err(invalid("upstream sent invalid trailers")),
     };
     let mut map = HeaderMap::with_capacity(fields.len());
@@ -761,7 +847,8 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
             b"HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\n",
             b"HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5,\r\n\r\n",
             b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
             b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
             b"HTTP/1.1 099 Low\r\n\r\n",
@@ -802,6 +889,62 @@ mod tests {
     }
 
     #[test]
+    fn a_list_of_equal_lengths_is_one_length() {
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n"),
+            (Framing::Length(5), true)
+        );
+    }
+
+    #[test]
+    fn chunk_size_lines() {
+        let line = |b: &[u8]| parse_chunk_line(b).map(|l| l.map(|l| (l.len, l.size, l.ext_len)));
+        assert_eq!(line(b"1a\r\n"), Ok(Some((4, 26, 0))));
+        assert_eq!(line(b"FF;name=value\r\nxx"), Ok(Some((15, 255, 11))));
+        assert_eq!(line(b"0 \r\n"), Ok(Some((4, 0, 1))));
+        assert_eq!(line(b"1a"), Ok(None));
+        assert_eq!(line(b"1a;ext\r"), Ok(None));
+        for bad in [
+            &b"\r\n"[..],
+            b" 5\r\n",
+            b";ext\r\n",
+            b"3;x\nabc\r\n",
+            b"3\n",
+            b"3\rx\n",
+            b"10000000000000000\r\n",
+        ] {
+            assert!(line(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn trailers_must_end_in_crlf_lines() {
+        assert!(parse_trailers(b"x-a: 1\r\n\r\n").is_ok());
+        assert!(parse_trailers(b"x-a: 1\nx-b: 2\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn own_reason_phrases_are_kept() {
+        let Ok(Parsed::Final(parts, ..)) = head(
+            b"HTTP/1.1 499 Client Closed Request\r\ncontent-length: 0\r\n\r\n",
+            false,
+        ) else {
+            panic!("no head");
+        };
+        let r = parts
+            .extensions
+            .get::<hyper::ext::ReasonPhrase>()
+            .expect("kept");
+        assert_eq!(r.as_bytes(), b"Client Closed Request");
+        let Ok(Parsed::Final(parts, ..)) =
+            head(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", false)
+        else {
+            panic!("no head");
+        };
+        assert!(parts.extensions.get::<hyper::ext::ReasonPhrase>().is_none());
+    }
+
+    #[test]
     fn request_heads() {
         let mut req = Request::new(UpstreamBody::Empty);
         *req.method_mut() = Method::POST;
@@ -809,21 +952,29 @@ mod tests {
         req.headers_mut()
             .insert("host", HeaderValue::from_static("up"));
         let mut out = Vec::new();
-        encode(&req, None, &mut out);
-        assert_eq!(
-            out,
-            b"POST /a?b=c HTTP/1.1\r\nhost: up\r\ncontent-length: 0\r\n\r\n"
-        );
+        // No body: no framing header is made up (hyper's client adds none either).
+        encode(&req, None, "10.0.0.1:80", &mut out);
+        assert_eq!(out, b"POST /a?b=c HTTP/1.1\r\nhost: up\r\n\r\n");
         req.headers_mut()
             .insert("content-length", HeaderValue::from_static("99"));
-        encode(&req, Some(&Bytes::from_static(b"abc")), &mut out);
+        encode(
+            &req,
+            Some(&Bytes::from_static(b"abc")),
+            "10.0.0.1:80",
+            &mut out,
+        );
         assert_eq!(
             out,
             b"POST /a?b=c HTTP/1.1\r\nhost: up\r\ncontent-length: 3\r\n\r\nabc"
         );
         *req.method_mut() = Method::GET;
         req.headers_mut().remove("content-length");
-        encode(&req, None, &mut out);
-        assert_eq!(out, b"GET /a?b=c HTTP/1.1\r\nhost: up\r\n\r\n");
+        req.headers_mut().remove("host");
+        encode(&req, None, "10.0.0.1:80", &mut out);
+        assert_eq!(out, b"GET /a?b=c HTTP/1.1\r\nhost: 10.0.0.1:80\r\n\r\n");
+        assert!(
+            !req.headers().contains_key("host"),
+            "the endpoint's Host is not kept"
+        );
     }
 }

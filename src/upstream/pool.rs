@@ -76,13 +76,13 @@ impl IdleList {
     /// The newest usable idle [`h1`] connection, if any; stale ones met on the way are
     /// closed.
     fn take_raw(&self, idle_timeout: Duration) -> Option<RawConn> {
-        let mut conns = self.lock_raw();
-        while let Some(idle) = conns.pop() {
+        loop {
+            // The check may make a system call: not under the lock.
+            let idle = self.lock_raw().pop()?;
             if idle.since.elapsed() < idle_timeout && idle.conn.is_usable() {
                 return Some(idle.conn);
             }
         }
-        None
     }
 
     /// Give back an [`h1`] connection whose answer was read to its end.
@@ -194,15 +194,17 @@ impl H1Pool {
         req: &mut Request<UpstreamBody>,
         last: bool,
     ) -> Result<Response<PooledBody>, UpstreamError> {
+        if h1::eligible(req) {
+            return self.exchange(target, req).await;
+        }
+        let mut req = super::take_or_copy(req, last);
+        // The endpoint's own authority, on this try's copy only: another try may go to
+        // another endpoint.
         if !req.headers().contains_key(header::HOST)
             && let Ok(host) = HeaderValue::from_str(target.authority.as_str())
         {
             req.headers_mut().insert(header::HOST, host);
         }
-        if h1::eligible(req) {
-            return self.exchange(target, req).await;
-        }
-        let req = super::take_or_copy(req, last);
         let mut reused = true;
         let mut tx = loop {
             let Some(tx) = target.idle.take(self.idle_timeout) else {
@@ -259,23 +261,20 @@ impl H1Pool {
                 idle: target.idle.clone(),
                 max_idle: self.max_idle,
             };
-            let error = match h1::exchange(conn, req, reused, checkin).await {
-                Ok(resp) => return Ok(resp.map(PooledBody::raw)),
-                Err(ExchangeError::Failed(e)) => e,
-                // A reused connection the upstream had closed (the keep-alive race):
-                // once more on a new connection when the request did not go out, or
-                // when sending it twice is harmless (RFC 9110 §9.2.2).
-                Err(ExchangeError::Stale { written, error }) => {
-                    if written && !req.method().is_idempotent() {
-                        error
-                    } else {
-                        conn = RawConn::new(self.connect_tcp(target).await?);
-                        reused = false;
-                        continue;
-                    }
+            let host = target.authority.as_str();
+            return match h1::exchange(conn, req, host, reused, checkin).await {
+                Ok(resp) => Ok(resp.map(PooledBody::raw)),
+                // A reused connection the upstream had closed before the request could
+                // be written (the keep-alive race): once more, on a new connection. A
+                // request that was written is never sent again here; the retry policy
+                // in `proxy::forward` decides that.
+                Err(ExchangeError::Unsent(_)) => {
+                    conn = RawConn::new(self.connect_tcp(target).await?);
+                    reused = false;
+                    continue;
                 }
+                Err(ExchangeError::Failed(e)) => Err(UpstreamError::Io(e)),
             };
-            return Err(UpstreamError::Io(error));
         }
     }
 
