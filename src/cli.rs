@@ -205,10 +205,13 @@ fn serve(config: PathBuf, demo: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (writer, _guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(64 * 1024)
-        .finish(std::io::stdout());
+    // Made with the first access-log line (see `Sink`); `_guard` flushes it at exit.
+    let (sink, _guard) = Sink::lazy(|| {
+        tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(64 * 1024)
+            .finish(std::io::stdout())
+    });
     let result = runtime.block_on(async {
         if demo {
             crate::demo::start_backends(&config)
@@ -217,7 +220,7 @@ fn serve(config: PathBuf, demo: bool) -> ExitCode {
         }
         crate::run::run(crate::run::Options {
             config,
-            access_log: Some(Sink::new(writer)),
+            access_log: Some(sink),
             shutdown: CancellationToken::new(),
             signals: true,
         })
