@@ -7,19 +7,38 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
 use crate::config::model::{LogField, LogFormat};
-use tracing_appender::non_blocking::NonBlocking;
+use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
 
-/// Where access-log lines go.
+/// Where access-log lines go: a non-blocking writer, made when the first line is
+/// written. The writer's channel preallocates a slot for every line it can queue
+/// (64 Ki lines: 2 MiB, all touched), and it starts a thread: a gateway whose access
+/// log is off never pays for either.
 #[derive(Clone)]
 pub struct Sink {
-    writer: NonBlocking,
+    inner: Arc<Lazy>,
+}
+
+struct Lazy {
+    /// Set once, by the first line.
+    writer: OnceLock<NonBlocking>,
+    /// Makes the writer and its guard; the guard goes into `state`.
+    make: fn() -> (NonBlocking, WorkerGuard),
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Flushes the writer's queue when dropped.
+    guard: Option<WorkerGuard>,
+    /// The [`SinkGuard`] is gone: no writer is made any more.
+    closed: bool,
 }
 
 impl std::fmt::Debug for Sink {
@@ -29,9 +48,67 @@ impl std::fmt::Debug for Sink {
 }
 
 impl Sink {
-    /// Wrap a non-blocking writer (see `tracing_appender::non_blocking`).
-    pub fn new(writer: NonBlocking) -> Self {
-        Self { writer }
+    /// A sink whose writer `make` builds when the first line is written. Dropping the
+    /// returned guard flushes what the writer has queued (the writer's own guard is
+    /// dropped then); lines written after that are lost, as with a dropped
+    /// `WorkerGuard`.
+    pub fn lazy(make: fn() -> (NonBlocking, WorkerGuard)) -> (Self, SinkGuard) {
+        let inner = Arc::new(Lazy {
+            writer: OnceLock::new(),
+            make,
+            state: Mutex::new(State::default()),
+        });
+        (
+            Self {
+                inner: inner.clone(),
+            },
+            SinkGuard { inner },
+        )
+    }
+
+    /// Queue one line (with its newline); dropped when the queue is full.
+    fn write(&self, line: &[u8]) {
+        let writer = match self.inner.writer.get() {
+            Some(w) => w,
+            None => match self.inner.start() {
+                Some(w) => w,
+                None => return,
+            },
+        };
+        let _ = writer.clone().write_all(line);
+    }
+}
+
+impl Lazy {
+    /// Make the writer, unless another line just did or the guard is gone.
+    fn start(&self) -> Option<&NonBlocking> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.closed {
+            return None;
+        }
+        if let Some(w) = self.writer.get() {
+            return Some(w);
+        }
+        let (writer, guard) = (self.make)();
+        state.guard = Some(guard);
+        Some(self.writer.get_or_init(|| writer))
+    }
+}
+
+/// Returned by [`Sink::lazy`]: keep it for as long as lines should be written.
+pub struct SinkGuard {
+    inner: Arc<Lazy>,
+}
+
+impl Drop for SinkGuard {
+    fn drop(&mut self) {
+        let guard = {
+            let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.closed = true;
+            state.guard.take()
+        };
+        // Flushes outside the lock.
+        drop(guard);
     }
 }
 
@@ -156,6 +233,52 @@ impl Drop for AccessRecord {
         }
         let mut buf = self.line();
         buf.push(b'\n');
-        let _ = self.sink.writer.write_all(&buf);
+        self.sink.write(&buf);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    static MADE: AtomicUsize = AtomicUsize::new(0);
+    static OUT: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+    struct Out;
+
+    impl Write for Out {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            OUT.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn make() -> (NonBlocking, WorkerGuard) {
+        MADE.fetch_add(1, Ordering::SeqCst);
+        tracing_appender::non_blocking(Out)
+    }
+
+    #[test]
+    fn the_writer_is_made_by_the_first_line_and_flushed_by_the_guard() {
+        let (sink, guard) = Sink::lazy(make);
+        let copy = sink.clone();
+        assert_eq!(MADE.load(Ordering::SeqCst), 0, "no writer before a line");
+        sink.write(b"one\n");
+        copy.write(b"two\n");
+        assert_eq!(MADE.load(Ordering::SeqCst), 1, "one writer for all clones");
+        // The writer's guard sends shutdown behind the lines and waits for its thread.
+        drop(guard);
+        assert_eq!(OUT.lock().unwrap().as_slice(), b"one\ntwo\n");
+        sink.write(b"late\n");
+        assert_eq!(
+            MADE.load(Ordering::SeqCst),
+            1,
+            "none after the guard is gone"
+        );
+        assert_eq!(OUT.lock().unwrap().as_slice(), b"one\ntwo\n");
     }
 }

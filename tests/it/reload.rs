@@ -234,4 +234,10 @@ async fn the_gateway_runs_without_transparent_huge_pages() {
     if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
         assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
     }
+    // Nor does any mapping ask for them (`hg`: madvise(MADV_HUGEPAGE)), as mimalloc
+    // did for its arena before `main` could turn huge pages off.
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", gw.child.id())).unwrap();
+    for flags in smaps.lines().filter(|l| l.starts_with("VmFlags:")) {
+        assert!(!flags.split_whitespace().any(|f| f == "hg"), "{flags}");
+    }
 }
