@@ -145,6 +145,11 @@ fn is_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// A map of keys from the config (route names, paths, hosts): looked up once per route
+/// or per path segment while validating, so SipHash was a fifth of a large table's
+/// validation. foldhash: the file's author could only slow down their own check.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 fn span<T>(s: &Spanned<T>) -> Option<Range<usize>> {
     Some(s.span())
 }
@@ -844,7 +849,8 @@ impl Validator<'_> {
         auth_names: &HashMap<&str, Option<usize>>,
     ) -> Vec<Route> {
         let mut out = Vec::with_capacity(routes.len());
-        let mut seen: HashMap<&str, &SStr> = HashMap::new();
+        let mut seen: FastMap<&str, &SStr> = FastMap::default();
+        seen.reserve(routes.len());
         for (order, r) in routes.iter().enumerate() {
             let rs = r.span();
             let r = r.get_ref();
@@ -1510,7 +1516,8 @@ impl Validator<'_> {
     fn unreachable_routes(&mut self, routes: &[Route]) {
         // Only routes with the same host and path can shadow each other: compare within
         // those groups, not every pair of the table.
-        let mut groups: HashMap<(&Option<HostMatch>, &PathMatch), Vec<&Route>> = HashMap::new();
+        let mut groups: FastMap<(&Option<HostMatch>, &PathMatch), Vec<&Route>> = FastMap::default();
+        groups.reserve(routes.len());
         for r in routes {
             groups.entry((&r.host, &r.path)).or_default().push(r);
         }
@@ -1557,7 +1564,8 @@ impl Validator<'_> {
         // Prefix traps: `/api/user` next to `/api/users`. For each prefix, look up every
         // shorter string prefix of it that does not end on a segment boundary, so the
         // cost follows the length of the paths, not the square of the table.
-        let mut prefixes: HashMap<(&Option<HostMatch>, &str), Vec<&Route>> = HashMap::new();
+        let mut prefixes: FastMap<(&Option<HostMatch>, &str), Vec<&Route>> = FastMap::default();
+        prefixes.reserve(routes.len());
         for r in routes {
             if let PathMatch::Prefix(p) = &r.path {
                 prefixes.entry((&r.host, p.as_str())).or_default().push(r);
