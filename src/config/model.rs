@@ -20,8 +20,9 @@ pub struct Config {
     pub defaults: Defaults,
     /// Services in name order; routes refer to them by index.
     pub services: Vec<Service>,
-    /// Routes in file order.
-    pub routes: Vec<Route>,
+    /// Routes in file order; shared with the snapshot's router (one copy per table:
+    /// cloning and freeing 10,000 routes a second time was ~8% of a reload).
+    pub routes: std::sync::Arc<[Route]>,
     pub tracing: Tracing,
     /// `[dns] servers`: who resolves upstream names; empty: the system's resolv.conf.
     pub dns_servers: Vec<std::net::SocketAddr>,

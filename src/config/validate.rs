@@ -363,7 +363,7 @@ impl Validator<'_> {
             server,
             defaults,
             services,
-            routes,
+            routes: routes.into(),
             tracing,
             dns_servers,
             policy,

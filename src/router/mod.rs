@@ -43,7 +43,8 @@ pub struct Router {
     /// Sorted by suffix length, longest first.
     wildcard_hosts: Vec<(String, HostTable)>,
     any_host: HostTable,
-    routes: Vec<Route>,
+    /// The config's routes (shared, not copied).
+    routes: std::sync::Arc<[Route]>,
 }
 
 /// Routes of one host group.
