@@ -44,12 +44,9 @@ pub fn parse_in(src: &str, base: Option<&std::path::Path>) -> Result<Parsed, Con
             });
         }
     };
-    let line_starts = std::iter::once(0)
-        .chain(src.match_indices('\n').map(|(i, _)| i + 1))
-        .collect();
     let mut v = Validator {
         src,
-        line_starts,
+        line_starts: std::cell::OnceCell::new(),
         errors: Vec::new(),
         base,
         files: Vec::new(),
@@ -157,8 +154,9 @@ fn span<T>(s: &Spanned<T>) -> Option<Range<usize>> {
 struct Validator<'s> {
     src: &'s str,
     /// Byte offsets where lines start, for `line()` (a table of 10,000 routes may
-    /// produce thousands of messages).
-    line_starts: Vec<usize>,
+    /// produce thousands of messages). Made on the first message that needs one: a
+    /// valid table usually needs none.
+    line_starts: std::cell::OnceCell<Vec<usize>>,
     errors: Vec<ConfigError>,
     /// Directory that relative file names are read from; `None`: the working directory.
     base: Option<&'s std::path::Path>,
@@ -170,7 +168,14 @@ impl Validator<'_> {
     /// 1-based line of a byte offset, for messages that point at a second place.
     fn line(&self, offset: usize) -> usize {
         let offset = offset.min(self.src.len());
-        self.line_starts.partition_point(|&start| start <= offset)
+        let src = self.src;
+        self.line_starts
+            .get_or_init(|| {
+                std::iter::once(0)
+                    .chain(src.match_indices('\n').map(|(i, _)| i + 1))
+                    .collect()
+            })
+            .partition_point(|&start| start <= offset)
     }
 
     fn err(
