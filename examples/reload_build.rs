@@ -35,7 +35,10 @@ fn main() {
     let routes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let mode = args.next();
     if mode.as_deref() == Some("match") {
-        let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+        let n: usize = args
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1_000_000);
         return match_only(routes, n);
     }
     let reloads: usize = mode.and_then(|a| a.parse().ok()).unwrap_or(3);
