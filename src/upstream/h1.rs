@@ -25,7 +25,6 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
@@ -772,13 +771,6 @@ impl http_body::Body for RawBody {
             _ => SizeHint::default(),
         }
     }
-}
-
-/// When a connection was put in the idle list.
-#[derive(Debug)]
-pub struct IdleRaw {
-    pub conn: RawConn,
-    pub since: Instant,
 }
 
 #[cfg(test)]

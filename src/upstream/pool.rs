@@ -27,8 +27,10 @@
 //!   connection closed at that very moment (the keep-alive race) is sent once more on a
 //!   new connection; a request that was written is never sent again here (the retry
 //!   policy in `proxy::forward` decides that).
-//! - The idle list is LIFO (the warmest connection first) and holds at most
-//!   `pool_max_idle` connections per endpoint; connections idle for longer than
+//! - The idle lists are LIFO (the warmest connection first) and each holds at most
+//!   `pool_max_idle` connections per endpoint (one list for [`super::h1`]'s
+//!   connections, one for hyper's, which only streamed uploads and upgrades use);
+//!   connections idle for longer than
 //!   `pool_idle_timeout` are closed at checkout and by [`spawn_sweeper`].
 
 use std::sync::{Arc, Mutex, Weak};
@@ -42,7 +44,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::h1::{self, ExchangeError, IdleRaw, RawBody, RawConn};
+use super::h1::{self, ExchangeError, RawBody, RawConn};
 use super::{Target, Upstream};
 use crate::proxy::body::UpstreamBody;
 
@@ -50,83 +52,88 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 type Sender = http1::SendRequest<UpstreamBody>;
 
-/// The idle connections of one endpoint, newest last: hyper's and [`h1`]'s.
+/// The idle connections of one endpoint: hyper's and [`h1`]'s.
 #[derive(Debug, Default)]
 pub struct IdleList {
-    conns: Mutex<Vec<Idle>>,
-    raw: Mutex<Vec<IdleRaw>>,
-}
-
-#[derive(Debug)]
-struct Idle {
-    tx: Sender,
-    since: Instant,
+    hyper: Stack<Sender>,
+    raw: Stack<RawConn>,
 }
 
 impl IdleList {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        // Nothing here can panic half-way through an update.
-        self.conns.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn lock_raw(&self) -> std::sync::MutexGuard<'_, Vec<IdleRaw>> {
-        self.raw.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The newest usable idle [`h1`] connection, if any; stale ones met on the way are
+    /// Close the connections idle for `idle_timeout` or more, and those the upstream
     /// closed.
-    fn take_raw(&self, idle_timeout: Duration) -> Option<RawConn> {
-        loop {
-            // The check may make a system call: not under the lock.
-            let idle = self.lock_raw().pop()?;
-            if idle.since.elapsed() < idle_timeout && idle.conn.is_usable() {
-                return Some(idle.conn);
-            }
-        }
+    fn sweep(&self, idle_timeout: Duration) {
+        self.hyper.sweep(idle_timeout);
+        self.raw.sweep(idle_timeout);
     }
 
     /// Give back an [`h1`] connection whose answer was read to its end.
     pub(super) fn put_raw(&self, conn: RawConn, max_idle: usize) {
-        let mut conns = self.lock_raw();
-        if conns.len() < max_idle {
-            conns.push(IdleRaw {
-                conn,
-                since: Instant::now(),
-            });
+        self.raw.put(conn, max_idle);
+    }
+}
+
+/// A connection an idle list can hold.
+trait Reusable {
+    /// Still usable: the upstream has not closed it (nor sent anything unasked).
+    fn usable(&self) -> bool;
+}
+
+impl Reusable for Sender {
+    fn usable(&self) -> bool {
+        !self.is_closed()
+    }
+}
+
+impl Reusable for RawConn {
+    fn usable(&self) -> bool {
+        self.is_usable()
+    }
+}
+
+/// Idle connections of one kind with the time each was put back, newest last.
+#[derive(Debug)]
+struct Stack<T> {
+    conns: Mutex<Vec<(T, Instant)>>,
+}
+
+impl<T> Default for Stack<T> {
+    fn default() -> Self {
+        Stack {
+            conns: Mutex::new(Vec::new()),
         }
     }
+}
 
-    /// The newest usable idle connection, if any; stale ones met on the way are closed.
-    fn take(&self, idle_timeout: Duration) -> Option<Sender> {
-        let mut conns = self.lock();
-        while let Some(idle) = conns.pop() {
-            if !idle.tx.is_closed() && idle.since.elapsed() < idle_timeout {
-                return Some(idle.tx);
+impl<T: Reusable> Stack<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(T, Instant)>> {
+        // Nothing here can panic half-way through an update.
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The newest usable connection, if any; stale ones met on the way are closed.
+    fn take(&self, idle_timeout: Duration) -> Option<T> {
+        loop {
+            // The check may make a system call: not under the lock.
+            let (conn, since) = self.lock().pop()?;
+            if since.elapsed() < idle_timeout && conn.usable() {
+                return Some(conn);
             }
         }
-        None
     }
 
-    fn put(&self, tx: Sender, max_idle: usize) {
-        if tx.is_closed() {
-            return;
-        }
+    /// Keep `conn` unless `max_idle` are kept already. The callers give back only
+    /// connections that are ready for the next request.
+    fn put(&self, conn: T, max_idle: usize) {
         let mut conns = self.lock();
         if conns.len() < max_idle {
-            conns.push(Idle {
-                tx,
-                since: Instant::now(),
-            });
+            conns.push((conn, Instant::now()));
         }
     }
 
-    /// Close the connections idle for `idle_timeout` or more, and those the upstream
-    /// closed.
     fn sweep(&self, idle_timeout: Duration) {
         self.lock()
-            .retain(|i| !i.tx.is_closed() && i.since.elapsed() < idle_timeout);
-        self.lock_raw()
-            .retain(|i| i.since.elapsed() < idle_timeout && i.conn.is_usable());
+            .retain(|(conn, since)| since.elapsed() < idle_timeout && conn.usable());
     }
 }
 
@@ -207,7 +214,7 @@ impl H1Pool {
         }
         let mut reused = true;
         let mut tx = loop {
-            let Some(tx) = target.idle.take(self.idle_timeout) else {
+            let Some(tx) = target.idle.hyper.take(self.idle_timeout) else {
                 reused = false;
                 break self.connect(target).await?;
             };
@@ -252,7 +259,7 @@ impl H1Pool {
         target: &Target,
         req: &Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        let (mut conn, mut reused) = match target.idle.take_raw(self.idle_timeout) {
+        let (mut conn, mut reused) = match target.idle.raw.take(self.idle_timeout) {
             Some(conn) => (conn, true),
             None => (RawConn::new(self.connect_tcp(target).await?), false),
         };
@@ -422,7 +429,7 @@ impl Drop for PooledBody {
         }
         if c.tx.is_ready() {
             // The usual case: hyper finished the exchange as it delivered the end.
-            c.idle.put(c.tx, c.max_idle);
+            c.idle.hyper.put(c.tx, c.max_idle);
         } else if !c.tx.is_closed()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
@@ -432,7 +439,7 @@ impl Drop for PooledBody {
             // a slow upload.
             rt.spawn(async move {
                 if c.tx.ready().await.is_ok() {
-                    c.idle.put(c.tx, c.max_idle);
+                    c.idle.hyper.put(c.tx, c.max_idle);
                 }
             });
         }
