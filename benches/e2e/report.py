@@ -166,6 +166,10 @@ def record(runs_path, out_path, kvs):
         run["cpu_s_per_gib"] = ticks / gib if gib else None
     else:
         run["cpu_us_per_req"] = 1e6 * ticks / run["requests"] if run["requests"] else None
+        # The kernel's share (stime): on loopback it is mostly the TCP path, which costs
+        # every proxy about the same per request; the rest is the proxy's own code.
+        sys_s = run.get("sys_ticks", 0) / run["clk_tck"]
+        run["sys_us_per_req"] = 1e6 * sys_s / run["requests"] if run["requests"] else None
     run["tool_output"] = out
     with open(runs_path, "a") as f:
         f.write(json.dumps(run) + "\n")
@@ -222,6 +226,8 @@ REQUEST_METRICS = (
     ("p99_us", lambda r: r["lat_us"].get("p99")),
     ("p99_9_us", lambda r: r["lat_us"].get("p99_9")),
     ("cpu_us_per_req", lambda r: r["cpu_us_per_req"]),
+    ("sys_us_per_req", lambda r: r.get("sys_us_per_req")),
+    ("user_us_per_req", lambda r: user_us(r)),
     ("peak_rss_mib", lambda r: r["peak_rss_mib"]),
 )
 STREAM_METRICS = (
@@ -230,6 +236,11 @@ STREAM_METRICS = (
     ("cpu_s_per_gib", lambda r: r.get("cpu_s_per_gib")),
     ("peak_rss_mib", lambda r: r["peak_rss_mib"]),
 )
+
+
+def user_us(r):
+    cpu, sys_us = r.get("cpu_us_per_req"), r.get("sys_us_per_req")
+    return None if cpu is None or sys_us is None else cpu - sys_us
 
 
 def render(table, left=2):
@@ -307,22 +318,26 @@ def summary(runs_path, meta_path, out_path):
           % (meta["rounds"], meta["duration_seconds"]))
     print("Load average at start: %s" % meta["loadavg_start"])
     if req_rows:
-        table = [("scenario", "proxy", "req/s", "p50", "p99", "p99.9", "CPU µs/req", "CPU%",
-                  "peak RSS MiB", "errors")]
+        table = [("scenario", "proxy", "req/s", "p50", "p99", "p99.9", "CPU µs/req",
+                  "user+kernel", "CPU%", "peak RSS MiB", "errors")]
         for row in req_rows:
             table.append((
                 row["label"], row["proxy"], fmt(row["rps"], "%.0f"), fmt_us(row["p50_us"]),
                 fmt_us(row["p99_us"]), fmt_us(row["p99_9_us"]),
-                fmt(row["cpu_us_per_req"], "%.1f"), fmt(row["cpu_pct"], "%.0f"),
-                fmt(row["peak_rss_mib"], "%.1f"), str(row["errors_total"])))
+                fmt(row["cpu_us_per_req"], "%.1f"),
+                "%s+%s" % (fmt(row["user_us_per_req"], "%.1f"), fmt(row["sys_us_per_req"], "%.1f")),
+                fmt(row["cpu_pct"], "%.0f"), fmt(row["peak_rss_mib"], "%.1f"),
+                str(row["errors_total"])))
         print()
         print(render(table))
-        table = [("scenario", "proxy", "req/s", "p50", "p99", "p99.9", "CPU/req", "peak RSS")]
+        table = [("scenario", "proxy", "req/s", "p50", "p99", "p99.9", "CPU/req", "user CPU",
+                  "peak RSS")]
         for row in req_rows:
             v = row["vs_nginx"]
             table.append((row["label"], row["proxy"]) + tuple(
                 fmt(v[k], "%.2f") for k in ("rps", "p50_us", "p99_us", "p99_9_us",
-                                            "cpu_us_per_req", "peak_rss_mib")))
+                                            "cpu_us_per_req", "user_us_per_req",
+                                            "peak_rss_mib")))
         print()
         print("×nginx (req/s above 1 is better; latency, CPU and RSS below 1 are better):")
         print(render(table))

@@ -198,15 +198,16 @@ wait_ready() { # wait_ready NAME PID PORT LOGFILE [CURL_ARG...]
     die "$name not ready on 127.0.0.1:$port after 10 s"
 }
 
-cpu_ticks() { # utime+stime summed over the given PIDs
-    local total=0 pid stat rest f
+cpu_ticks() { # "utime+stime stime" summed over the given PIDs
+    local total=0 sys=0 pid stat rest f
     for pid in "$@"; do
         stat=$(<"/proc/$pid/stat") || continue
         rest=${stat##*) }
         read -ra f <<<"$rest"
         total=$((total + f[11] + f[12])) # fields 14 (utime) and 15 (stime)
+        sys=$((sys + f[12]))
     done
-    echo "$total"
+    echo "$total $sys"
 }
 status_kib() { # status_kib FIELD PID...: a /proc/PID/status field (VmHWM, VmRSS) summed
     local field=$1 total=0 pid v
@@ -392,7 +393,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
             fi
             mapfile -t pids < <(proxy_pids "$PROXY_PID")
             rss0=$(rss_kib "${pids[@]}")
-            t0=$(cpu_ticks "${pids[@]}"); w0=$(date +%s.%N)
+            read -r t0 s0 < <(cpu_ticks "${pids[@]}"); w0=$(date +%s.%N)
             RELOADER=
             if ((RELOAD)); then reloader "$p" "$PROXY_PID" & RELOADER=$!; fi
             out=$WORK/load.out
@@ -423,13 +424,13 @@ for ((round = 1; round <= ROUNDS; round++)); do
             if [[ -n $RELOADER ]]; then kill "$RELOADER" 2>/dev/null || true; wait "$RELOADER" 2>/dev/null || true; fi
             # With reloads nginx replaced its workers: the CPU of the exited ones is not
             # counted (switchyard is one process, its count stays exact).
-            t1=$(cpu_ticks "${pids[@]}"); w1=$(date +%s.%N)
+            read -r t1 s1 < <(cpu_ticks "${pids[@]}"); w1=$(date +%s.%N)
             rss1=$(rss_kib "${pids[@]}")
             rss=$(peak_rss_kib "${pids[@]}")
             alive "$PROXY_PID" || die "$p exited during the run"
             python3 "$HERE/report.py" record "$RUNS" "$out" \
                 tool="$KIND" round="$round" scenario="$sc" connections="$conns" proxy="$p" \
-                streams="$STREAMS" cpu_ticks=$((t1 - t0)) clk_tck="$CLK_TCK" \
+                streams="$STREAMS" cpu_ticks=$((t1 - t0)) sys_ticks=$((s1 - s0)) clk_tck="$CLK_TCK" \
                 wall_seconds="$(python3 -c "print($w1 - $w0)")" vmhwm_kib="$rss" \
                 vmrss_before_kib="$rss0" vmrss_after_kib="$rss1" nprocs="${#pids[@]}" \
                 tool_rc="$tool_rc" expected_bytes="$BIG_BYTES" h2load_log="$WORK/h2load.log"
