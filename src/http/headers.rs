@@ -72,6 +72,12 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether `name` is one of the standard hop-by-hop headers (not counting those a
+/// `Connection` header names).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_by_hop_bit(name) != 0
+}
+
 /// The bit of a hop-by-hop header ([`HOP_BY_HOP`] order); 0 for any other header.
 fn hop_by_hop_bit(name: &HeaderName) -> u16 {
     // Header names are lowercase.

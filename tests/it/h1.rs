@@ -171,6 +171,45 @@ async fn chunked_answers_with_extensions_and_trailers_are_decoded_and_the_connec
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_fields_of_an_answer_never_reach_the_client() {
+    let up = Scripted::start(|req, _| {
+        // The second request's answer names a field of its own in `Connection`.
+        let named = if req.head.starts_with("GET /named ") {
+            "connection: x-secret\r\n"
+        } else {
+            ""
+        };
+        keep(format!(
+            "HTTP/1.1 200 OK\r\nx-secret: 1\r\nconnection: keep-alive\r\n{named}\
+             keep-alive: timeout=5\r\nupgrade: h2c\r\nproxy-authenticate: Basic\r\n\
+             trailer: x-t\r\nx-app: yes\r\ncontent-length: 2\r\n\r\nok"
+        ))
+    })
+    .await;
+    let gw = Gateway::start(&one_route(up.addr));
+    let c = client();
+    for (path, secret_kept) in [("/plain", true), ("/named", false)] {
+        let a = get(&c, &gw.url(path)).await;
+        assert_eq!((a.status, &a.body[..]), (StatusCode::OK, &b"ok"[..]));
+        for gone in [
+            "connection",
+            "keep-alive",
+            "upgrade",
+            "proxy-authenticate",
+            "trailer",
+        ] {
+            assert!(
+                a.headers.get(gone).is_none(),
+                "{path}: {gone} was passed on"
+            );
+        }
+        assert_eq!(a.headers["x-app"], "yes");
+        assert_eq!(a.headers.contains_key("x-secret"), secret_kept, "{path}");
+    }
+    assert_eq!(up.accepted(), 1, "the connection was reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_without_length_is_read_to_the_close_and_not_reused() {
     let up = Scripted::start(|_, _| {
         let mut a = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n".to_vec();
