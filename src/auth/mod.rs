@@ -30,6 +30,7 @@ use serde_json::{Map, Value};
 
 use crate::config::Config;
 use crate::config::model::AuthPolicy;
+use crate::http::headers as fields;
 
 /// Verified claims of a request's token, shared with later phases (traffic policy,
 /// rate-limit keys).
@@ -87,7 +88,7 @@ impl Auth {
     /// list is empty.
     pub fn strip(&self, headers: &mut HeaderMap) {
         for h in &self.identity_headers {
-            headers.remove(h);
+            fields::remove(headers, h);
         }
     }
 }

@@ -4,6 +4,8 @@
 
 use http::{HeaderMap, HeaderValue};
 
+use crate::http::headers as fields;
+
 pub static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 pub static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
@@ -25,7 +27,7 @@ impl TraceContext {
     /// sampled flag); otherwise start one, sampled with probability `sample_ratio` (and
     /// drop a `tracestate` that no longer belongs to anything, as the spec says).
     pub fn from_headers(headers: &mut HeaderMap, sample_ratio: f64) -> TraceContext {
-        let parsed = headers.get(&TRACEPARENT).and_then(|v| parse(v.as_bytes()));
+        let parsed = fields::get(headers, &TRACEPARENT).and_then(|v| parse(v.as_bytes()));
         match parsed {
             Some((trace_id, parent_id, flags)) => TraceContext {
                 trace_id,
@@ -34,7 +36,7 @@ impl TraceContext {
                 flags,
             },
             None => {
-                headers.remove(&TRACESTATE);
+                fields::remove(headers, &TRACESTATE);
                 let mut trace_id = [0u8; 32];
                 trace_id[..16].copy_from_slice(&hex16(nonzero_u64()));
                 trace_id[16..].copy_from_slice(&hex16(fastrand::u64(..)));

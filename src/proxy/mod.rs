@@ -58,8 +58,8 @@ use crate::auth::{Claims, Failure};
 use crate::config::model::{Action, Forward, LogFormat, Redirect, Route};
 use crate::gateway::Gateway;
 use crate::http::headers::{
-    X_REQUEST_ID, framing_is_ambiguous, new_request_id, remove_hop_by_hop, set_forwarded,
-    valid_request_id,
+    self as fields, X_REQUEST_ID, framing_is_ambiguous, new_request_id, remove_hop_by_hop,
+    set_forwarded, valid_request_id,
 };
 use crate::http::normalize::{normalize_host, normalize_path};
 use crate::observe::access_log::AccessRecord;
@@ -144,7 +144,7 @@ pub async fn serve(
     let started = Instant::now();
     let _in_flight = gw.metrics.start();
     let method = req.method().clone();
-    let request_id = match req.headers().get(&X_REQUEST_ID) {
+    let request_id = match fields::get(req.headers(), &X_REQUEST_ID) {
         Some(v) if valid_request_id(v) => v.clone(),
         _ => new_request_id(),
     };
@@ -251,7 +251,7 @@ async fn pipeline(
     // must outlive the header edits below.
     let raw_host_value = match parts.uri.authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => parts.headers.get(header::HOST).cloned(),
+        None => fields::get(&parts.headers, &header::HOST).cloned(),
     };
     let raw_host = raw_host_value.as_ref().and_then(|v| v.to_str().ok());
     let host = raw_host.and_then(normalize_host);
@@ -453,9 +453,9 @@ fn split<'f>(
 /// (`[canary] force_header`) or off (the default name is stripped).
 fn strip_force_header(snap: &Snapshot, headers: &mut HeaderMap) {
     match &snap.config.policy.force_header {
-        Some(h) => headers.remove(h),
-        None => headers.remove(&policy::FORCE_HEADER_NAME),
-    };
+        Some(h) => fields::remove(headers, h),
+        None => fields::remove(headers, &policy::FORCE_HEADER_NAME),
+    }
 }
 
 /// Phase: topic-branch override. `Some` when the route's service has a deployment of
@@ -759,8 +759,7 @@ async fn buffer(body: UpstreamBody) -> Result<UpstreamBody, ProxyError> {
 /// A gRPC request (`content-type: application/grpc` or `application/grpc+proto`, …):
 /// the gateway's own errors are answered as gRPC status.
 fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
+    fields::get(headers, &header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
@@ -918,7 +917,7 @@ fn upstream_request_headers(
     remove_hop_by_hop(headers);
     // The gateway reads the client's body itself; the upstream must not wait for a
     // `100 Continue` that only the gateway would see.
-    headers.remove(header::EXPECT);
+    fields::remove(headers, &header::EXPECT);
     let trusted = snap
         .config
         .server
@@ -926,7 +925,7 @@ fn upstream_request_headers(
         .iter()
         .any(|net| net.contains(&conn.peer.ip()));
     set_forwarded(headers, &conn.peer_ip, trusted, conn.proto, raw_host);
-    if !headers.contains_key(header::HOST)
+    if !fields::has(headers, &header::HOST)
         && let Some(v) = raw_host
     {
         headers.insert(header::HOST, v.clone());

@@ -21,6 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::http::headers as fields;
 use crate::upstream::pool::PooledBody;
 
 /// A client's upgrade request: HTTP/1.1 with `Connection: upgrade` and `Upgrade: …`.
@@ -32,6 +33,9 @@ pub struct Requested {
 /// Is this an upgrade request? Only HTTP/1.1 has Upgrade.
 pub fn requested(parts: &http::request::Parts) -> Option<Requested> {
     if parts.version != Version::HTTP_11 {
+        return None;
+    }
+    if !fields::has(&parts.headers, &header::CONNECTION) {
         return None;
     }
     let asks = parts.headers.get_all(header::CONNECTION).iter().any(|v| {

@@ -34,7 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::pool::IdleList;
-use crate::http::headers::is_hop_by_hop;
+use crate::http::headers::{self as fields, is_hop_by_hop};
 use crate::proxy::body::UpstreamBody;
 
 /// Most header fields an answer (or its trailers) may have, as hyper's default.
@@ -107,7 +107,7 @@ pub fn eligible(req: &Request<UpstreamBody>) -> bool {
         UpstreamBody::Full(Some(b)) => b.len() <= MAX_INLINE_BODY,
         UpstreamBody::Stream(inner, ..) => http_body::Body::is_end_stream(inner),
     };
-    body_ok && req.method() != Method::CONNECT && !req.headers().contains_key(header::UPGRADE)
+    body_ok && req.method() != Method::CONNECT && !fields::has(req.headers(), &header::UPGRADE)
 }
 
 /// Why an exchange failed.
@@ -141,7 +141,7 @@ fn encode(req: &Request<UpstreamBody>, body: Option<&Bytes>, host: &str, out: &m
             .as_bytes(),
     );
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !req.headers().contains_key(header::HOST) {
+    if !fields::has(req.headers(), &header::HOST) {
         out.extend_from_slice(b"host: ");
         out.extend_from_slice(host.as_bytes());
         out.extend_from_slice(b"\r\n");
