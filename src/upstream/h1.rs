@@ -113,14 +113,38 @@ pub fn eligible(req: &Request<UpstreamBody>) -> bool {
 /// Why an exchange failed.
 #[derive(Debug)]
 pub enum ExchangeError {
-    /// A reused connection turned out closed before the request could be written (the
-    /// keep-alive race): the upstream cannot have acted on it, so it may be sent again
-    /// on a new connection whatever its method.
-    Unsent(io::Error),
+    /// A reused connection turned out closed (the keep-alive race: the upstream closed
+    /// it as idle while the request was on its way), and the request may be sent again
+    /// on a new connection: either it could not be written (the upstream cannot have
+    /// acted on it, whatever its method), or it was written, its method is safe (GET,
+    /// HEAD, OPTIONS, TRACE), and the connection ended before a single byte of an
+    /// answer. The second is what Go's `http.Transport` does (`errServerClosedIdle`, for
+    /// the same methods) and nginx too (one more try after an error on a cached
+    /// connection); without it an upstream whose idle timeout is shorter than the pool's
+    /// costs a 502 now and then. Other methods are left to the retry policy.
+    Resend(io::Error),
     /// Anything else: a broken connection (the request may have reached the upstream:
     /// whether to send it again is the retry policy's call) or an answer that is not
     /// valid HTTP/1.1.
     Failed(io::Error),
+}
+
+/// RFC 9110 §9.2.1: methods that ask for nothing to change on the server.
+fn is_safe(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// The peer reset or aborted the connection (rather than, say, a timeout).
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
 }
 
 fn invalid(what: &'static str) -> io::Error {
@@ -211,7 +235,7 @@ pub struct Checkin {
 
 /// Send `req` on `conn` and read the answer's head. The answer's body reads from
 /// `conn`, which goes back to `checkin` when the body was read to its end. `req` is
-/// only borrowed, so that it can be sent again after [`ExchangeError::Unsent`].
+/// only borrowed, so that it can be sent again after [`ExchangeError::Resend`].
 pub async fn exchange(
     mut conn: RawConn,
     req: &Request<UpstreamBody>,
@@ -228,7 +252,7 @@ pub async fn exchange(
     if let Err(e) = conn.io.write_all(&conn.out).await {
         // Nothing or part of the request went out: the upstream cannot have acted on it.
         return Err(if reused {
-            ExchangeError::Unsent(e)
+            ExchangeError::Resend(e)
         } else {
             ExchangeError::Failed(e)
         });
@@ -236,21 +260,30 @@ pub async fn exchange(
     if conn.out.capacity() > 16 * 1024 {
         conn.out = Vec::new();
     }
+    // Until the first byte of an answer, a reused connection's end is the keep-alive
+    // race rather than a failed exchange.
+    let mut silent = reused && conn.buf.is_empty() && is_safe(req.method());
     loop {
         if conn.buf.capacity() - conn.buf.len() < 1024 {
             conn.buf.reserve(MIN_READ);
         }
-        let n = conn
-            .io
-            .read_buf(&mut conn.buf)
-            .await
-            .map_err(ExchangeError::Failed)?;
+        let n = match conn.io.read_buf(&mut conn.buf).await {
+            Ok(n) => n,
+            Err(e) if silent && is_reset(&e) => return Err(ExchangeError::Resend(e)),
+            Err(e) => return Err(ExchangeError::Failed(e)),
+        };
         if n == 0 {
-            return Err(ExchangeError::Failed(io::Error::new(
+            let e = io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "upstream closed the connection before a complete answer",
-            )));
+            );
+            return Err(if silent {
+                ExchangeError::Resend(e)
+            } else {
+                ExchangeError::Failed(e)
+            });
         }
+        silent = false;
         // Parse every complete head in the buffer: interim answers come first.
         loop {
             match parse_head(&mut conn.buf, head_req).map_err(ExchangeError::Failed)? {

@@ -271,11 +271,11 @@ impl H1Pool {
             let host = target.authority.as_str();
             return match h1::exchange(conn, req, host, reused, checkin).await {
                 Ok(resp) => Ok(resp.map(PooledBody::raw)),
-                // A reused connection the upstream had closed before the request could
-                // be written (the keep-alive race): once more, on a new connection. A
-                // request that was written is never sent again here; the retry policy
-                // in `proxy::forward` decides that.
-                Err(ExchangeError::Unsent(_)) => {
+                // A reused connection the upstream had closed (the keep-alive race; see
+                // `ExchangeError::Resend`): once more, on a new connection, which cannot
+                // end this way again. Any other failure of a written request is the
+                // retry policy's call, in `proxy::forward`.
+                Err(ExchangeError::Resend(_)) => {
                     conn = RawConn::new(self.connect_tcp(target).await?);
                     reused = false;
                     continue;
