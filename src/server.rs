@@ -10,9 +10,11 @@
 //! before the server has accepted them gets GOAWAY (ENHANCE_YOUR_CALM).
 //!
 //! Limits come from the snapshot current when the connection is accepted, so a reload
-//! changes them for new connections only. The header-read timeout needs the `TokioTimer`
-//! on the builder: without a timer hyper silently disables it and a slowloris client
-//! could hold a connection forever.
+//! changes them for new connections only. The header-read timeout needs a timer on the
+//! HTTP/1 builder: without one hyper silently disables it and a slowloris client could
+//! hold a connection forever. It is `timer::ConnTimer`, one per connection, which
+//! reuses one tokio timer for all request heads of the connection (`TokioTimer` would
+//! file a new one in the timer wheel per request); HTTP/2 keeps `TokioTimer`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,6 +31,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::gateway::Gateway;
 use crate::proxy::{self, ConnInfo};
+
+mod timer;
 
 /// The connection limit shared by the listeners: `[server] max_connections` slots.
 pub fn connection_limit(gw: &Gateway) -> Arc<Semaphore> {
@@ -141,12 +145,13 @@ async fn serve_connection<I>(
     }
 }
 
+/// Called once per connection: the HTTP/1 timer holds the connection's timeout state.
 fn builder(gw: &Gateway) -> auto::Builder<TokioExecutor> {
     let snap = gw.snapshot();
     let s = &snap.config.server;
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
-        .timer(TokioTimer::new())
+        .timer(timer::ConnTimer::default())
         .header_read_timeout(s.header_read_timeout)
         .max_buf_size(s.max_header_bytes)
         .max_headers(s.max_headers);
