@@ -154,6 +154,73 @@ async fn a_slowloris_connection_is_closed_after_the_header_timeout() {
     still_serves(&gw).await;
 }
 
+/// Read one whole answer (Content-Length or chunked) from a raw keep-alive connection.
+async fn read_answer(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = text[..end].to_ascii_lowercase();
+            let body = &text[end + 4..];
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse::<usize>().expect("content-length"));
+            let done = match length {
+                Some(n) => body.len() >= n,
+                None => body.ends_with("0\r\n\r\n"),
+            };
+            if done {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(SOON, s.read(&mut chunk))
+            .await
+            .expect("no answer")
+            .expect("read");
+        assert!(n > 0, "closed before the answer was complete: {text}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The header-read timeout holds for every head of a keep-alive connection, not only
+/// the first: server::timer reuses one timer per connection, whose old deadline stays
+/// filed in tokio's wheel while the next head is read. After answers (one of them a
+/// while after the previous, so that the reused timer's old deadline passes during a
+/// head read), a client that goes quiet, or sends half a head and stalls, is cut off
+/// after the timeout and not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_is_closed_after_the_header_timeout_of_its_next_head() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_up, gw) = setup("[server]\nheader_read_timeout = \"1s\"\n").await;
+    for stall_with in [&b""[..], b"GET /ok HTTP/1.1\r\nhost: x\r\n"] {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        for pause_ms in [0, 0, 600] {
+            // The scenario, not synchronisation: the next head starts 0.6 s into the
+            // previous head read's 1 s timeout.
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            s.write_all(b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let answer = read_answer(&mut s).await;
+            assert!(status_line(&answer).contains(" 200 "), "{answer}");
+        }
+        let started = Instant::now();
+        s.write_all(stall_with).await.unwrap();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(SOON, s.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "connection still open after {SOON:?}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "closed too early: {:?}",
+            started.elapsed()
+        );
+    }
+    still_serves(&gw).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_slowloris_connections_are_closed_and_others_keep_their_latency() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
