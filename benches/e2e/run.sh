@@ -393,7 +393,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
             fi
             mapfile -t pids < <(proxy_pids "$PROXY_PID")
             rss0=$(rss_kib "${pids[@]}")
-            read -r t0 s0 < <(cpu_ticks "${pids[@]}"); w0=$(date +%s.%N)
+            read -r t0 s0 <<<"$(cpu_ticks "${pids[@]}")"; w0=$(date +%s.%N)
             RELOADER=
             if ((RELOAD)); then reloader "$p" "$PROXY_PID" & RELOADER=$!; fi
             out=$WORK/load.out
@@ -424,7 +424,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
             if [[ -n $RELOADER ]]; then kill "$RELOADER" 2>/dev/null || true; wait "$RELOADER" 2>/dev/null || true; fi
             # With reloads nginx replaced its workers: the CPU of the exited ones is not
             # counted (switchyard is one process, its count stays exact).
-            read -r t1 s1 < <(cpu_ticks "${pids[@]}"); w1=$(date +%s.%N)
+            read -r t1 s1 <<<"$(cpu_ticks "${pids[@]}")"; w1=$(date +%s.%N)
             rss1=$(rss_kib "${pids[@]}")
             rss=$(peak_rss_kib "${pids[@]}")
             alive "$PROXY_PID" || die "$p exited during the run"
