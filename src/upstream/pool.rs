@@ -23,10 +23,11 @@
 //!   connection: hyper closes it.
 //! - An answer to an upgrade (101) never goes back: the connection became a tunnel.
 //! - hyper keeps reading an idle connection, so one the upstream closed is noticed and
-//!   skipped at checkout. A request that could not be written because a reused
-//!   connection closed at that very moment (the keep-alive race) is sent once more on a
-//!   new connection; a request that was written is never sent again here (the retry
-//!   policy in `proxy::forward` decides that).
+//!   skipped at checkout. When a reused connection closed at that very moment (the
+//!   keep-alive race), a request that could not be written, or a safe one that got no
+//!   byte of an answer, is sent once more on a new connection
+//!   ([`super::h1::ExchangeError::Resend`]); other written requests are sent again only
+//!   by the retry policy in `proxy::forward`.
 //! - The idle lists are LIFO (the warmest connection first) and each holds at most
 //!   `pool_max_idle` connections per endpoint (one list for [`super::h1`]'s
 //!   connections, one for hyper's, which only streamed uploads and upgrades use);
