@@ -4,8 +4,9 @@
 //!
 //! ```text
 //! server      accept (connection limit) -> [tls: rustls handshake, certificate by
-//!             SNI from tls::CertStore, ALPN h2/http1.1] -> hyper-util auto
-//!             (HTTP/1.1 + HTTP/2), header-read timeout, header size/count limits,
+//!             SNI from tls::CertStore, ALPN h2/http1.1] -> server::h1 (plain
+//!             HTTP/1.1 GETs) or, from the first other head on, hyper-util auto
+//!             (HTTP/1.1 + HTTP/2); header-read timeout, header size/count limits,
 //!             graceful drain
 //!   proxy::serve            load the Snapshot once (ArcSwap), request id
 //!     check_framing         CL+TE, duplicate CL, non-chunked TE -> 400 + close

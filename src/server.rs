@@ -9,6 +9,11 @@
 //! rapid-reset protection (CVE-2023-44487): a client that resets more than 50 streams
 //! before the server has accepted them gets GOAWAY (ENHANCE_YOUR_CALM).
 //!
+//! HTTP/1.1 connections start on the gateway's own reader and writer (`h1`), which
+//! serves plain `GET`s (no body, no upgrade) at about half of hyper's cost per
+//! request; the first head it does not take, with the bytes read so far, hands the
+//! connection to hyper for good (see `h1` for the exact rule and why).
+//!
 //! Limits come from the snapshot current when the connection is accepted, so a reload
 //! changes them for new connections only. The header-read timeout needs a timer on the
 //! HTTP/1 builder: without one hyper silently disables it and a slowloris client could
@@ -20,9 +25,11 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -30,8 +37,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::gateway::Gateway;
-use crate::proxy::{self, ConnInfo};
+use crate::proxy::{self, ClientBody, ConnInfo};
 
+mod h1;
 mod timer;
 
 /// The connection limit shared by the listeners: `[server] max_connections` slots.
@@ -78,7 +86,7 @@ pub async fn serve(
             None => {
                 tracker.spawn(async move {
                     let _permit = permit;
-                    serve_connection(gw, TokioIo::new(stream), peer, "http", shutdown).await;
+                    serve_connection(gw, stream, peer, "http", true, shutdown).await;
                 });
             }
             Some(acceptor) => {
@@ -102,7 +110,10 @@ pub async fn serve(
                             }
                         },
                     };
-                    serve_connection(gw, TokioIo::new(stream), peer, "https", shutdown).await;
+                    // A client that chose h2 by ALPN sends its preface first: straight
+                    // to hyper.
+                    let h1 = stream.get_ref().1.alpn_protocol() != Some(b"h2".as_slice());
+                    serve_connection(gw, stream, peer, "https", h1, shutdown).await;
                 });
             }
         }
@@ -111,22 +122,36 @@ pub async fn serve(
 
 /// Serve HTTP/1.1 or HTTP/2 (by the client's preface) on one accepted connection until
 /// it ends, or until shutdown asks it to finish its in-flight requests.
-async fn serve_connection<I>(
+///
+/// With `h1_first`, the gateway's own HTTP/1.1 path (`h1`) serves the connection's
+/// plain `GET`s first; at the first head it does not take, hyper serves the rest.
+async fn serve_connection<S>(
     gw: Arc<Gateway>,
-    io: I,
+    mut io: S,
     peer: SocketAddr,
     proto: &'static str,
+    h1_first: bool,
     shutdown: CancellationToken,
 ) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn_info = Arc::new(ConnInfo::new(peer, proto));
+    let pre = if h1_first {
+        match h1::serve(&mut io, &gw, &conn_info, &shutdown).await {
+            h1::Outcome::Closed => return,
+            h1::Outcome::Handoff(pre) => pre,
+        }
+    } else {
+        Bytes::new()
+    };
+    let io = TokioIo::new(h1::Rewind::new(pre, io));
     let builder = builder(&gw);
     let svc = service_fn(move |req| {
         let gw = gw.clone();
         let conn_info = conn_info.clone();
         async move {
             let snap = gw.snapshot();
+            let req = req.map(ClientBody::Hyper);
             Ok::<_, Infallible>(proxy::serve(&gw, snap, &conn_info, req).await)
         }
     });

@@ -69,6 +69,16 @@ impl BodyLimits {
     }
 }
 
+/// The client's request body as the HTTP server hands it over.
+#[derive(Debug)]
+pub enum ClientBody {
+    /// A request the gateway's own HTTP/1.1 reader took (`server::h1`): a `GET` with no
+    /// `Content-Length` or `Transfer-Encoding`, so no body.
+    Empty,
+    /// hyper's body: every other request (HTTP/2, bodies, upgrades, …).
+    Hyper(Incoming),
+}
+
 /// Request body sent upstream.
 #[derive(Debug)]
 pub enum UpstreamBody {

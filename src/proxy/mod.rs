@@ -51,7 +51,7 @@ use std::time::{Instant, SystemTime};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::{Claims, Failure};
@@ -72,6 +72,7 @@ use crate::router::RequestInfo;
 use crate::snapshot::Snapshot;
 use crate::upstream::Upstream;
 use crate::upstream::pool::PooledBody;
+pub use body::ClientBody;
 use body::{BodyError, BodyLimits, ResponseBody, UpstreamBody};
 pub use error::ProxyError;
 
@@ -139,7 +140,7 @@ pub async fn serve(
     gw: &Gateway,
     snapshot: Arc<Snapshot>,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let _in_flight = gw.metrics.start();
@@ -217,7 +218,7 @@ async fn pipeline(
     snap: &Snapshot,
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let upgrade = upgrade::requested(&parts);
@@ -693,7 +694,7 @@ async fn upstream_body(
     fwd: &Forward,
     ctx: &mut RequestCtx,
     headers: &HeaderMap,
-    body: Incoming,
+    body: ClientBody,
 ) -> Result<UpstreamBody, ProxyError> {
     let server = &snap.config.server;
     let max_body = fwd.max_body.unwrap_or(server.max_body);
@@ -701,9 +702,10 @@ async fn upstream_body(
     if declared.is_some_and(|n| n > max_body) {
         return Err(ProxyError::PayloadTooLarge);
     }
-    if body.is_end_stream() {
-        return Ok(UpstreamBody::Empty);
-    }
+    let body = match body {
+        ClientBody::Hyper(b) if !b.is_end_stream() => b,
+        _ => return Ok(UpstreamBody::Empty),
+    };
     let counter = ctx.record.as_mut().map(|r| {
         let c = Arc::new(AtomicU64::new(0));
         r.bytes_in = Some(c.clone());
@@ -793,7 +795,7 @@ fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
 
 /// The host the client asked for: `Host` (HTTP/1.1) or the URI authority (HTTP/2,
 /// absolute-form).
-fn host_of(req: &Request<Incoming>) -> Option<&str> {
+fn host_of<B>(req: &Request<B>) -> Option<&str> {
     host_of_parts(req.headers(), req.uri())
 }
 

@@ -26,6 +26,7 @@ mod proxying;
 mod reload;
 mod resilience;
 mod routing;
+mod server_h1;
 mod shutdown;
 mod streaming;
 mod tls;

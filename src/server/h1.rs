@@ -1,0 +1,878 @@
+//! The gateway's own reader and writer for the common HTTP/1.1 request: a `GET` in
+//! origin form with no body, on a keep-alive connection. Everything else is handed to
+//! hyper, with the bytes read so far, for the rest of the connection.
+//!
+//! Why: hyper's HTTP/1 server is about 8,300 of the 27,000 user-space instructions a
+//! proxied small `GET` costs (`PROXIES=switchyard benches/e2e/instructions.sh`,
+//! callgrind: its read, parse, dispatch and encode passes, the auto builder's rewind
+//! and a second dispatch pass per request for the header-read timeout). This path
+//! reads the head with `httparse` (hyper's parser), builds the request with header
+//! values that share the read buffer (as hyper does), and writes the answer's head and
+//! a small body in one `write`.
+//!
+//! What it takes, and what it leaves to hyper. It takes a head only when all of these
+//! hold; otherwise the connection goes to hyper, which then answers exactly as before
+//! (including every 400, 414 or 431 it gives for a bad head):
+//! - `httparse` parses it completely, within `max_header_bytes` and
+//!   `min(max_headers, 64)` fields;
+//! - the method is `GET`, the version HTTP/1.1, the target starts with `/`;
+//! - no `Content-Length`, `Transfer-Encoding`, `Expect`, `Upgrade` or `TE` field, and
+//!   `Connection` names nothing but `keep-alive` and `close`;
+//! - the name, value and target pass `http`'s own checks.
+//!
+//! So no request body, no upgrade, no `100-continue` and no trailers (only sent to a
+//! client that asks with `TE: trailers`) are ever handled here; HTTP/2 prefaces fail
+//! the parse and go to hyper's auto builder.
+//!
+//! The answer is framed as hyper frames it: `content-length` from the body's exact
+//! size or the upstream's `Content-Length`, else `transfer-encoding: chunked`; none for
+//! 204 and 304; a `date` field unless the answer has one; `connection: close` when the
+//! client asked for it or the gateway is shutting down. A body that ends short of its
+//! length, or fails, ends the connection. Limits as in hyper: the header-read timeout
+//! runs from the end of the previous answer (or the accept) until a head is complete,
+//! with one tokio timer per connection; a client that sends nothing more when
+//! shutdown begins is closed at once; a request in flight is answered first.
+
+use std::future::{Future, poll_fn};
+use std::io::{self, Write as _};
+use std::ops::Range;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
+use http_body::Body as _;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_util::sync::CancellationToken;
+
+use crate::gateway::Gateway;
+use crate::proxy::body::ResponseBody;
+use crate::proxy::{self, ClientBody, ConnInfo};
+
+/// The most header fields this path parses; a head with more goes to hyper, which
+/// applies `max_headers` itself. 64 × 32 bytes of (uninitialised) stack per parse.
+const MAX_FIELDS: usize = 64;
+/// Free space the read buffer keeps before each read.
+const READ_SPACE: usize = 4096;
+/// Body pieces up to this size are copied behind the head in one buffer; larger ones
+/// are written from their own memory.
+const COPY_MAX: usize = 16 * 1024;
+
+/// How [`serve`] ended.
+pub(super) enum Outcome {
+    /// The connection is finished: closed by the client, timed out, shut down, or
+    /// answered with `connection: close`.
+    Closed,
+    /// A head this path does not take: hyper serves the rest of the connection,
+    /// starting with these bytes (already read from the socket).
+    Handoff(Bytes),
+}
+
+/// The connection's limits, read from the snapshot current at accept (as hyper's
+/// builder does).
+struct Limits {
+    header_read_timeout: Duration,
+    max_header_bytes: usize,
+    max_fields: usize,
+}
+
+/// Serve requests on `io` until the connection ends or a head needs hyper.
+pub(super) async fn serve<I>(
+    io: &mut I,
+    gw: &Gateway,
+    conn: &ConnInfo,
+    shutdown: &CancellationToken,
+) -> Outcome
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = {
+        let snap = gw.snapshot();
+        let s = &snap.config.server;
+        Limits {
+            header_read_timeout: s.header_read_timeout,
+            max_header_bytes: s.max_header_bytes,
+            max_fields: s.max_headers.min(MAX_FIELDS),
+        }
+    };
+    let mut buf = BytesMut::with_capacity(READ_SPACE);
+    let mut out: Vec<u8> = Vec::with_capacity(512);
+    // The last answer's header map, emptied: the next request's fields go into it, so a
+    // request costs no map allocation and no growth when the gateway adds its fields
+    // (hyper keeps its answer's map for the next head in the same way).
+    let mut spare = HeaderMap::with_capacity(16);
+    let mut deadline = pin!(tokio::time::sleep(limits.header_read_timeout));
+    let mut cancelled = pin!(shutdown.cancelled());
+    loop {
+        deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + limits.header_read_timeout);
+        let (req, client_close) = loop {
+            if !buf.is_empty() {
+                match parse(&mut buf, &limits, &mut spare) {
+                    Parsed::Request(req, close) => break (req, close),
+                    Parsed::Partial if buf.len() < limits.max_header_bytes => {}
+                    Parsed::Partial | Parsed::NotTaken => return Outcome::Handoff(buf.freeze()),
+                    Parsed::Rebuilt(bytes) => return Outcome::Handoff(bytes),
+                }
+            }
+            if buf.capacity() - buf.len() < READ_SPACE / 2 {
+                buf.reserve(READ_SPACE);
+            }
+            let read = poll_fn(|cx| {
+                if let Poll::Ready(r) = poll_read(io, cx, &mut buf) {
+                    return Poll::Ready(Some(r));
+                }
+                if deadline.as_mut().poll(cx).is_ready()
+                    || buf.is_empty() && cancelled.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            })
+            .await;
+            match read {
+                Some(Ok(n)) if n > 0 => {}
+                // End of stream, a socket error, the header-read timeout, or shutdown
+                // with nothing of a next request read: close, as hyper does.
+                _ => return Outcome::Closed,
+            }
+        };
+        let resp = proxy::serve(gw, gw.snapshot(), conn, req).await;
+        let close = client_close || shutdown.is_cancelled();
+        match write_response(io, &mut out, resp, close, &mut spare).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return Outcome::Closed,
+        }
+        if out.capacity() > 4 * COPY_MAX {
+            out = Vec::with_capacity(512);
+        }
+    }
+}
+
+fn poll_read<I: AsyncRead + Unpin>(
+    io: &mut I,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+// Returned by value once per head and matched at once: boxing the request would cost
+// an allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    /// A head this path takes, and whether the client asked to close afterwards.
+    Request(Request<ClientBody>, bool),
+    /// Not all of the head yet.
+    Partial,
+    /// Not for this path (or not valid): hyper gets the buffer as it is.
+    NotTaken,
+    /// Not for this path, found after the head was split off the buffer: the bytes to
+    /// hand over, put back together.
+    Rebuilt(Bytes),
+}
+
+/// A field's name and value as offsets into the head.
+#[derive(Clone, Copy, Default)]
+struct Field {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+fn span(base: &[u8], part: &[u8]) -> (u32, u32) {
+    let start = part.as_ptr() as usize - base.as_ptr() as usize;
+    (start as u32, (start + part.len()) as u32)
+}
+
+fn range((start, end): (u32, u32)) -> Range<usize> {
+    start as usize..end as usize
+}
+
+/// Parse the head at the start of `buf`; on success split it off (pipelined bytes
+/// stay in `buf`) and build the request.
+fn parse(buf: &mut BytesMut, limits: &Limits, spare: &mut HeaderMap) -> Parsed {
+    let mut fields = [Field::default(); MAX_FIELDS];
+    let (len, target, count, close) = {
+        let mut slots =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(buf, &mut slots[..limits.max_fields]) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(_) => return Parsed::NotTaken,
+        };
+        if len > limits.max_header_bytes || req.method != Some("GET") || req.version != Some(1) {
+            return Parsed::NotTaken;
+        }
+        let Some(path) = req.path.filter(|p| p.starts_with('/')) else {
+            return Parsed::NotTaken;
+        };
+        let mut close = false;
+        for (h, f) in req.headers.iter().zip(fields.iter_mut()) {
+            if !field_taken(h, &mut close) {
+                return Parsed::NotTaken;
+            }
+            f.name = span(buf, h.name.as_bytes());
+            f.value = span(buf, h.value);
+        }
+        (len, span(buf, path.as_bytes()), req.headers.len(), close)
+    };
+    let head = buf.split_to(len).freeze();
+    match build(&head, target, &fields[..count], std::mem::take(spare)) {
+        Some(req) => Parsed::Request(req, close),
+        None => {
+            let mut all = BytesMut::with_capacity(head.len() + buf.len());
+            all.extend_from_slice(&head);
+            all.extend_from_slice(buf);
+            buf.clear();
+            Parsed::Rebuilt(all.freeze())
+        }
+    }
+}
+
+/// Whether a field leaves the request to this path; notes `Connection: close`.
+fn field_taken(h: &httparse::Header<'_>, close: &mut bool) -> bool {
+    let name = h.name;
+    let is = |n: &str| name.eq_ignore_ascii_case(n);
+    match name.len() {
+        2 => !is("te"),
+        6 => !is("expect"),
+        7 => !is("upgrade"),
+        14 => !is("content-length"),
+        17 => !is("transfer-encoding"),
+        10 if is("connection") => {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    *close = true;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                    return false;
+                }
+            }
+            true
+        }
+        _ => true,
+    }
+}
+
+/// The request from a parsed head, its fields in `headers` (empty); `None` where `http`
+/// refuses a name, value or the target that `httparse` let through.
+fn build(
+    head: &Bytes,
+    target: (u32, u32),
+    fields: &[Field],
+    mut headers: HeaderMap,
+) -> Option<Request<ClientBody>> {
+    let uri = Uri::from_maybe_shared(head.slice(range(target))).ok()?;
+    headers.reserve(fields.len());
+    for f in fields {
+        let name = HeaderName::from_bytes(&head[range(f.name)]).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(range(f.value))).ok()?;
+        headers.append(name, value);
+    }
+    let mut req = Request::new(ClientBody::Empty);
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    Some(req)
+}
+
+/// How the answer's body is framed on the wire.
+enum Framing {
+    /// This many bytes are still to come.
+    Length(u64),
+    Chunked,
+}
+
+/// Write one answer; `Ok(true)` when the connection can serve another request.
+async fn write_response<I>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    resp: Response<ResponseBody>,
+    mut close: bool,
+    spare: &mut HeaderMap,
+) -> io::Result<bool>
+where
+    I: AsyncWrite + Unpin,
+{
+    let (parts, mut body) = resp.into_parts();
+    out.clear();
+    let status = parts.status;
+    if status.is_informational() {
+        // hyper cannot send a 1xx as the answer either; it sends a 500.
+        out.extend_from_slice(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n");
+        push_date(out);
+        out.extend_from_slice(b"connection: close\r\n\r\n");
+        io.write_all(out).await?;
+        io.flush().await?;
+        return Ok(false);
+    }
+    status_line(
+        out,
+        status,
+        parts.extensions.get::<hyper::ext::ReasonPhrase>(),
+    );
+    let mut declared: Option<u64> = None;
+    let mut has_date = false;
+    for (name, value) in &parts.headers {
+        match *name {
+            // Framing fields are the writer's: recomputed below.
+            header::CONTENT_LENGTH => {
+                declared = declared.or_else(|| content_length(value));
+                continue;
+            }
+            header::TRANSFER_ENCODING | header::TRAILER => continue,
+            header::CONNECTION => {
+                close |= has_close(value);
+                continue;
+            }
+            header::DATE => has_date = true,
+            _ => {}
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut headers = parts.headers;
+    if headers.capacity() <= 64 {
+        headers.clear();
+        *spare = headers;
+    }
+    let bodiless = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let mut framing = if bodiless {
+        Framing::Length(0)
+    } else if body.is_end_stream() {
+        out.extend_from_slice(b"content-length: 0\r\n");
+        Framing::Length(0)
+    } else if let Some(n) = body.size_hint().exact().or(declared) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        Framing::Length(n)
+    } else {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Framing::Chunked
+    };
+    if !has_date {
+        push_date(out);
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if bodiless || body.is_end_stream() {
+        drop(body);
+        io.write_all(out).await?;
+        io.flush().await?;
+        return Ok(!close);
+    }
+    let complete = loop {
+        // Take what the body has ready without waiting; before waiting, send what is
+        // buffered, so that a slow body does not hold back the head.
+        let item = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+            Poll::Ready(item) => item,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    io.write_all(out).await?;
+                    out.clear();
+                    io.flush().await?;
+                }
+                poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            }
+        };
+        let data = match item {
+            None => break finish(out, &framing),
+            // The upstream failed mid-body: what was sent stays, the connection ends.
+            Some(Err(_)) => break false,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                // Trailers: only for a client that sent `TE: trailers` (hyper's rule);
+                // such a request never comes here.
+                Err(_) => continue,
+            },
+        };
+        match &mut framing {
+            Framing::Length(left) => {
+                let n = data.len() as u64;
+                if n > *left {
+                    // More than announced: send what was announced, then end.
+                    let keep = *left as usize;
+                    *left = 0;
+                    push(io, out, data.slice(..keep)).await?;
+                    break false;
+                }
+                *left -= n;
+                push(io, out, data).await?;
+            }
+            Framing::Chunked => {
+                if data.is_empty() {
+                    continue;
+                }
+                let _ = write!(out, "{:X}\r\n", data.len());
+                push(io, out, data).await?;
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        if body.is_end_stream() {
+            break finish(out, &framing);
+        }
+    };
+    drop(body);
+    if !out.is_empty() {
+        io.write_all(out).await?;
+        out.clear();
+    }
+    io.flush().await?;
+    Ok(complete && !close)
+}
+
+/// The end of a body: the last chunk, or whether all announced bytes came.
+fn finish(out: &mut Vec<u8>, framing: &Framing) -> bool {
+    match framing {
+        Framing::Length(left) => *left == 0,
+        Framing::Chunked => {
+            out.extend_from_slice(b"0\r\n\r\n");
+            true
+        }
+    }
+}
+
+/// Queue a piece of body behind `out`: copied when small, else written from its own
+/// memory together with `out` (one vectored write where the stream supports it).
+async fn push<I>(io: &mut I, out: &mut Vec<u8>, data: Bytes) -> io::Result<()>
+where
+    I: AsyncWrite + Unpin,
+{
+    if data.len() <= COPY_MAX {
+        out.extend_from_slice(&data);
+        if out.len() >= COPY_MAX {
+            io.write_all(out).await?;
+            out.clear();
+        }
+        return Ok(());
+    }
+    let mut head = &out[..];
+    let mut data = data;
+    while !head.is_empty() {
+        let bufs = [io::IoSlice::new(head), io::IoSlice::new(&data)];
+        let n = io.write_vectored(&bufs).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        data.advance(n - from_head);
+    }
+    out.clear();
+    io.write_all(&data).await
+}
+
+/// The status line; an upstream's own reason phrase (hyper's `ReasonPhrase`, which
+/// the upstream exchange sets) is passed on.
+fn status_line(out: &mut Vec<u8>, status: StatusCode, reason: Option<&hyper::ext::ReasonPhrase>) {
+    if status == StatusCode::OK && reason.is_none() {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        return;
+    }
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    // A reason must be written: many parsers expect one (hyper writes the same).
+    let reason = match reason {
+        Some(r) => r.as_bytes(),
+        None => status.canonical_reason().unwrap_or("<none>").as_bytes(),
+    };
+    out.extend_from_slice(reason);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn content_length(value: &HeaderValue) -> Option<u64> {
+    let v = value.as_bytes();
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+fn has_close(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+}
+
+/// `date: <IMF-fixdate>\r\n`, formatted at most once a second per thread.
+fn push_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            *at = secs;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
+// === impl Rewind ===
+
+/// A stream that first gives back bytes already read from it: how hyper takes over a
+/// connection from [`serve`].
+pub(super) struct Rewind<I> {
+    pre: Bytes,
+    inner: I,
+}
+
+impl<I> Rewind<I> {
+    pub(super) fn new(pre: Bytes, inner: I) -> Self {
+        Self { pre, inner }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.pre.is_empty() {
+            let n = this.pre.len().min(buf.remaining());
+            buf.put_slice(&this.pre[..n]);
+            this.pre.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 8192,
+            max_fields: MAX_FIELDS,
+        }
+    }
+
+    fn run(input: &str, limits: &Limits) -> (Parsed, BytesMut) {
+        let mut buf = BytesMut::from(input.as_bytes());
+        let parsed = parse(&mut buf, limits, &mut HeaderMap::new());
+        (parsed, buf)
+    }
+
+    #[test]
+    fn plain_gets_are_taken_with_their_fields_and_close_wish() {
+        let cases = [
+            (
+                "GET /a?b=c HTTP/1.1\r\nHost: x\r\nX-Two: 1\r\nx-two: 2\r\n\r\n",
+                false,
+            ),
+            ("GET / HTTP/1.1\r\nConnection: close\r\n\r\n", true),
+            ("GET / HTTP/1.1\r\nConnection: Keep-Alive\r\n\r\n", false),
+            (
+                "GET / HTTP/1.1\r\nconnection: keep-alive, CLOSE\r\n\r\n",
+                true,
+            ),
+            ("GET / HTTP/1.1\r\n\r\n", false),
+        ];
+        for (input, wants_close) in cases {
+            let (Parsed::Request(req, close), rest) = run(input, &limits()) else {
+                panic!("not taken: {input:?}");
+            };
+            assert_eq!(close, wants_close, "{input:?}");
+            assert!(rest.is_empty(), "{input:?}");
+            assert_eq!(req.method(), http::Method::GET);
+            assert_eq!(req.version(), http::Version::HTTP_11);
+            if input.starts_with("GET /a") {
+                assert_eq!(req.uri().path(), "/a");
+                assert_eq!(req.uri().query(), Some("b=c"));
+                assert_eq!(req.headers()["host"], "x");
+                let two: Vec<_> = req.headers().get_all("x-two").iter().collect();
+                assert_eq!(two, ["1", "2"]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_pipelined_head_stays_in_the_buffer() {
+        let (parsed, rest) = run("GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n", &limits());
+        let Parsed::Request(req, false) = parsed else {
+            panic!("not taken");
+        };
+        assert_eq!(req.uri().path(), "/a");
+        assert_eq!(&rest[..], b"GET /b HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
+    fn an_incomplete_head_is_partial() {
+        for input in ["G", "GET / HTTP/1.1\r\n", "GET / HTTP/1.1\r\nHost: x\r\n"] {
+            assert!(
+                matches!(run(input, &limits()).0, Parsed::Partial),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_other_head_is_left_to_hyper_untouched() {
+        let cases = [
+            "POST / HTTP/1.1\r\n\r\n",
+            "HEAD / HTTP/1.1\r\n\r\n",
+            "get / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.0\r\n\r\n",
+            "GET http://x/ HTTP/1.1\r\n\r\n",
+            "GET * HTTP/1.1\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            "GET / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nTE: trailers\r\n\r\n",
+            "GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: x-secret\r\n\r\n",
+            "GET / HTTP/1.1\r\nbad header\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+            "GET /\x01 HTTP/1.1\r\n\r\n",
+        ];
+        for input in cases {
+            let (parsed, rest) = run(input, &limits());
+            assert!(matches!(parsed, Parsed::NotTaken), "taken: {input:?}");
+            assert_eq!(&rest[..], input.as_bytes(), "buffer changed: {input:?}");
+        }
+    }
+
+    #[test]
+    fn heads_over_the_limits_are_left_to_hyper() {
+        let three = "GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\n\r\n";
+        let two_fields = Limits {
+            max_fields: 2,
+            ..limits()
+        };
+        assert!(matches!(run(three, &two_fields).0, Parsed::NotTaken));
+        let small = Limits {
+            max_header_bytes: three.len() - 1,
+            ..limits()
+        };
+        assert!(matches!(run(three, &small).0, Parsed::NotTaken));
+        assert!(matches!(run(three, &limits()).0, Parsed::Request(..)));
+    }
+
+    #[test]
+    fn a_target_http_refuses_is_handed_over_whole() {
+        // httparse lets `<`, `>` and a backquote through in a target; `http::Uri` does not.
+        let input = "GET /a<b> HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\n\r\n";
+        let (parsed, rest) = run(input, &limits());
+        let Parsed::Rebuilt(bytes) = parsed else {
+            panic!("not rebuilt");
+        };
+        assert_eq!(&bytes[..], input.as_bytes());
+        assert!(rest.is_empty());
+    }
+
+    async fn written(resp: Response<ResponseBody>, close: bool) -> (String, bool) {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let mut out = Vec::new();
+        let keep = write_response(&mut server, &mut out, resp, close, &mut HeaderMap::new())
+            .await
+            .expect("written");
+        drop(server);
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut client, &mut text)
+            .await
+            .expect("read");
+        (text, keep)
+    }
+
+    fn answer(
+        status: u16,
+        body: ResponseBody,
+        fields: &[(&'static str, &'static str)],
+    ) -> Response<ResponseBody> {
+        let mut r = Response::new(body);
+        *r.status_mut() = StatusCode::from_u16(status).expect("status");
+        for (n, v) in fields {
+            r.headers_mut().append(*n, HeaderValue::from_static(v));
+        }
+        r
+    }
+
+    fn head_lines(text: &str) -> Vec<&str> {
+        text.split("\r\n\r\n")
+            .next()
+            .unwrap_or("")
+            .lines()
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn answers_are_framed_as_hyper_frames_them() {
+        // A body of known size gets its length (the upstream's own is replaced), a date.
+        let (text, keep) = written(
+            answer(
+                200,
+                ResponseBody::full("hello"),
+                &[("content-length", "5"), ("x-a", "1")],
+            ),
+            false,
+        )
+        .await;
+        assert!(keep);
+        let lines = head_lines(&text);
+        assert_eq!(lines[0], "HTTP/1.1 200 OK");
+        assert!(lines.contains(&"x-a: 1"), "{text}");
+        assert!(lines.contains(&"content-length: 5"), "{text}");
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| l.starts_with("content-length"))
+                .count(),
+            1
+        );
+        assert_eq!(lines.iter().filter(|l| l.starts_with("date: ")).count(), 1);
+        assert!(text.ends_with("\r\n\r\nhello"), "{text}");
+
+        // No body: an explicit zero length; the answer's own date is kept alone.
+        let (text, _) = written(
+            answer(
+                404,
+                ResponseBody::empty(),
+                &[("date", "Tue, 01 Dec 2026 00:00:00 GMT")],
+            ),
+            false,
+        )
+        .await;
+        let lines = head_lines(&text);
+        assert_eq!(lines[0], "HTTP/1.1 404 Not Found");
+        assert!(lines.contains(&"content-length: 0"), "{text}");
+        let dates: Vec<_> = lines.iter().filter(|l| l.starts_with("date: ")).collect();
+        assert_eq!(dates, [&"date: Tue, 01 Dec 2026 00:00:00 GMT"]);
+        assert!(text.ends_with("\r\n\r\n"));
+
+        // 204 and 304: no length, no body, even when the answer brings both.
+        for status in [204, 304] {
+            let (text, keep) = written(
+                answer(status, ResponseBody::full("x"), &[("content-length", "1")]),
+                false,
+            )
+            .await;
+            assert!(keep);
+            assert!(!text.contains("content-length"), "{text}");
+            assert!(!text.contains("transfer-encoding"), "{text}");
+            assert!(text.ends_with("\r\n\r\n"), "{text}");
+        }
+
+        // Hop-by-hop framing fields of the answer are not copied.
+        let (text, _) = written(
+            answer(
+                200,
+                ResponseBody::full("ab"),
+                &[("transfer-encoding", "chunked"), ("trailer", "x")],
+            ),
+            false,
+        )
+        .await;
+        assert!(!text.contains("transfer-encoding"), "{text}");
+        assert!(!text.contains("trailer"), "{text}");
+        assert!(text.contains("content-length: 2\r\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn closing_is_announced_and_ends_the_connection() {
+        let (text, keep) = written(answer(200, ResponseBody::full("x"), &[]), true).await;
+        assert!(!keep);
+        assert!(head_lines(&text).contains(&"connection: close"), "{text}");
+        // An answer that asks to close (the gateway's own, after a broken body) does too,
+        // with one `connection` field.
+        let (text, keep) = written(
+            answer(400, ResponseBody::empty(), &[("connection", "close")]),
+            false,
+        )
+        .await;
+        assert!(!keep);
+        let lines = head_lines(&text);
+        assert_eq!(
+            lines.iter().filter(|l| l.starts_with("connection")).count(),
+            1
+        );
+        // Any other `connection` value is dropped and the connection kept.
+        let (text, keep) = written(
+            answer(200, ResponseBody::empty(), &[("connection", "keep-alive")]),
+            false,
+        )
+        .await;
+        assert!(keep);
+        assert!(!text.contains("connection"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn an_upstreams_reason_is_kept_and_an_interim_status_is_refused() {
+        let mut r = answer(299, ResponseBody::empty(), &[]);
+        r.extensions_mut()
+            .insert(hyper::ext::ReasonPhrase::from_static(b"Fine Thanks"));
+        let (text, _) = written(r, false).await;
+        assert!(text.starts_with("HTTP/1.1 299 Fine Thanks\r\n"), "{text}");
+        let (text, _) = written(answer(599, ResponseBody::empty(), &[]), false).await;
+        assert!(text.starts_with("HTTP/1.1 599 <none>\r\n"), "{text}");
+        let (text, keep) = written(answer(103, ResponseBody::empty(), &[]), false).await;
+        assert!(!keep);
+        assert!(
+            text.starts_with("HTTP/1.1 500 Internal Server Error\r\n"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn rewind_gives_back_the_bytes_read_then_the_stream() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(b" world").await.expect("write");
+        drop(client);
+        let mut r = Rewind::new(Bytes::from_static(b"hello"), server);
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut r, &mut text)
+            .await
+            .expect("read");
+        assert_eq!(text, "hello world");
+    }
+}
