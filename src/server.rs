@@ -157,7 +157,11 @@ async fn serve_connection<S>(
     });
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
+    // `biased`, the connection first: a connection handed over by `h1` after shutdown
+    // began holds a whole head, which hyper must read before it is told to finish
+    // (told first, hyper-util's version read would end the connection unanswered).
     tokio::select! {
+        biased;
         res = conn.as_mut() => {
             if let Err(e) = res {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

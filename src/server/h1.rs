@@ -30,8 +30,10 @@
 //! client asked for it or the gateway is shutting down. A body that ends short of its
 //! length, or fails, ends the connection. Limits as in hyper: the header-read timeout
 //! runs from the end of the previous answer (or the accept) until a head is complete,
-//! with one tokio timer per connection; a client that sends nothing more when
-//! shutdown begins is closed at once; a request in flight is answered first.
+//! with one tokio timer per connection; at shutdown a connection with nothing of a
+//! next request read is closed at once, a request in flight is answered first (with
+//! `connection: close`), and a partly read head has until its header-read timeout;
+//! a client that goes away while its request is in flight cancels it.
 
 use std::future::{Future, poll_fn};
 use std::io::{self, Write as _};
@@ -55,9 +57,12 @@ use crate::proxy::{self, ClientBody, ConnInfo};
 const MAX_FIELDS: usize = 64;
 /// Free space the read buffer keeps before each read.
 const READ_SPACE: usize = 4096;
-/// Body pieces up to this size are copied behind the head in one buffer; larger ones
-/// are written from their own memory.
-const COPY_MAX: usize = 16 * 1024;
+/// Body pieces up to this size are copied behind the head in one buffer (written once
+/// it holds this much); larger ones are written from their own memory. Keeps the
+/// buffer, which lives as long as the connection, small.
+const COPY_MAX: usize = 4096;
+/// How long an orderly close (FIN, TLS close_notify) may take after a last answer.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// How [`serve`] ended.
 pub(super) enum Outcome {
@@ -108,14 +113,25 @@ where
         deadline
             .as_mut()
             .reset(tokio::time::Instant::now() + limits.header_read_timeout);
+        // How much of `buf` an earlier parse found to be an incomplete head: the head is
+        // parsed again only once new bytes may end it, so a head sent in many small
+        // pieces costs linear time, not quadratic (hyper does the same).
+        let mut scanned = 0;
         let (req, client_close) = loop {
-            if !buf.is_empty() {
-                match parse(&mut buf, &limits, &mut spare) {
-                    Parsed::Request(req, close) => break (req, close),
-                    Parsed::Partial if buf.len() < limits.max_header_bytes => {}
-                    Parsed::Partial | Parsed::NotTaken => return Outcome::Handoff(buf.freeze()),
-                    Parsed::Rebuilt(bytes) => return Outcome::Handoff(bytes),
+            if buf.len() > scanned {
+                if scanned == 0 || may_end_head(&buf[scanned.saturating_sub(3)..]) {
+                    match parse(&mut buf, &limits, &mut spare) {
+                        Parsed::Request(req, close) => break (req, close),
+                        Parsed::Partial => {}
+                        Parsed::NotTaken => return Outcome::Handoff(buf.freeze()),
+                        Parsed::Rebuilt(bytes) => return Outcome::Handoff(bytes),
+                    }
                 }
+                if buf.len() >= limits.max_header_bytes {
+                    // hyper answers 431 at once.
+                    return Outcome::Handoff(buf.freeze());
+                }
+                scanned = buf.len();
             }
             if buf.capacity() - buf.len() < READ_SPACE / 2 {
                 buf.reserve(READ_SPACE);
@@ -139,16 +155,64 @@ where
                 _ => return Outcome::Closed,
             }
         };
-        let resp = proxy::serve(gw, gw.snapshot(), conn, req).await;
+        let Some(resp) =
+            serve_watching(io, &mut buf, proxy::serve(gw, gw.snapshot(), conn, req)).await
+        else {
+            return Outcome::Closed;
+        };
         let close = client_close || shutdown.is_cancelled();
         match write_response(io, &mut out, resp, close, &mut spare).await {
             Ok(true) => {}
-            Ok(false) | Err(_) => return Outcome::Closed,
+            Ok(false) => {
+                // An orderly end, as hyper's: a FIN, and TLS's close_notify.
+                let _ = tokio::time::timeout(CLOSE_WAIT, io.shutdown()).await;
+                return Outcome::Closed;
+            }
+            Err(_) => return Outcome::Closed,
         }
         if out.capacity() > 4 * COPY_MAX {
             out = Vec::with_capacity(512);
         }
     }
+}
+
+/// Run `serve` while watching the connection, as hyper does: a client that goes away
+/// (end of stream or an error before anything more was read) drops the request, which
+/// cancels the upstream call and frees its slots; `None` then. Bytes that arrive are
+/// kept in `buf` (the next pipelined head) and end the watch.
+async fn serve_watching<I, F>(io: &mut I, buf: &mut BytesMut, serve: F) -> Option<F::Output>
+where
+    I: AsyncRead + Unpin,
+    F: Future,
+{
+    let mut serve = pin!(serve);
+    let mut watching = buf.is_empty();
+    poll_fn(|cx| {
+        if let Poll::Ready(out) = serve.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if watching {
+            if buf.capacity() == buf.len() {
+                buf.reserve(READ_SPACE);
+            }
+            match poll_read(io, cx, buf) {
+                Poll::Ready(Ok(n)) if n > 0 => watching = false,
+                Poll::Ready(_) => return Poll::Ready(None),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Whether these bytes (the new ones, and the 3 before them) may hold the empty line
+/// that ends a head: `\n\n` or `\n\r\n`.
+fn may_end_head(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && matches!(&bytes[i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
 }
 
 fn poll_read<I: AsyncRead + Unpin>(
@@ -201,6 +265,10 @@ fn parse(buf: &mut BytesMut, limits: &Limits, spare: &mut HeaderMap) -> Parsed {
         let len = match req.parse_with_uninit_headers(buf, &mut slots[..limits.max_fields]) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Parsed::Partial,
+            // Said before the head is complete: wait for all of it (or the byte limit),
+            // so that hyper, which may allow more fields, gets a whole head and its
+            // header-read timeout does not start over.
+            Err(httparse::Error::TooManyHeaders) if !may_end_head(buf) => return Parsed::Partial,
             Err(_) => return Parsed::NotTaken,
         };
         if len > limits.max_header_bytes || req.method != Some("GET") || req.version != Some(1) {
@@ -313,13 +381,14 @@ where
         status,
         parts.extensions.get::<hyper::ext::ReasonPhrase>(),
     );
-    let mut declared: Option<u64> = None;
+    // The answer's own `Content-Length`: read only when the body does not know its size.
+    let mut declared: Option<&HeaderValue> = None;
     let mut has_date = false;
     for (name, value) in &parts.headers {
         match *name {
             // Framing fields are the writer's: recomputed below.
             header::CONTENT_LENGTH => {
-                declared = declared.or_else(|| content_length(value));
+                declared = declared.or(Some(value));
                 continue;
             }
             header::TRANSFER_ENCODING | header::TRAILER => continue,
@@ -335,18 +404,17 @@ where
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let mut headers = parts.headers;
-    if headers.capacity() <= 64 {
-        headers.clear();
-        *spare = headers;
-    }
     let bodiless = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let mut framing = if bodiless {
         Framing::Length(0)
     } else if body.is_end_stream() {
         out.extend_from_slice(b"content-length: 0\r\n");
         Framing::Length(0)
-    } else if let Some(n) = body.size_hint().exact().or(declared) {
+    } else if let Some(n) = body
+        .size_hint()
+        .exact()
+        .or_else(|| declared.and_then(content_length))
+    {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -355,6 +423,11 @@ where
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         Framing::Chunked
     };
+    let mut headers = parts.headers;
+    if headers.capacity() <= 64 {
+        headers.clear();
+        *spare = headers;
+    }
     if !has_date {
         push_date(out);
     }
@@ -543,7 +616,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.pre.is_empty() {
+        if !this.pre.is_empty() && buf.remaining() > 0 {
             let n = this.pre.len().min(buf.remaining());
             buf.put_slice(&this.pre[..n]);
             this.pre.advance(n);
@@ -697,6 +770,28 @@ mod tests {
         };
         assert!(matches!(run(three, &small).0, Parsed::NotTaken));
         assert!(matches!(run(three, &limits()).0, Parsed::Request(..)));
+    }
+
+    #[test]
+    fn too_many_fields_wait_for_the_end_of_the_head() {
+        let two_fields = Limits {
+            max_fields: 2,
+            ..limits()
+        };
+        let partial = "GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\n";
+        assert!(matches!(run(partial, &two_fields).0, Parsed::Partial));
+        let whole = format!("{partial}\r\n");
+        assert!(matches!(run(&whole, &two_fields).0, Parsed::NotTaken));
+    }
+
+    #[test]
+    fn the_end_of_a_head_is_found_in_new_bytes() {
+        for end in ["\r\n\r\n", "\n\n", "\n\r\n", "x\n\nGET"] {
+            assert!(may_end_head(end.as_bytes()), "{end:?}");
+        }
+        for not in ["", "\r\n", "\r\n\r", "a: 1\r\nb: 2\r\n", "\n\r", "\r\r\n"] {
+            assert!(!may_end_head(not.as_bytes()), "{not:?}");
+        }
     }
 
     #[test]

@@ -346,3 +346,96 @@ async fn a_head_only_hyper_can_refuse_gets_hyper_s_400_after_good_gets() {
     assert!(rest.contains("HTTP/1.1 400 Bad Request"), "{resp}");
     assert_eq!(up.hits(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_cancels_its_request_and_frees_the_slot() {
+    let arrived = std::sync::Arc::new(tokio::sync::Notify::new());
+    let signal = arrived.clone();
+    let up = Upstream::start(move |req| {
+        let signal = signal.clone();
+        async move {
+            if req.uri().path() == "/slow" {
+                signal.notify_one();
+                // Longer than the test waits: only a cancel frees the slot in time.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+            text("done")
+        }
+    })
+    .await;
+    let gw = Gateway::start(&config(&format!(
+        "[services.s]\nendpoints = [{}]\nmax_in_flight = 1\nmax_pending = 0\n\
+         [[routes]]\nname = \"r\"\npath = \"/\"\nservice = \"s\"\n",
+        up.endpoint()
+    )));
+    let mut gone = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    gone.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    tokio::time::timeout(SOON, arrived.notified())
+        .await
+        .expect("request reached the upstream");
+    // The one slot is taken: a second request is shed.
+    assert_eq!(get(&client(), &gw.url("/fast")).await.status, 503);
+    drop(gone);
+    // Once the gateway has seen the client go, the slot is free again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = get(&client(), &gw.url("/fast")).await;
+        if a.status == 200 {
+            assert_eq!(a.body, "done");
+            break;
+        }
+        assert_eq!(a.status, 503);
+        assert!(Instant::now() < deadline, "the slot was not freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_handed_to_hyper_after_shutdown_began_is_answered() {
+    let up = upstream().await;
+    let mut gw = Gateway::start(&one_route(&up, ""));
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    // A first answer shows the connection accepted (one still in the accept queue at
+    // shutdown is reset, which is not what this test is about).
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut first = Vec::new();
+    while !String::from_utf8_lossy(&first).ends_with("GET /first") {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(SOON, s.read(&mut buf))
+            .await
+            .expect("first answer in time")
+            .expect("read");
+        assert!(n > 0, "closed before the first answer");
+        first.extend_from_slice(&buf[..n]);
+    }
+    // Part of a POST head: in the socket before the signal, so the gateway's own reader
+    // reads it first and waits for the rest.
+    s.write_all(b"POST /body HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    gw.signal("TERM");
+    gw.wait_log("draining");
+    // The rest: the whole head goes to hyper after the shutdown began.
+    s.write_all(b"Content-Length: 2\r\n\r\nhi")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(SOON, s.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let a = answers(&answer);
+    assert_eq!(a.len(), 1, "{answer}");
+    assert_eq!(a[0].1, "POST hi");
+    assert_eq!(field(&a[0].0, "connection"), ["close"], "{}", a[0].0);
+    assert_eq!(gw.wait_exit(SOON).code(), Some(0));
+}
