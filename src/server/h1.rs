@@ -155,9 +155,10 @@ where
                 _ => return Outcome::Closed,
             }
         };
-        let Some(resp) =
-            serve_watching(io, &mut buf, proxy::serve(gw, gw.snapshot(), conn, req)).await
-        else {
+        // Pinned here, where it is made: moving the request's future (several KiB)
+        // into `serve_watching` would copy it.
+        let serving = pin!(proxy::serve(gw, gw.snapshot(), conn, req));
+        let Some(resp) = serve_watching(io, &mut buf, serving).await else {
             return Outcome::Closed;
         };
         let close = client_close || shutdown.is_cancelled();
@@ -180,12 +181,15 @@ where
 /// (end of stream or an error before anything more was read) drops the request, which
 /// cancels the upstream call and frees its slots; `None` then. Bytes that arrive are
 /// kept in `buf` (the next pipelined head) and end the watch.
-async fn serve_watching<I, F>(io: &mut I, buf: &mut BytesMut, serve: F) -> Option<F::Output>
+async fn serve_watching<I, F>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    mut serve: Pin<&mut F>,
+) -> Option<F::Output>
 where
     I: AsyncRead + Unpin,
     F: Future,
 {
-    let mut serve = pin!(serve);
     let mut watching = buf.is_empty();
     poll_fn(|cx| {
         if let Poll::Ready(out) = serve.as_mut().poll(cx) {
