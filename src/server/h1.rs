@@ -61,6 +61,8 @@ const READ_SPACE: usize = 4096;
 /// it holds this much); larger ones are written from their own memory. Keeps the
 /// buffer, which lives as long as the connection, small.
 const COPY_MAX: usize = 4096;
+/// What an HTTP/2 client with prior knowledge sends first (RFC 9113, 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long an orderly close (FIN, TLS close_notify) may take after a last answer.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -261,6 +263,12 @@ fn range((start, end): (u32, u32)) -> Range<usize> {
 /// Parse the head at the start of `buf`; on success split it off (pipelined bytes
 /// stay in `buf`) and build the request.
 fn parse(buf: &mut BytesMut, limits: &Limits, spare: &mut HeaderMap) -> Parsed {
+    // HTTP/2 with prior knowledge: the preface is read whole here, under the header-read
+    // timeout, before hyper gets it (hyper-util's preface read has no timeout of its own,
+    // so a client that stopped halfway would hold the connection).
+    if buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf) {
+        return Parsed::Partial;
+    }
     let mut fields = [Field::default(); MAX_FIELDS];
     let (len, target, count, close) = {
         let mut slots =
@@ -774,6 +782,26 @@ mod tests {
         };
         assert!(matches!(run(three, &small).0, Parsed::NotTaken));
         assert!(matches!(run(three, &limits()).0, Parsed::Request(..)));
+    }
+
+    #[test]
+    fn an_http2_preface_is_read_whole_before_hyper_gets_it() {
+        let preface = std::str::from_utf8(H2_PREFACE).expect("text");
+        for cut in [1, 3, 14, 18, 20, 23] {
+            let part = &preface[..cut];
+            assert!(
+                matches!(run(part, &limits()).0, Parsed::Partial),
+                "{part:?}"
+            );
+        }
+        let (parsed, rest) = run(&format!("{preface}\0\0\x04"), &limits());
+        assert!(matches!(parsed, Parsed::NotTaken));
+        assert_eq!(rest.len(), H2_PREFACE.len() + 3);
+        // Not a preface after all: an HTTP/1 answer from hyper (400).
+        assert!(matches!(
+            run("PRI * HTTP/1.1\r\n\r\n", &limits()).0,
+            Parsed::NotTaken
+        ));
     }
 
     #[test]

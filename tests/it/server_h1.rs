@@ -439,3 +439,25 @@ async fn a_request_handed_to_hyper_after_shutdown_began_is_answered() {
     assert_eq!(field(&a[0].0, "connection"), ["close"], "{}", a[0].0);
     assert_eq!(gw.wait_exit(SOON).code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_http2_preface_is_cut_off_by_the_header_read_timeout() {
+    let up = upstream().await;
+    let gw = Gateway::start(&one_route(&up, "[server]\nheader_read_timeout = \"1s\"\n"));
+    let started = Instant::now();
+    // `raw` reads until the gateway closes, or gives up after `SOON` (20 s).
+    let resp = raw(gw.addr, b"PRI * HTTP/2.0\r\n").await;
+    assert!(resp.is_empty(), "{resp}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "still open after {took:?}");
+    // A whole preface still reaches hyper's HTTP/2 server.
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let answer = h2
+        .get(gw.url("/x").parse().expect("uri"))
+        .await
+        .expect("h2c answer");
+    assert_eq!(answer.version(), http::Version::HTTP_2);
+    assert_eq!(answer.status(), 200);
+}
