@@ -25,7 +25,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -86,7 +85,7 @@ pub async fn serve(
             None => {
                 tracker.spawn(async move {
                     let _permit = permit;
-                    serve_connection(gw, stream, peer, "http", true, shutdown).await;
+                    serve_connection(gw, stream, peer, "http", shutdown).await;
                 });
             }
             Some(acceptor) => {
@@ -110,10 +109,7 @@ pub async fn serve(
                             }
                         },
                     };
-                    // A client that chose h2 by ALPN sends its preface first: straight
-                    // to hyper.
-                    let h1 = stream.get_ref().1.alpn_protocol() != Some(b"h2".as_slice());
-                    serve_connection(gw, stream, peer, "https", h1, shutdown).await;
+                    serve_connection(gw, stream, peer, "https", shutdown).await;
                 });
             }
         }
@@ -123,26 +119,23 @@ pub async fn serve(
 /// Serve HTTP/1.1 or HTTP/2 (by the client's preface) on one accepted connection until
 /// it ends, or until shutdown asks it to finish its in-flight requests.
 ///
-/// With `h1_first`, the gateway's own HTTP/1.1 path (`h1`) serves the connection's
-/// plain `GET`s first; at the first head it does not take, hyper serves the rest.
+/// The gateway's own HTTP/1.1 path (`h1`) serves the connection's plain `GET`s first;
+/// at the first head it does not take, hyper serves the rest. An HTTP/2 client (prior
+/// knowledge, or h2 by ALPN) goes to hyper once `h1` has read its preface whole, under
+/// the header-read timeout.
 async fn serve_connection<S>(
     gw: Arc<Gateway>,
     mut io: S,
     peer: SocketAddr,
     proto: &'static str,
-    h1_first: bool,
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn_info = Arc::new(ConnInfo::new(peer, proto));
-    let pre = if h1_first {
-        match h1::serve(&mut io, &gw, &conn_info, &shutdown).await {
-            h1::Outcome::Closed => return,
-            h1::Outcome::Handoff(pre) => pre,
-        }
-    } else {
-        Bytes::new()
+    let pre = match h1::serve(&mut io, &gw, &conn_info, &shutdown).await {
+        h1::Outcome::Closed => return,
+        h1::Outcome::Handoff(pre) => pre,
     };
     let io = TokioIo::new(h1::Rewind::new(pre, io));
     let builder = builder(&gw);

@@ -688,3 +688,35 @@ fn check_warns_about_a_certificate_that_expires_soon() {
     let (code, _) = run(true);
     assert_eq!(code, Some(1), "--strict fails on the warning");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_http2_preface_over_tls_is_cut_off_by_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::echo("s").await;
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path(), "a", &make_cert(&["a.test"]));
+    let tls = "[server]\nheader_read_timeout = \"1s\"\n\n\
+               [[tls.certificates]]\ncert = \"a.crt\"\nkey = \"a.key\"\n";
+    let gw = start_tls(dir.path(), tls, &up);
+    let https = gw.https.expect("https listener");
+    let cfg = tls_client_config(&[b"h2"]);
+    let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
+    let name = ServerName::try_from("a.test").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(cfg.clone())
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let started = Instant::now();
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    // Closed by the gateway (an error or the end of the stream), well before `SOON`.
+    let _ = tokio::time::timeout(SOON, s.read_to_end(&mut rest)).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "still open after {took:?}");
+    assert!(rest.is_empty());
+    // A whole HTTP/2 client is still served.
+    let served = https_get(&cfg, https, Some("a.test"), "/x").await.unwrap();
+    assert_eq!(served.alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(served.status, 200);
+}
