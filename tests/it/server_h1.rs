@@ -95,6 +95,34 @@ fn answers(mut raw: &str) -> Vec<(String, String)> {
     out
 }
 
+/// Read from `s` until what came ends with `end` (an answer's body), within `SOON`.
+async fn read_until(s: &mut tokio::net::TcpStream, end: &str) {
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).ends_with(end) {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(SOON, s.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(n > 0, "closed before the answer");
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Read `s` to its end, within `SOON`: one answer with `body`, marked as the last.
+async fn last_answer(s: &mut tokio::net::TcpStream, body: &str) {
+    let mut answer = Vec::new();
+    tokio::time::timeout(SOON, s.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let a = answers(&answer);
+    assert_eq!(a.len(), 1, "{answer}");
+    assert_eq!(a[0].1, body);
+    assert_eq!(field(&a[0].0, "connection"), ["close"], "{}", a[0].0);
+}
+
 fn field<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
     head.lines()
         .filter_map(|l| l.split_once(": "))
@@ -283,16 +311,7 @@ async fn sigterm_closes_an_idle_keep_alive_connection_and_tells_a_busy_one() {
     idle.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
-    let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).contains("finished") {
-        let mut buf = [0u8; 1024];
-        let n = tokio::time::timeout(SOON, idle.read(&mut buf))
-            .await
-            .expect("first answer in time")
-            .expect("read");
-        assert!(n > 0, "closed before the first answer");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut idle, "finished").await;
     // The first request's arrival is recorded too: take it, so that the wait below is
     // for the second one.
     tokio::time::timeout(SOON, arrived.notified())
@@ -317,16 +336,7 @@ async fn sigterm_closes_an_idle_keep_alive_connection_and_tells_a_busy_one() {
         .expect("read");
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
     // The busy one gets its answer, marked as the last.
-    let mut answer = Vec::new();
-    tokio::time::timeout(SOON, busy.read_to_end(&mut answer))
-        .await
-        .expect("busy connection answered and closed")
-        .expect("read");
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let a = answers(&answer);
-    assert_eq!(a.len(), 1, "{answer}");
-    assert_eq!(a[0].1, "finished");
-    assert_eq!(field(&a[0].0, "connection"), ["close"], "{}", a[0].0);
+    last_answer(&mut busy, "finished").await;
     assert_eq!(gw.wait_exit(SOON).code(), Some(0));
 }
 
@@ -406,16 +416,7 @@ async fn a_request_handed_to_hyper_after_shutdown_began_is_answered() {
     s.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
-    let mut first = Vec::new();
-    while !String::from_utf8_lossy(&first).ends_with("GET /first") {
-        let mut buf = [0u8; 1024];
-        let n = tokio::time::timeout(SOON, s.read(&mut buf))
-            .await
-            .expect("first answer in time")
-            .expect("read");
-        assert!(n > 0, "closed before the first answer");
-        first.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut s, "GET /first").await;
     // Part of a POST head: in the socket before the signal, so the gateway's own reader
     // reads it first and waits for the rest.
     s.write_all(b"POST /body HTTP/1.1\r\nHost: x\r\n")
@@ -427,16 +428,7 @@ async fn a_request_handed_to_hyper_after_shutdown_began_is_answered() {
     s.write_all(b"Content-Length: 2\r\n\r\nhi")
         .await
         .expect("write");
-    let mut answer = Vec::new();
-    tokio::time::timeout(SOON, s.read_to_end(&mut answer))
-        .await
-        .expect("answered and closed")
-        .expect("read");
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let a = answers(&answer);
-    assert_eq!(a.len(), 1, "{answer}");
-    assert_eq!(a[0].1, "POST hi");
-    assert_eq!(field(&a[0].0, "connection"), ["close"], "{}", a[0].0);
+    last_answer(&mut s, "POST hi").await;
     assert_eq!(gw.wait_exit(SOON).code(), Some(0));
 }
 
