@@ -121,7 +121,7 @@ where
         let mut scanned = 0;
         let (req, client_close) = loop {
             if buf.len() > scanned {
-                if scanned == 0 || may_end_head(&buf[scanned.saturating_sub(3)..]) {
+                if parse_due(&buf, scanned) {
                     match parse(&mut buf, &limits, &mut spare) {
                         Parsed::Request(req, close) => break (req, close),
                         Parsed::Partial => {}
@@ -212,8 +212,14 @@ where
     .await
 }
 
-/// Whether these bytes (the new ones, and the 3 before them) may hold the empty line
-/// that ends a head: `\n\n` or `\n\r\n`.
+/// Whether `buf`, of which the first `scanned` bytes were found to be an incomplete
+/// head, is worth parsing again: the bytes after them, with the 3 before (the end of a
+/// head can be cut anywhere), may end the head.
+fn parse_due(buf: &[u8], scanned: usize) -> bool {
+    scanned == 0 || may_end_head(&buf[scanned.saturating_sub(3)..])
+}
+
+/// Whether these bytes may hold the empty line that ends a head: `\n\n` or `\n\r\n`.
 fn may_end_head(bytes: &[u8]) -> bool {
     bytes
         .iter()
@@ -824,6 +830,18 @@ mod tests {
         for not in ["", "\r\n", "\r\n\r", "a: 1\r\nb: 2\r\n", "\n\r", "\r\r\n"] {
             assert!(!may_end_head(not.as_bytes()), "{not:?}");
         }
+    }
+
+    #[test]
+    fn a_head_end_cut_by_a_read_is_still_found() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        // Whatever the cut in the final CRLF CRLF, the last piece makes a parse due.
+        for scanned in head.len() - 4..head.len() {
+            assert!(parse_due(head, scanned), "cut after {scanned} bytes");
+        }
+        // A piece without a head's end is not worth a parse; a fresh head always is.
+        assert!(!parse_due(b"GET / HTTP/1.1\r\nHost: x\r\nAccept: *", 20));
+        assert!(parse_due(b"G", 0));
     }
 
     #[test]

@@ -453,3 +453,31 @@ async fn a_half_sent_http2_preface_is_cut_off_by_the_header_read_timeout() {
     assert_eq!(answer.version(), http::Version::HTTP_2);
     assert_eq!(answer.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_pipelined_gets_across_many_reads_are_answered_in_order() {
+    let up = upstream().await;
+    let gw = Gateway::start(&one_route(&up, ""));
+    // About 20 KiB of heads in one write: the gateway reads them in several pieces, so
+    // heads are cut at read boundaries.
+    let mut burst = String::new();
+    for i in 0..300 {
+        let close = if i == 299 {
+            "Connection: close\r\n"
+        } else {
+            ""
+        };
+        burst.push_str(&format!(
+            "GET /item/{i} HTTP/1.1\r\nHost: x\r\nx-filler: {}\r\n{close}\r\n",
+            "f".repeat(i % 40)
+        ));
+    }
+    let resp = raw(gw.addr, burst.as_bytes()).await;
+    let a = answers(&resp);
+    assert_eq!(a.len(), 300, "{} answers", a.len());
+    for (i, (head, body)) in a.iter().enumerate() {
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{i}: {head}");
+        assert_eq!(body, &format!("GET /item/{i}"));
+    }
+    assert_eq!(up.hits(), 300);
+}
