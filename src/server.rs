@@ -9,10 +9,12 @@
 //! rapid-reset protection (CVE-2023-44487): a client that resets more than 50 streams
 //! before the server has accepted them gets GOAWAY (ENHANCE_YOUR_CALM).
 //!
-//! HTTP/1.1 connections start on the gateway's own reader and writer (`h1`), which
-//! serves plain `GET`s (no body, no upgrade) at about half of hyper's cost per
-//! request; the first head it does not take, with the bytes read so far, hands the
-//! connection to hyper for good (see `h1` for the exact rule and why).
+//! Every connection starts on the gateway's own reader and writer (`h1`), which
+//! serves plain HTTP/1.1 `GET`s (no body, no upgrade) at about half of hyper's cost
+//! per request; the first head it does not take, with the bytes read so far, hands
+//! the connection to hyper for good (see `h1` for the exact rule and why). An HTTP/2
+//! preface is read whole there first, under the header-read timeout, because
+//! hyper-util's own preface read has none.
 //!
 //! Limits come from the snapshot current when the connection is accepted, so a reload
 //! changes them for new connections only. The header-read timeout needs a timer on the
