@@ -37,7 +37,6 @@
 
 use std::future::{Future, poll_fn};
 use std::io::{self, Write as _};
-use std::ops::Range;
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -49,6 +48,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
+use crate::http::head::{FieldAt, Span, parse_length};
 use crate::proxy::body::ResponseBody;
 use crate::proxy::{self, ClientBody, ConnInfo};
 
@@ -250,22 +250,6 @@ enum Parsed {
     Rebuilt(Bytes),
 }
 
-/// A field's name and value as offsets into the head.
-#[derive(Clone, Copy, Default)]
-struct Field {
-    name: (u32, u32),
-    value: (u32, u32),
-}
-
-fn span(base: &[u8], part: &[u8]) -> (u32, u32) {
-    let start = part.as_ptr() as usize - base.as_ptr() as usize;
-    (start as u32, (start + part.len()) as u32)
-}
-
-fn range((start, end): (u32, u32)) -> Range<usize> {
-    start as usize..end as usize
-}
-
 /// Parse the head at the start of `buf`; on success split it off (pipelined bytes
 /// stay in `buf`) and build the request.
 fn parse(buf: &mut BytesMut, limits: &Limits, spare: &mut HeaderMap) -> Parsed {
@@ -275,7 +259,7 @@ fn parse(buf: &mut BytesMut, limits: &Limits, spare: &mut HeaderMap) -> Parsed {
     if buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf) {
         return Parsed::Partial;
     }
-    let mut fields = [Field::default(); MAX_FIELDS];
+    let mut fields = [FieldAt::default(); MAX_FIELDS];
     let (len, target, count, close) = {
         let mut slots =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
@@ -300,10 +284,15 @@ fn parse(buf: &mut BytesMut, limits: &Limits, spare: &mut HeaderMap) -> Parsed {
             if !field_taken(h, &mut close) {
                 return Parsed::NotTaken;
             }
-            f.name = span(buf, h.name.as_bytes());
-            f.value = span(buf, h.value);
+            f.name = Span::of(buf, h.name.as_bytes());
+            f.value = Span::of(buf, h.value);
         }
-        (len, span(buf, path.as_bytes()), req.headers.len(), close)
+        (
+            len,
+            Span::of(buf, path.as_bytes()),
+            req.headers.len(),
+            close,
+        )
     };
     let head = buf.split_to(len).freeze();
     match build(&head, target, &fields[..count], std::mem::take(spare)) {
@@ -347,15 +336,15 @@ fn field_taken(h: &httparse::Header<'_>, close: &mut bool) -> bool {
 /// refuses a name, value or the target that `httparse` let through.
 fn build(
     head: &Bytes,
-    target: (u32, u32),
-    fields: &[Field],
+    target: Span,
+    fields: &[FieldAt],
     mut headers: HeaderMap,
 ) -> Option<Request<ClientBody>> {
-    let uri = Uri::from_maybe_shared(head.slice(range(target))).ok()?;
+    let uri = Uri::from_maybe_shared(head.slice(target.range())).ok()?;
     headers.reserve(fields.len());
     for f in fields {
-        let name = HeaderName::from_bytes(&head[range(f.name)]).ok()?;
-        let value = HeaderValue::from_maybe_shared(head.slice(range(f.value))).ok()?;
+        let name = HeaderName::from_bytes(&head[f.name.range()]).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(f.value.range())).ok()?;
         headers.append(name, value);
     }
     let mut req = Request::new(ClientBody::Empty);
@@ -431,7 +420,7 @@ where
     } else if let Some(n) = body
         .size_hint()
         .exact()
-        .or_else(|| declared.and_then(content_length))
+        .or_else(|| declared.and_then(|v| parse_length(v.as_bytes())))
     {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
@@ -577,14 +566,6 @@ fn status_line(out: &mut Vec<u8>, status: StatusCode, reason: Option<&hyper::ext
     };
     out.extend_from_slice(reason);
     out.extend_from_slice(b"\r\n");
-}
-
-fn content_length(value: &HeaderValue) -> Option<u64> {
-    let v = value.as_bytes();
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 fn has_close(value: &HeaderValue) -> bool {

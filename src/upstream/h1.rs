@@ -34,6 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::pool::IdleList;
+use crate::http::head::{FieldAt, Span, parse_length};
 use crate::http::headers::{self as fields, is_hop_by_hop};
 use crate::proxy::body::UpstreamBody;
 
@@ -334,18 +335,6 @@ enum Parsed {
     Final(http::response::Parts, Framing, bool),
 }
 
-/// Offsets of one header field in the head buffer.
-#[derive(Clone, Copy, Default)]
-struct FieldAt {
-    name: (usize, usize),
-    value: (usize, usize),
-}
-
-fn span_of(base: &[u8], part: &[u8]) -> (usize, usize) {
-    let start = part.as_ptr() as usize - base.as_ptr() as usize;
-    (start, start + part.len())
-}
-
 /// Parse one answer head from the front of `buf`, removing it when complete.
 fn parse_head(buf: &mut BytesMut, head_req: bool) -> io::Result<Parsed> {
     // Offsets of the fields: on the stack for a usual answer (a 100-field array would
@@ -367,8 +356,8 @@ fn parse_head(buf: &mut BytesMut, head_req: bool) -> io::Result<Parsed> {
             Err(_) => return Err(invalid("upstream answer is not valid HTTP/1.1")),
         };
         let at = |h: &httparse::Header<'_>| FieldAt {
-            name: span_of(buf, h.name.as_bytes()),
-            value: span_of(buf, h.value),
+            name: Span::of(buf, h.name.as_bytes()),
+            value: Span::of(buf, h.value),
         };
         if resp.headers.len() <= SMALL_HEAD {
             for (slot, h) in small.iter_mut().zip(resp.headers.iter()) {
@@ -382,7 +371,7 @@ fn parse_head(buf: &mut BytesMut, head_req: bool) -> io::Result<Parsed> {
             resp.code.unwrap_or(0),
             resp.version.unwrap_or(1),
             resp.headers.len(),
-            resp.reason.map(|r| span_of(buf, r.as_bytes())),
+            resp.reason.map(|r| Span::of(buf, r.as_bytes())),
         )
     };
     let status =
@@ -413,9 +402,9 @@ fn parse_head(buf: &mut BytesMut, head_req: bool) -> io::Result<Parsed> {
         &large[..]
     };
     for at in fields {
-        let name = HeaderName::from_bytes(&head[at.name.0..at.name.1])
+        let name = HeaderName::from_bytes(&head[at.name.range()])
             .map_err(|_| invalid("upstream answer has an invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(at.value.0..at.value.1))
+        let value = HeaderValue::from_maybe_shared(head.slice(at.value.range()))
             .map_err(|_| invalid("upstream answer has an invalid header value"))?;
         if name == header::CONTENT_LENGTH {
             // 1*DIGIT (RFC 9110 8.6); a list of identical values is taken as one.
@@ -491,9 +480,9 @@ fn parse_head(buf: &mut BytesMut, head_req: bool) -> io::Result<Parsed> {
     let (mut parts, ()) = Response::new(()).into_parts();
     // A reason phrase of the upstream's own ("499 Client Closed Request") is passed on,
     // as hyper's client and server do.
-    if let Some((from, to)) = reason
-        && status.canonical_reason().map(str::as_bytes) != Some(&head[from..to])
-        && let Ok(r) = hyper::ext::ReasonPhrase::try_from(head.slice(from..to))
+    if let Some(r) = reason
+        && status.canonical_reason().map(str::as_bytes) != Some(&head[r.range()])
+        && let Ok(r) = hyper::ext::ReasonPhrase::try_from(head.slice(r.range()))
     {
         parts.extensions.insert(r);
     }
@@ -728,14 +717,6 @@ fn parse_chunk_line(buf: &[u8]) -> Result<Option<ChunkLine>, &'static str> {
         }
     }
     Ok(None)
-}
-
-/// `1*DIGIT`, at most 19 digits (fits a u64).
-fn parse_length(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 fn parse_trailers(block: &[u8]) -> io::Result<HeaderMap> {
