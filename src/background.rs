@@ -1,8 +1,81 @@
-//! CPU-heavy work that is not on the request path: parsing a reloaded table and
-//! building its router. It runs on a thread of its own at a lower scheduling priority
-//! (about nice 10), so that on a busy core the request-serving threads win and a reload of a
-//! large table does not show up in the p99 of the requests being served; on an idle
-//! core it runs at full speed.
+//! CPU-heavy work that is not on the request path: parsing a reloaded table, building its
+//! router, and freeing the table it replaced. It runs on a thread of its own at a lower
+//! scheduling priority (about nice 10), so that on a busy core the request-serving threads
+//! win; on an idle core it runs at full speed.
+//!
+//! A lower priority alone is not enough. The scheduler takes the core back from a
+//! running thread only at its tick (4 ms at the usual 250 Hz), and a nice-10 thread still
+//! gets about an eighth of a busy core: in `perf sched timehist` under the reload10k
+//! benchmark the build thread ran for exactly 4 ms every 32 ms, and each time every
+//! request in flight waited those 4 ms (the p99 went from 2 to 5.4 ms). So these threads
+//! also *pace* themselves: [`pace`], called on every allocation (the binary's allocator
+//! calls it) and in the few long loops that do not allocate, sleeps for [`PAUSE`] once
+//! such a thread has run for [`SLICE`]. On every other thread `pace` is one
+//! thread-local read. Allocations that are themselves long (copying and page-faulting a
+//! vector of many MiB) cannot be paused in: the table's parse avoids them
+//! (`config::pieces`, boxed routes).
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+/// How long a background thread runs before it offers the core to others.
+pub const SLICE: Duration = Duration::from_micros(200);
+
+/// How long it then sleeps. Sleeping, not `sched_yield`: a yield is a no-op when the
+/// request thread is between two reads at that moment, and then the thread runs on for
+/// a whole tick once the request thread wants the core back.
+pub const PAUSE: Duration = Duration::from_micros(10);
+
+/// Clock reads are spread out: one per this many calls of [`pace`].
+const CALLS_PER_CLOCK_READ: u32 = 32;
+
+thread_local! {
+    /// Whether this thread paces itself: the one read every allocation pays.
+    static PACED: Cell<bool> = const { Cell::new(false) };
+    /// On a paced thread: when its current run began, and the calls since the last
+    /// clock read. (These are `const`-initialised and without a destructor, so an
+    /// allocator may read them at any point of a thread's life.)
+    static RUN: Cell<(Option<Instant>, u32)> = const { Cell::new((None, 0)) };
+    /// How many times this thread paused (for tests).
+    static YIELDS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Called on every allocation and deallocation (see the binary's allocator): on a paced
+/// background thread that has run for [`SLICE`], pause. Never allocates.
+#[inline]
+pub fn pace() {
+    if PACED.with(Cell::get) {
+        pace_slow();
+    }
+}
+
+#[cold]
+fn pace_slow() {
+    RUN.with(|run| {
+        let (since, calls) = run.get();
+        if calls + 1 < CALLS_PER_CLOCK_READ {
+            run.set((since, calls + 1));
+            return;
+        }
+        let now = Instant::now();
+        match since {
+            Some(t) if now.duration_since(t) < SLICE => run.set((since, 0)),
+            _ => {
+                std::thread::sleep(PAUSE);
+                YIELDS.with(|y| y.set(y.get() + 1));
+                run.set((Some(Instant::now()), 0));
+            }
+        }
+    });
+}
+
+/// Make this thread a paced one (see the module doc).
+fn start_pacing() {
+    // Timer slack (50 µs by default) would stretch every pause to 60 µs.
+    let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1_000));
+    RUN.with(|run| run.set((Some(Instant::now()), 0)));
+    PACED.with(|p| p.set(true));
+}
 
 /// Run `f` on a low-priority thread and wait for its result.
 pub async fn low_priority<T: Send + 'static>(
@@ -43,6 +116,7 @@ fn spawn_lowered(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Resu
         .name(name.into())
         .spawn(move || {
             lower_this_thread();
+            start_pacing();
             f();
         })
         .map(drop)
@@ -78,6 +152,31 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(20))
             .expect("dropped");
         assert_ne!(on, std::thread::current().id());
+    }
+
+    #[test]
+    fn only_background_threads_pause_and_they_do_after_a_slice() {
+        use std::time::{Duration, Instant};
+        // Calls `pace` for `run` and returns how many times this thread paused.
+        fn busy(run: Duration) -> u64 {
+            let before = super::YIELDS.with(|y| y.get());
+            let start = Instant::now();
+            while start.elapsed() < run {
+                super::pace();
+            }
+            super::YIELDS.with(|y| y.get()) - before
+        }
+        // Request threads never pause.
+        assert_eq!(busy(Duration::from_millis(20)), 0);
+        // A background thread pauses; 20 ms is 100 slices, so at least one even on a
+        // machine so busy that this thread ran for only a few of them.
+        let (tx, rx) = std::sync::mpsc::channel();
+        super::spawn_lowered("pace-test", move || {
+            let _ = tx.send(busy(Duration::from_millis(20)));
+        })
+        .unwrap();
+        let paused = rx.recv_timeout(Duration::from_secs(20)).expect("result");
+        assert!(paused >= 1, "{paused}");
     }
 
     #[tokio::test]

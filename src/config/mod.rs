@@ -8,6 +8,7 @@
 pub mod error;
 pub mod file;
 pub mod model;
+mod pieces;
 pub mod validate;
 
 use std::path::Path;
@@ -117,9 +118,14 @@ pub fn source_hash(src: &str) -> String {
 
 fn source_hash_bytes(src: &[u8]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in src {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    // A reload hashes on a paced background thread: let it pause between blocks (a
+    // 700 KiB table is about a millisecond of hashing).
+    for block in src.chunks(4096) {
+        crate::background::pace();
+        for &b in block {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
     }
     format!("{h:016x}")
 }
