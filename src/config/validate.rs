@@ -36,7 +36,7 @@ pub type Parsed = (Config, Vec<ConfigError>, Vec<Vec<u8>>);
 /// keys) relative to `base`. `Ok` also carries the contents of those files, so that a
 /// change in a key file counts as a change of the configuration.
 pub fn parse_in(src: &str, base: Option<&std::path::Path>) -> Result<Parsed, ConfigErrors> {
-    let file: FileConfig = match toml::from_str(src) {
+    let file: FileConfig = match super::pieces::from_str(src) {
         Ok(f) => f,
         Err(e) => {
             return Err(ConfigErrors {
@@ -849,7 +849,7 @@ impl Validator<'_> {
 
     fn routes(
         &mut self,
-        routes: &[Spanned<file::RouteFile>],
+        routes: &[Spanned<Box<file::RouteFile>>],
         services: &HashMap<&str, usize>,
         auth_names: &HashMap<&str, Option<usize>>,
     ) -> Vec<Route> {
