@@ -25,15 +25,24 @@ use super::file::{FileConfig, RouteFile};
 /// About how many bytes of the file go into one piece.
 pub const PIECE: usize = 64 * 1024;
 
+/// At most about this many pieces: each is padded to its offset, so the padding grows
+/// with the square of the count; a very large file gets larger pieces instead.
+const MAX_PIECES: usize = 16;
+
 /// Parse `src` as a [`FileConfig`], in pieces when it is large (see the module doc).
 pub fn from_str(src: &str) -> Result<FileConfig, toml::de::Error> {
-    let points = split_points(src, PIECE);
+    let points = split_points(src, piece_size(src.len()));
     if !points.is_empty()
         && let Some(file) = parse_pieces(src, &points)
     {
         return Ok(file);
     }
     toml::from_str(src)
+}
+
+/// The least size of a piece of a file of `len` bytes.
+fn piece_size(len: usize) -> usize {
+    PIECE.max(len / MAX_PIECES)
 }
 
 /// A piece after the first: routes only.
@@ -266,6 +275,14 @@ service = "users"
             assert!(split.is_none(), "{bad}");
             assert_eq!(from_str(&bad).map(|_| ()).map_err(|e| e.to_string()), whole);
         }
+    }
+
+    #[test]
+    fn a_very_large_file_gets_larger_pieces_not_more() {
+        assert_eq!(piece_size(700 * 1024), PIECE);
+        assert_eq!(piece_size(16 << 20), 1 << 20);
+        // Points are at least a piece apart, so there are at most MAX_PIECES of them.
+        assert!((64 << 20) / piece_size(64 << 20) <= MAX_PIECES);
     }
 
     #[test]
