@@ -37,7 +37,7 @@ thread_local! {
     /// allocator may read them at any point of a thread's life.)
     static RUN: Cell<(Option<Instant>, u32)> = const { Cell::new((None, 0)) };
     /// How many times this thread paused (for tests).
-    static YIELDS: Cell<u64> = const { Cell::new(0) };
+    static PAUSES: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Called on every allocation and deallocation (see the binary's allocator): on a paced
@@ -62,7 +62,7 @@ fn pace_slow() {
             Some(t) if now.duration_since(t) < SLICE => run.set((since, 0)),
             _ => {
                 std::thread::sleep(PAUSE);
-                YIELDS.with(|y| y.set(y.get() + 1));
+                PAUSES.with(|p| p.set(p.get() + 1));
                 run.set((Some(Instant::now()), 0));
             }
         }
@@ -159,12 +159,12 @@ mod tests {
         use std::time::{Duration, Instant};
         // Calls `pace` for `run` and returns how many times this thread paused.
         fn busy(run: Duration) -> u64 {
-            let before = super::YIELDS.with(|y| y.get());
+            let before = super::PAUSES.with(std::cell::Cell::get);
             let start = Instant::now();
             while start.elapsed() < run {
                 super::pace();
             }
-            super::YIELDS.with(|y| y.get()) - before
+            super::PAUSES.with(std::cell::Cell::get) - before
         }
         // Request threads never pause.
         assert_eq!(busy(Duration::from_millis(20)), 0);
