@@ -40,13 +40,20 @@ thread_local! {
     static PAUSES: Cell<u64> = const { Cell::new(0) };
 }
 
-/// Called on every allocation and deallocation (see the binary's allocator): on a paced
-/// background thread that has run for [`SLICE`], pause. Never allocates.
+/// Called on every allocation and deallocation (see the binary's allocator, which tests
+/// [`is_paced`] first) and in long loops: on a paced background thread that has run for
+/// [`SLICE`], pause. Never allocates.
 #[inline]
 pub fn pace() {
-    if PACED.with(Cell::get) {
+    if is_paced() {
         pace_slow();
     }
+}
+
+/// Whether this thread paces itself: the one read every allocation pays.
+#[inline]
+pub fn is_paced() -> bool {
+    PACED.with(Cell::get)
 }
 
 #[cold]
