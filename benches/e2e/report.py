@@ -170,6 +170,11 @@ def record(runs_path, out_path, kvs):
         # every proxy about the same per request; the rest is the proxy's own code.
         sys_s = run.get("sys_ticks", 0) / run["clk_tck"]
         run["sys_us_per_req"] = 1e6 * sys_s / run["requests"] if run["requests"] else None
+        # TCP segments sent on the machine (all of them on loopback: load tool, proxy and
+        # upstream) per request. Equal counts mean the kernel has the same packets to carry
+        # for every proxy; what is left to compare is the proxies' own code.
+        segs = run.get("tcp_out_segs")
+        run["tcp_segs_per_req"] = segs / run["requests"] if segs is not None and run["requests"] else None
     run["tool_output"] = out
     with open(runs_path, "a") as f:
         f.write(json.dumps(run) + "\n")
@@ -229,6 +234,7 @@ REQUEST_METRICS = (
     ("sys_us_per_req", lambda r: r.get("sys_us_per_req")),
     ("user_us_per_req", lambda r: user_us(r)),
     ("peak_rss_mib", lambda r: r["peak_rss_mib"]),
+    ("tcp_segs_per_req", lambda r: r.get("tcp_segs_per_req")),
 )
 STREAM_METRICS = (
     ("throughput_mib_s", lambda r: r["throughput_mib_s"]),
@@ -319,14 +325,14 @@ def summary(runs_path, meta_path, out_path):
     print("Load average at start: %s" % meta["loadavg_start"])
     if req_rows:
         table = [("scenario", "proxy", "req/s", "p50", "p99", "p99.9", "CPU µs/req",
-                  "user+kernel", "CPU%", "peak RSS MiB", "errors")]
+                  "user+kernel", "TCP segs/req", "CPU%", "peak RSS MiB", "errors")]
         for row in req_rows:
             table.append((
                 row["label"], row["proxy"], fmt(row["rps"], "%.0f"), fmt_us(row["p50_us"]),
                 fmt_us(row["p99_us"]), fmt_us(row["p99_9_us"]),
                 fmt(row["cpu_us_per_req"], "%.1f"),
                 "%s+%s" % (fmt(row["user_us_per_req"], "%.1f"), fmt(row["sys_us_per_req"], "%.1f")),
-                fmt(row["cpu_pct"], "%.0f"), fmt(row["peak_rss_mib"], "%.1f"),
+                fmt(row["tcp_segs_per_req"], "%.2f"), fmt(row["cpu_pct"], "%.0f"), fmt(row["peak_rss_mib"], "%.1f"),
                 str(row["errors_total"])))
         print()
         print(render(table))

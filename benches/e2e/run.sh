@@ -198,14 +198,19 @@ wait_ready() { # wait_ready NAME PID PORT LOGFILE [CURL_ARG...]
     die "$name not ready on 127.0.0.1:$port after 10 s"
 }
 
-cpu_ticks() { # "utime+stime stime" summed over the given PIDs
+# cpu_ticks PID...: "user+system system" CPU ticks summed over the given PIDs, each with
+# the CPU of its exited and reaped children (fields 16 and 17). That is how the CPU of
+# nginx workers that a reload replaced stays in the count: the master reaps them, and
+# the new workers are in the PID list read after the run.
+cpu_ticks() {
     local total=0 sys=0 pid stat rest f
     for pid in "$@"; do
         stat=$(<"/proc/$pid/stat") || continue
         rest=${stat##*) }
         read -ra f <<<"$rest"
-        total=$((total + f[11] + f[12])) # fields 14 (utime) and 15 (stime)
-        sys=$((sys + f[12]))
+        # fields 14 (utime), 15 (stime), 16 (cutime), 17 (cstime)
+        total=$((total + f[11] + f[12] + f[13] + f[14]))
+        sys=$((sys + f[12] + f[14]))
     done
     echo "$total $sys"
 }
@@ -217,6 +222,12 @@ status_kib() { # status_kib FIELD PID...: a /proc/PID/status field (VmHWM, VmRSS
         total=$((total + ${v:-0}))
     done
     echo "$total"
+}
+# TCP segments sent by this machine so far (/proc/net/snmp, Tcp OutSegs). On loopback
+# every segment of a run is counted once: the load tool's, the proxy's, the upstream's.
+tcp_out_segs() {
+    awk '$1 == "Tcp:" && !h { for (i = 2; i <= NF; i++) col[$i] = i; h = 1; next }
+         $1 == "Tcp:" && h { print $col["OutSegs"]; exit }' /proc/net/snmp
 }
 peak_rss_kib() { status_kib VmHWM "$@"; } # peak RSS since the process started
 rss_kib() { status_kib VmRSS "$@"; }      # RSS now
@@ -393,7 +404,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
             fi
             mapfile -t pids < <(proxy_pids "$PROXY_PID")
             rss0=$(rss_kib "${pids[@]}")
-            read -r t0 s0 <<<"$(cpu_ticks "${pids[@]}")"; w0=$(date +%s.%N)
+            read -r t0 s0 <<<"$(cpu_ticks "${pids[@]}")"; w0=$(date +%s.%N); g0=$(tcp_out_segs)
             RELOADER=
             if ((RELOAD)); then reloader "$p" "$PROXY_PID" & RELOADER=$!; fi
             out=$WORK/load.out
@@ -422,9 +433,10 @@ for ((round = 1; round <= ROUNDS; round++)); do
                 ;;
             esac
             if [[ -n $RELOADER ]]; then kill "$RELOADER" 2>/dev/null || true; wait "$RELOADER" 2>/dev/null || true; fi
-            # With reloads nginx replaced its workers: the CPU of the exited ones is not
-            # counted (switchyard is one process, its count stays exact).
-            read -r t1 s1 <<<"$(cpu_ticks "${pids[@]}")"; w1=$(date +%s.%N)
+            # With reloads nginx replaced its workers: the PIDs are read again, and the
+            # exited workers' CPU is in the master's count of reaped children (cpu_ticks).
+            if ((RELOAD)); then mapfile -t pids < <(proxy_pids "$PROXY_PID"); fi
+            read -r t1 s1 <<<"$(cpu_ticks "${pids[@]}")"; w1=$(date +%s.%N); g1=$(tcp_out_segs)
             rss1=$(rss_kib "${pids[@]}")
             rss=$(peak_rss_kib "${pids[@]}")
             alive "$PROXY_PID" || die "$p exited during the run"
@@ -433,8 +445,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
                 streams="$STREAMS" cpu_ticks=$((t1 - t0)) sys_ticks=$((s1 - s0)) clk_tck="$CLK_TCK" \
                 wall_seconds="$(python3 -c "print($w1 - $w0)")" vmhwm_kib="$rss" \
                 vmrss_before_kib="$rss0" vmrss_after_kib="$rss1" nprocs="${#pids[@]}" \
-                tool_rc="$tool_rc" expected_bytes="$BIG_BYTES" h2load_log="$WORK/h2load.log"
-            if ((RELOAD)); then mapfile -t pids < <(proxy_pids "$PROXY_PID"); fi
+                tcp_out_segs=$((g1 - g0)) tool_rc="$tool_rc" expected_bytes="$BIG_BYTES" h2load_log="$WORK/h2load.log"
             # shellcheck disable=SC2046
             stop_pid "$PROXY_PID" $(printf '%s\n' "${pids[@]:1}")
             if [[ -s $PROXY_LOG ]]; then cp "$PROXY_LOG" "$RESULTS_DIR/logs/r${round}-${sc}-${p}.log"; fi
