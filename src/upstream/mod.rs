@@ -26,21 +26,21 @@ use crate::resilience::concurrency::Concurrency;
 use crate::resilience::retry::RetryBudget;
 use health::{EndpointState, OutlierDetector};
 
-/// The pooled client of a plain-TCP service (`http1`, `h2c`).
-pub type HttpClient = Client<HttpConnector, UpstreamBody>;
-/// The pooled client of a TLS service (`https`, `h2`).
+/// The pooled client of an `https` service (HTTP/1.1 over TLS).
 pub type HttpsClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
 /// A service's pooled client. An enum rather than a boxed service, so the common case
 /// (`http1`) pays for no indirection. `http1` uses the gateway's own pool
-/// ([`pool::H1Pool`]); with `h2c` and `h2` hyper-util's pool holds one shared HTTP/2
-/// connection per endpoint that carries every request; `https` is HTTP/1.1 over TLS
-/// through hyper-util's pool.
+/// ([`pool::H1Pool`]); `h2c` and `h2` use [`h2::H2Pool`], one shared HTTP/2 connection
+/// per endpoint that carries every request; `https` is HTTP/1.1 over TLS through
+/// hyper-util's pool.
 #[derive(Debug, Clone)]
 pub enum UpstreamClient {
     H1(H1Pool),
-    Plain(HttpClient),
-    Tls(HttpsClient),
+    H2c(H2Pool<HttpConnector>),
+    H2(H2Pool<HttpsConnector<HttpConnector>>),
+    /// Boxed: hyper-util's client is large, and `https` services are the rare case.
+    Tls(Box<HttpsClient>),
 }
 
 impl UpstreamClient {
@@ -67,7 +67,8 @@ impl UpstreamClient {
         };
         let sent: ResponseFuture = match self {
             UpstreamClient::H1(pool) => return pool.send(target, req, last).await,
-            UpstreamClient::Plain(c) => c.request(legacy(req)),
+            UpstreamClient::H2c(pool) => return pool.send(target, scheme, req, last).await,
+            UpstreamClient::H2(pool) => return pool.send(target, scheme, req, last).await,
             UpstreamClient::Tls(c) => c.request(legacy(req)),
         };
         match sent.await {
@@ -100,11 +101,13 @@ pub fn take_or_copy(
 
 pub mod dns;
 pub mod h1;
+pub mod h2;
 pub mod health;
 pub mod pool;
 pub mod tls;
 
 use dns::Dns;
+use h2::H2Pool;
 use pool::{H1Pool, IdleList, PooledBody, UpstreamError};
 
 /// One address to send requests to.
@@ -303,8 +306,13 @@ impl Registry {
         let (up, valid_until) = Self::build(service, defaults, &dns).await;
         let up = Arc::new(up);
         spawn_dns_refresh(&up, service, dns, valid_until);
-        if let UpstreamClient::H1(pool) = &up.client {
-            pool::spawn_sweeper(Arc::downgrade(&up), pool.idle_timeout);
+        match &up.client {
+            UpstreamClient::H1(pool) => pool::spawn_sweeper(Arc::downgrade(&up), pool.idle_timeout),
+            UpstreamClient::H2c(pool) => {
+                pool::spawn_sweeper(Arc::downgrade(&up), pool.idle_timeout)
+            }
+            UpstreamClient::H2(pool) => pool::spawn_sweeper(Arc::downgrade(&up), pool.idle_timeout),
+            UpstreamClient::Tls(_) => {}
         }
         if let Some(check) = &service.health_check {
             health::spawn_health_checks(
@@ -368,28 +376,32 @@ impl Registry {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(service.connect_timeout));
         connector.set_nodelay(true);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(defaults.pool_idle_timeout)
-            .pool_max_idle_per_host(defaults.pool_max_idle)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new());
-        if matches!(service.protocol, Protocol::H2c | Protocol::H2) {
-            builder
-                .http2_only(true)
-                .http2_keep_alive_interval(Some(Duration::from_secs(20)))
-                .http2_keep_alive_while_idle(true);
-        }
         let client = match service.protocol {
             Protocol::Http1 => UpstreamClient::H1(H1Pool {
                 connect_timeout: service.connect_timeout,
                 idle_timeout: defaults.pool_idle_timeout,
                 max_idle: defaults.pool_max_idle,
             }),
-            Protocol::H2c => UpstreamClient::Plain(builder.build(connector)),
-            Protocol::Https | Protocol::H2 => {
+            Protocol::H2c => UpstreamClient::H2c(H2Pool {
+                connector,
+                idle_timeout: defaults.pool_idle_timeout,
+            }),
+            Protocol::H2 => {
                 connector.enforce_http(false);
-                UpstreamClient::Tls(builder.build(tls::connector(service, connector)))
+                UpstreamClient::H2(H2Pool {
+                    connector: tls::connector(service, connector),
+                    idle_timeout: defaults.pool_idle_timeout,
+                })
+            }
+            Protocol::Https => {
+                connector.enforce_http(false);
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder
+                    .pool_idle_timeout(defaults.pool_idle_timeout)
+                    .pool_max_idle_per_host(defaults.pool_max_idle)
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new());
+                UpstreamClient::Tls(Box::new(builder.build(tls::connector(service, connector))))
             }
         };
         let epoch = Instant::now();

@@ -46,6 +46,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::h1::{self, ExchangeError, RawBody, RawConn};
+use super::h2::H2Slot;
 use super::{Target, Upstream};
 use crate::proxy::body::UpstreamBody;
 
@@ -53,11 +54,13 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 type Sender = http1::SendRequest<UpstreamBody>;
 
-/// The idle connections of one endpoint: hyper's and [`h1`]'s.
+/// The idle connections of one endpoint: hyper's and [`h1`]'s, and the shared HTTP/2
+/// connection of `h2c` and `h2` services.
 #[derive(Debug, Default)]
 pub struct IdleList {
     hyper: Stack<Sender>,
     raw: Stack<RawConn>,
+    pub(super) h2: H2Slot,
 }
 
 impl IdleList {
@@ -66,6 +69,7 @@ impl IdleList {
     fn sweep(&self, idle_timeout: Duration) {
         self.hyper.sweep(idle_timeout);
         self.raw.sweep(idle_timeout);
+        self.h2.sweep(idle_timeout);
     }
 
     /// Give back an [`h1`] connection whose answer was read to its end.
@@ -155,7 +159,7 @@ pub enum UpstreamError {
     Exchange(hyper::Error),
     /// The same, met by the gateway's own exchange ([`h1`]).
     Io(std::io::Error),
-    /// From the legacy client (`h2c`, `h2`, `https` services).
+    /// From the legacy client (`https` services).
     Legacy(hyper_util::client::legacy::Error),
 }
 

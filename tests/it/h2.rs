@@ -35,8 +35,22 @@ async fn version_upstream(tls: Option<Arc<rustls::ServerConfig>>) -> VersionUpst
             let tls = tls.clone();
             let conns = conns2.clone();
             tokio::spawn(async move {
+                // The body is the version; `x-authority` and `x-host` say what the
+                // request named as its authority (`:authority` for HTTP/2) and what
+                // `Host` fields came with it.
                 let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                    Ok::<_, Infallible>(text(format!("{:?}", req.version())))
+                    let mut resp = text(format!("{:?}", req.version()));
+                    let authority = req.uri().authority().map_or("-", |a| a.as_str());
+                    let hosts: Vec<&str> = req
+                        .headers()
+                        .get_all(http::header::HOST)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .collect();
+                    let h = resp.headers_mut();
+                    h.insert("x-authority", authority.parse().unwrap());
+                    h.insert("x-host", hosts.join(",").parse().unwrap());
+                    Ok::<_, Infallible>(resp)
                 });
                 let builder = auto::Builder::new(TokioExecutor::new());
                 match tls {
@@ -127,6 +141,113 @@ async fn h2c_upstream_requests_share_one_connection() {
         1,
         "51 requests over one shared HTTP/2 connection"
     );
+}
+
+async fn get_with_host(url: &str, host: &str) -> Answer {
+    let req = http::Request::get(url)
+        .header(http::header::HOST, host)
+        .body(empty())
+        .unwrap();
+    send(&client(), req).await
+}
+
+/// RFC 9113 §8.3.1: the client's `Host` becomes `:authority`, and no `Host` field goes
+/// beside it (a server may reject the two together; nginx does, see the next test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_upstreams_get_the_client_host_as_authority_and_no_host_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(&["up.test"]);
+    write_cert(dir.path(), "up", &cert);
+    let plain = version_upstream(None).await;
+    let tls = version_upstream(Some(server_config(&cert, None))).await;
+    for (addr, service) in [
+        (plain.addr, "protocol = \"h2c\""),
+        (
+            tls.addr,
+            "protocol = \"h2\"\nca = \"up.crt\"\nserver_name = \"up.test\"",
+        ),
+    ] {
+        let gw = Gateway::start_at(&service_config(dir.path(), addr, service));
+        let a = get_with_host(&gw.url("/x"), "api.example.com").await;
+        assert_eq!(a.status, 200, "{service}: {a:?}");
+        assert_eq!(&a.body[..], b"HTTP/2.0", "{service}");
+        assert_eq!(a.headers["x-authority"], "api.example.com", "{service}");
+        assert_eq!(
+            a.headers["x-host"], "",
+            "{service}: no Host beside :authority"
+        );
+    }
+}
+
+/// A real nginx as an h2c upstream: before the fix it answered every request 400
+/// ("client sent duplicate host header"), because `Host` came beside an `:authority`
+/// that named the endpoint. It must see the client's host as `$host`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_as_an_h2c_upstream_answers_with_the_client_host() {
+    let Some(bin) = crate::import_nginx::find_nginx() else {
+        eprintln!("h2: skipped: no nginx binary found (PATH, /usr/sbin; or set NGINX)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "events {{}}\nhttp {{\n  access_log off;\n  server {{\n    listen {addr} http2;\n    \
+             location / {{ return 200 \"host=$host uri=$request_uri\"; }}\n  }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let _nginx = crate::import_nginx::Nginx::start(&bin, dir.path(), &conf, addr);
+    let gw = Gateway::start_at(&service_config(dir.path(), addr, "protocol = \"h2c\""));
+    for host in ["api.example.com", "shop.example.com"] {
+        let a = get_with_host(&gw.url("/a/b?c=1"), host).await;
+        assert_eq!(a.status, 200, "{a:?}");
+        assert_eq!(a.body, format!("host={host} uri=/a/b?c=1"));
+    }
+}
+
+/// Concurrent first requests to an h2c endpoint that refuses connections wait for one
+/// connection attempt and fail with it: every one gets 502 upstream_connect_failed, and
+/// the gateway then serves the next request once the endpoint is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_to_a_refusing_h2c_endpoint_all_get_502() {
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_at(&service_config(dir.path(), addr, "protocol = \"h2c\""));
+    let c = client();
+    let started = Instant::now();
+    let mut all = Vec::new();
+    for i in 0..20 {
+        let c = c.clone();
+        let url = gw.url(&format!("/{i}"));
+        all.push(tokio::spawn(async move { get(&c, &url).await }));
+    }
+    for t in all {
+        let a = t.await.unwrap();
+        assert_eq!(a.status, 502, "{a:?}");
+        assert_eq!(a.json()["error"], "upstream_connect_failed");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The endpoint comes up: the next request connects.
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+                    Ok::<_, Infallible>(text("up"))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let a = get(&c, &gw.url("/again")).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(&a.body[..], b"up");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

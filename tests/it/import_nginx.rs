@@ -31,7 +31,7 @@ use switchyard::import::parse::{self, Directive};
 use crate::import::{fixtures, fixtures_dir, import, import_in};
 use crate::support::*;
 
-fn find_nginx() -> Option<PathBuf> {
+pub(crate) fn find_nginx() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("NGINX") {
         return Some(PathBuf::from(p));
     }
@@ -44,13 +44,13 @@ fn find_nginx() -> Option<PathBuf> {
 
 /// A real nginx on loopback, killed through its handle (single process: with
 /// `master_process off` there are no orphaned workers).
-struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
     addr: SocketAddr,
 }
 
 impl Nginx {
-    fn start(bin: &Path, dir: &Path, conf: &Path, addr: SocketAddr) -> Nginx {
+    pub(crate) fn start(bin: &Path, dir: &Path, conf: &Path, addr: SocketAddr) -> Nginx {
         std::fs::create_dir_all(dir.join("logs")).unwrap();
         let globals = format!(
             "daemon off; master_process off; pid {}; error_log stderr;",
