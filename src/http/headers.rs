@@ -154,6 +154,17 @@ pub fn framing_is_ambiguous(headers: &HeaderMap) -> bool {
     false
 }
 
+/// A `Transfer-Encoding` that names any coding besides `chunked` (`gzip, chunked`): the
+/// gateway re-frames bodies, so such a coding could not be passed on intact.
+pub fn has_other_transfer_coding(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TRANSFER_ENCODING).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"))
+    })
+}
+
 /// Keep a client's request id when it is short and plain; otherwise `None`.
 pub fn valid_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
@@ -450,6 +461,21 @@ mod tests {
         )])));
         assert!(!framing_is_ambiguous(&map(&[("content-length", "5")])));
         assert!(!framing_is_ambiguous(&map(&[])));
+    }
+
+    #[test]
+    fn transfer_codings_besides_chunked_are_found() {
+        let te = |v: &'static str| map(&[("transfer-encoding", v)]);
+        assert!(has_other_transfer_coding(&te("gzip, chunked")));
+        assert!(has_other_transfer_coding(&te("chunked, gzip")));
+        assert!(has_other_transfer_coding(&map(&[
+            ("transfer-encoding", "deflate"),
+            ("transfer-encoding", "chunked")
+        ])));
+        assert!(!has_other_transfer_coding(&te("chunked")));
+        assert!(!has_other_transfer_coding(&te(" Chunked ")));
+        assert!(!has_other_transfer_coding(&te("chunked,")));
+        assert!(!has_other_transfer_coding(&map(&[("content-length", "5")])));
     }
 
     #[test]

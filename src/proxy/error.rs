@@ -27,6 +27,11 @@ pub enum ProxyError {
     /// than chunked: a smuggling attempt or a broken client. Answered with 400
     /// `bad_framing`, and the connection is closed.
     AmbiguousFraming,
+    /// `Transfer-Encoding` names a coding besides the final `chunked` (`gzip, chunked`):
+    /// the gateway cannot pass the body on with that coding intact, and forwarding it
+    /// without would change what the upstream reads. 501 `unsupported_transfer_coding`
+    /// (RFC 9112 §6.1; nginx answers the same), and the connection is closed.
+    UnsupportedTransferCoding,
     /// The branch header, cookie or baggage names no valid branch (400 `bad_branch`):
     /// names match `^[a-z0-9][a-z0-9-]{0,62}$`, so nothing else reaches DNS or a URL.
     BadBranch,
@@ -85,6 +90,7 @@ impl ProxyError {
             | ProxyError::BadPath
             | ProxyError::BadBranch
             | ProxyError::AmbiguousFraming
+            | ProxyError::UnsupportedTransferCoding
             | ProxyError::UriTooLong
             | ProxyError::BadRequestBody
             | ProxyError::PayloadTooLarge
@@ -110,6 +116,7 @@ impl ProxyError {
             | ProxyError::BadBranch
             | ProxyError::AmbiguousFraming
             | ProxyError::BadRequestBody => StatusCode::BAD_REQUEST,
+            ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -132,6 +139,7 @@ impl ProxyError {
             ProxyError::BadPath => "bad_path",
             ProxyError::BadBranch => "bad_branch",
             ProxyError::AmbiguousFraming => "bad_framing",
+            ProxyError::UnsupportedTransferCoding => "unsupported_transfer_coding",
             ProxyError::UriTooLong => "uri_too_long",
             ProxyError::BadRequestBody => "bad_request_body",
             ProxyError::PayloadTooLarge => "payload_too_large",
@@ -164,7 +172,7 @@ impl ProxyError {
         match self {
             ProxyError::MissingToken | ProxyError::InvalidToken => UNAUTHENTICATED,
             ProxyError::Forbidden => PERMISSION_DENIED,
-            ProxyError::NoRoute => UNIMPLEMENTED,
+            ProxyError::NoRoute | ProxyError::UnsupportedTransferCoding => UNIMPLEMENTED,
             ProxyError::BadPath
             | ProxyError::UriTooLong
             | ProxyError::AmbiguousFraming
@@ -234,6 +242,7 @@ impl ProxyError {
         if matches!(
             self,
             ProxyError::AmbiguousFraming
+                | ProxyError::UnsupportedTransferCoding
                 | ProxyError::PayloadTooLarge
                 | ProxyError::BodyTimeout
                 | ProxyError::BadRequestBody
@@ -274,6 +283,7 @@ mod tests {
             ProxyError::BadPath,
             ProxyError::BadBranch,
             ProxyError::AmbiguousFraming,
+            ProxyError::UnsupportedTransferCoding,
             ProxyError::UriTooLong,
             ProxyError::BadRequestBody,
             ProxyError::PayloadTooLarge,
@@ -303,11 +313,10 @@ mod tests {
             );
             assert_eq!(g.headers()["grpc-message"], e.code());
             assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
-            assert_eq!(
-                e.status().is_client_error(),
-                e.side() == Side::Downstream,
-                "{e:?}"
-            );
+            // 501 is the one answer about the client's request that is not a 4xx.
+            let client_side =
+                e.status().is_client_error() || e == ProxyError::UnsupportedTransferCoding;
+            assert_eq!(client_side, e.side() == Side::Downstream, "{e:?}");
         }
     }
 }

@@ -137,6 +137,34 @@ async fn content_length_with_chunked_cannot_smuggle_a_request() {
     still_serves(&gw).await;
 }
 
+/// `Transfer-Encoding: gzip, chunked`: the gateway would re-frame the body as plain
+/// chunked and the upstream would read gzip-coded bytes as the body itself. 501, the
+/// connection closed, nothing forwarded (nginx answers the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_coding_besides_chunked_is_501_and_never_forwarded() {
+    let (up, gw) = setup("").await;
+    for te in ["gzip, chunked", "deflate,chunked"] {
+        let req = format!(
+            "POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: {te}\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        );
+        let resp = raw(gw.addr, req.as_bytes()).await;
+        assert!(
+            status_line(&resp).starts_with("HTTP/1.1 501"),
+            "{te}: {resp:?}"
+        );
+        assert!(
+            resp.contains("\"error\":\"unsupported_transfer_coding\""),
+            "{resp}"
+        );
+        assert!(
+            resp.to_ascii_lowercase().contains("connection: close"),
+            "{resp}"
+        );
+    }
+    assert_eq!(up.hits(), 0);
+    still_serves(&gw).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slowloris_connection_is_closed_after_the_header_timeout() {
     let (_up, gw) = setup("[server]\nheader_read_timeout = \"1s\"\n").await;
