@@ -131,38 +131,44 @@ pub fn remove(headers: &mut HeaderMap, name: &HeaderName) {
     }
 }
 
-/// Request framing that a proxy must refuse rather than forward (request smuggling):
-/// both `Content-Length` and `Transfer-Encoding`, several `Content-Length` values, or a
-/// `Transfer-Encoding` whose last coding is not `chunked`.
-pub fn framing_is_ambiguous(headers: &HeaderMap) -> bool {
+/// Why a request's framing is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadFraming {
+    /// Both `Content-Length` and `Transfer-Encoding`, several `Content-Length` values,
+    /// or a `Transfer-Encoding` whose last coding is not `chunked` (request smuggling).
+    Ambiguous,
+    /// A `Transfer-Encoding` that names a coding besides `chunked` (`gzip, chunked`):
+    /// the gateway re-frames bodies, so such a coding could not be passed on intact.
+    OtherCoding,
+}
+
+/// Request framing that a proxy must refuse rather than forward. Costs two lookups
+/// when the request has neither `Content-Length` nor `Transfer-Encoding`.
+pub fn bad_framing(headers: &HeaderMap) -> Option<BadFraming> {
     if !has(headers, &header::CONTENT_LENGTH) && !has(headers, &header::TRANSFER_ENCODING) {
-        return false;
+        return None;
     }
     let cl = headers.get_all(header::CONTENT_LENGTH).iter().count();
     let te: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
     if cl > 1 || (cl == 1 && !te.is_empty()) {
-        return true;
+        return Some(BadFraming::Ambiguous);
     }
-    if let Some(last) = te.last() {
-        let last_coding = last
-            .to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .map(|c| c.trim().eq_ignore_ascii_case("chunked"));
-        return last_coding != Some(true);
+    let last = te.last()?;
+    let last_coding = last
+        .to_str()
+        .ok()
+        .and_then(|v| v.rsplit(',').next())
+        .map(|c| c.trim().eq_ignore_ascii_case("chunked"));
+    if last_coding != Some(true) {
+        return Some(BadFraming::Ambiguous);
     }
-    false
-}
-
-/// A `Transfer-Encoding` that names any coding besides `chunked` (`gzip, chunked`): the
-/// gateway re-frames bodies, so such a coding could not be passed on intact.
-pub fn has_other_transfer_coding(headers: &HeaderMap) -> bool {
-    headers.get_all(header::TRANSFER_ENCODING).iter().any(|v| {
+    let other = te.iter().any(|v| {
         v.as_bytes()
             .split(|&b| b == b',')
             .map(<[u8]>::trim_ascii)
             .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"))
-    })
+    });
+    other.then_some(BadFraming::OtherCoding)
 }
 
 /// Keep a client's request id when it is short and plain; otherwise `None`.
@@ -438,44 +444,37 @@ mod tests {
     }
 
     #[test]
-    fn ambiguous_framing_is_detected() {
-        assert!(framing_is_ambiguous(&map(&[
-            ("content-length", "5"),
-            ("transfer-encoding", "chunked")
-        ])));
-        assert!(framing_is_ambiguous(&map(&[
-            ("content-length", "5"),
-            ("content-length", "6")
-        ])));
-        assert!(framing_is_ambiguous(&map(&[(
-            "transfer-encoding",
-            "chunked, gzip"
-        )])));
-        assert!(framing_is_ambiguous(&map(&[(
-            "transfer-encoding",
-            "identity"
-        )])));
-        assert!(!framing_is_ambiguous(&map(&[(
-            "transfer-encoding",
-            "gzip, chunked"
-        )])));
-        assert!(!framing_is_ambiguous(&map(&[("content-length", "5")])));
-        assert!(!framing_is_ambiguous(&map(&[])));
-    }
-
-    #[test]
-    fn transfer_codings_besides_chunked_are_found() {
+    fn bad_framing_is_detected() {
+        use BadFraming::*;
         let te = |v: &'static str| map(&[("transfer-encoding", v)]);
-        assert!(has_other_transfer_coding(&te("gzip, chunked")));
-        assert!(has_other_transfer_coding(&te("chunked, gzip")));
-        assert!(has_other_transfer_coding(&map(&[
-            ("transfer-encoding", "deflate"),
-            ("transfer-encoding", "chunked")
-        ])));
-        assert!(!has_other_transfer_coding(&te("chunked")));
-        assert!(!has_other_transfer_coding(&te(" Chunked ")));
-        assert!(!has_other_transfer_coding(&te("chunked,")));
-        assert!(!has_other_transfer_coding(&map(&[("content-length", "5")])));
+        let cases: &[(HeaderMap, Option<BadFraming>)] = &[
+            (
+                map(&[("content-length", "5"), ("transfer-encoding", "chunked")]),
+                Some(Ambiguous),
+            ),
+            (
+                map(&[("content-length", "5"), ("content-length", "6")]),
+                Some(Ambiguous),
+            ),
+            (te("chunked, gzip"), Some(Ambiguous)),
+            (te("identity"), Some(Ambiguous)),
+            (te("gzip, chunked"), Some(OtherCoding)),
+            (
+                map(&[
+                    ("transfer-encoding", "deflate"),
+                    ("transfer-encoding", "chunked"),
+                ]),
+                Some(OtherCoding),
+            ),
+            (te("chunked"), None),
+            (te(" Chunked "), None),
+            (te(", chunked"), None),
+            (map(&[("content-length", "5")]), None),
+            (map(&[]), None),
+        ];
+        for (h, want) in cases {
+            assert_eq!(bad_framing(h), *want, "{h:?}");
+        }
     }
 
     #[test]

@@ -58,8 +58,8 @@ use crate::auth::{Claims, Failure};
 use crate::config::model::{Action, Forward, LogFormat, Redirect, Route};
 use crate::gateway::Gateway;
 use crate::http::headers::{
-    self as fields, X_REQUEST_ID, framing_is_ambiguous, has_other_transfer_coding, new_request_id,
-    remove_hop_by_hop, set_forwarded, valid_request_id,
+    self as fields, BadFraming, X_REQUEST_ID, bad_framing, new_request_id, remove_hop_by_hop,
+    set_forwarded, valid_request_id,
 };
 use crate::http::normalize::{normalize_host, normalize_path};
 use crate::observe::access_log::AccessRecord;
@@ -787,13 +787,11 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 
 /// Phase: refuse framing that two HTTP parsers could read differently.
 fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
-    if framing_is_ambiguous(headers) {
-        return Err(ProxyError::AmbiguousFraming);
+    match bad_framing(headers) {
+        None => Ok(()),
+        Some(BadFraming::Ambiguous) => Err(ProxyError::AmbiguousFraming),
+        Some(BadFraming::OtherCoding) => Err(ProxyError::UnsupportedTransferCoding),
     }
-    if has_other_transfer_coding(headers) {
-        return Err(ProxyError::UnsupportedTransferCoding);
-    }
-    Ok(())
 }
 
 /// The host the client asked for: `Host` (HTTP/1.1) or the URI authority (HTTP/2,
