@@ -11,7 +11,9 @@
 #      SCENARIOS (default "c256 c64 c1"; see scenario() below: cN = small GET keep-alive
 #        at N connections, body64k, upload1m, newconn, routes1k, routes10k, reload10k,
 #        policies; h2 = small GET over cleartext HTTP/2, 4 connections x 100 streams
-#        (h2load); stream1g = one 1 GiB response, stream1g-up = one 1 GiB upload (curl)),
+#        (h2load); h2up = c64 with HTTP/2 towards the upstream (h2c; HAProxy proto h2;
+#        nginx cannot, its row is HTTP/1.1); stream1g = one 1 GiB response,
+#        stream1g-up = one 1 GiB upload (curl)),
 #      PROXIES (default "nginx haproxy switchyard"), WARMUP (s, default 1),
 #      CARGO_TARGET_DIR (default $HOME/.cache/switchyard-target),
 #      SWITCHYARD_BIN (use this binary instead of building), KEEP_WORK=1 (keep temp dir).
@@ -39,12 +41,13 @@ TOKEN= # set by make_token (token.sh) before the runs; scenario() only reads it
 # scenario NAME -> KIND (wrk | h2load | download | upload: the load tool and what is
 # measured), CONNS, STREAMS (h2load: concurrent streams per connection), REQ_PATH,
 # WRK_SCRIPT (wrk -s; every script prints p50/p99/p99.9 via latency.lua), WRK_ARGS
-# (array), ROUTES (extra routes in the table), H2 (the proxy listens for cleartext
+# (array), ROUTES (extra routes in the table), H2UP (HTTP/2 to the upstream where the
+# proxy can), H2 (the proxy listens for cleartext
 # HTTP/2 with prior knowledge), BIG_BODY (switchyard: a route for /upload1g without the
 # 32 MiB body limit), DESC (one line for the report).
 scenario() {
     KIND=wrk; WRK_SCRIPT=$HERE/latency.lua; WRK_ARGS=(); ROUTES=0; REQ_PATH=/; RELOAD=0
-    POLICIES=0; STREAMS=1; H2=0; BIG_BODY=0
+    POLICIES=0; STREAMS=1; H2=0; BIG_BODY=0; H2UP=0
     case $1 in
     c[1-9]*) CONNS=${1#c}; DESC="GET 13 B, keep-alive, $CONNS connections" ;;
     body64k) CONNS=64; REQ_PATH=/64k; DESC="GET 64 KiB response, keep-alive, 64 connections" ;;
@@ -60,6 +63,8 @@ scenario() {
               DESC="GET 13 B, 64 connections; switchyard with JWT auth (RS256) + sticky canary + rate limit + metrics; nginx/HAProxy plain" ;;
     reload10k) CONNS=64; ROUTES=10000; REQ_PATH=/svc-5000/item; RELOAD=1
                DESC="routes10k with a config reload every second (nginx -s reload / SIGHUP)" ;;
+    h2up) CONNS=64; H2UP=1
+          DESC="GET 13 B, keep-alive, 64 connections; HTTP/2 (h2c) to the upstream for switchyard and HAProxy, HTTP/1.1 for nginx (it has no HTTP/2 upstreams)" ;;
     h2) KIND=h2load; CONNS=4; STREAMS=100; H2=1
         DESC="GET 13 B over cleartext HTTP/2 (prior knowledge), 4 connections x 100 concurrent streams (h2load); upstream HTTP/1.1 keep-alive" ;;
     stream1g) KIND=download; CONNS=1; REQ_PATH=/1g
@@ -71,7 +76,7 @@ scenario() {
 }
 for sc in $SCENARIOS; do
     [[ $sc =~ ^c[1-9][0-9]*$ ]] || scenario "$sc" \
-        || die "unknown scenario '$sc' (cN: small GET keep-alive at N connections, body64k, upload1m, newconn, routes1k, routes10k, reload10k, policies, h2, stream1g, stream1g-up)"
+        || die "unknown scenario '$sc' (cN: small GET keep-alive at N connections, body64k, upload1m, newconn, routes1k, routes10k, reload10k, policies, h2, h2up, stream1g, stream1g-up)"
 done
 for p in $PROXIES; do
     case $p in nginx|haproxy|switchyard) ;; *) die "unknown proxy '$p' (nginx, haproxy, switchyard)";; esac
@@ -233,9 +238,9 @@ peak_rss_kib() { status_kib VmHWM "$@"; } # peak RSS since the process started
 rss_kib() { status_kib VmRSS "$@"; }      # RSS now
 
 # Four free loopback ports: upstream, then one per proxy.
-read -r UPSTREAM_PORT NGINX_PORT HAPROXY_PORT SY_PORT < <(python3 -c '
+read -r UPSTREAM_PORT NGINX_PORT HAPROXY_PORT SY_PORT UPSTREAM_H2_PORT < <(python3 -c '
 import socket
-ss = [socket.socket() for _ in range(4)]
+ss = [socket.socket() for _ in range(5)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in ss])')
 declare -A PORT=([nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [switchyard]=$SY_PORT)
@@ -269,6 +274,11 @@ for sc in $SCENARIOS; do
     fi
 done
 render "$HERE/upstream-nginx.conf.in" "$WORK/upstream/nginx.conf"
+# A second listener for h2up: the same server over cleartext HTTP/2 (prior knowledge).
+sed -i "s|^\(        listen 127.0.0.1:$UPSTREAM_PORT backlog=4096;\)$|\1\n        listen 127.0.0.1:$UPSTREAM_H2_PORT http2 backlog=4096;|" \
+    "$WORK/upstream/nginx.conf"
+grep -q "listen 127.0.0.1:$UPSTREAM_H2_PORT http2" "$WORK/upstream/nginx.conf" \
+    || die "could not add the upstream's HTTP/2 listener"
 taskset -c 0 nginx -e "$WORK/upstream/error.log" -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" \
     >"$WORK/upstream/stdout.log" 2>&1 &
 UPSTREAM_PID=$!
@@ -294,6 +304,10 @@ start_proxy() { # start_proxy NAME -> sets PROXY_PID, PROXY_LOG
         render "$HERE/haproxy.cfg.in" "$dir/haproxy.cfg"
         add_routes haproxy "$dir/haproxy.cfg" "$ROUTES"
         PROXY_LOG=$dir/haproxy.log
+        if ((H2UP)); then
+            sed -i "s|^    server up 127.0.0.1:$UPSTREAM_PORT\$|    server up 127.0.0.1:$UPSTREAM_H2_PORT proto h2|" "$dir/haproxy.cfg"
+            grep -q "proto h2$" "$dir/haproxy.cfg" || die "could not point HAProxy at the HTTP/2 upstream"
+        fi
         haproxy -c -q -f "$dir/haproxy.cfg" || die "haproxy rejected its config"
         taskset -c 1 haproxy -db -f "$dir/haproxy.cfg" >"$PROXY_LOG" 2>&1 &
         ;;
@@ -302,6 +316,10 @@ start_proxy() { # start_proxy NAME -> sets PROXY_PID, PROXY_LOG
         add_routes switchyard "$dir/routes.toml" "$ROUTES"
         ((POLICIES)) && add_policies "$dir/routes.toml"
         ((BIG_BODY)) && add_big_body_route "$dir/routes.toml"
+        if ((H2UP)); then
+            sed -i "s|^endpoints = \[\"127.0.0.1:$UPSTREAM_PORT\"\]\$|endpoints = [\"127.0.0.1:$UPSTREAM_H2_PORT\"]\nprotocol = \"h2c\"|" "$dir/routes.toml"
+            grep -q '^protocol = "h2c"$' "$dir/routes.toml" || die "could not point switchyard at the HTTP/2 upstream"
+        fi
         PROXY_LOG=$dir/switchyard.log
         "$SY_BIN" check "$dir/routes.toml" >/dev/null || die "switchyard rejected its routes.toml"
         # TOKIO_WORKER_THREADS=1: tokio's multi-threaded runtime honours this env var; one
