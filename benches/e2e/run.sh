@@ -237,7 +237,7 @@ tcp_out_segs() {
 peak_rss_kib() { status_kib VmHWM "$@"; } # peak RSS since the process started
 rss_kib() { status_kib VmRSS "$@"; }      # RSS now
 
-# Four free loopback ports: upstream, then one per proxy.
+# Five free loopback ports: upstream, one per proxy, and the upstream's HTTP/2 listener.
 read -r UPSTREAM_PORT NGINX_PORT HAPROXY_PORT SY_PORT UPSTREAM_H2_PORT < <(python3 -c '
 import socket
 ss = [socket.socket() for _ in range(5)]

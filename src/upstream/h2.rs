@@ -172,7 +172,9 @@ where
             .keep_alive_while_idle(true)
             .handshake(io)
             .await
-            .map_err(UpstreamError::Exchange)?;
+            // Only the preface and SETTINGS were written: no request reached the
+            // upstream, so this counts as a failed connection (safe to try again).
+            .map_err(|e| UpstreamError::Connect(std::io::Error::other(e)))?;
         let addr = target.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
