@@ -1063,7 +1063,13 @@ async fn forward(
                 Some(Err(e)) if e.is_connect() => {
                     *connect_failures += 1;
                     upstream.record(&target, false);
-                    tracing::debug!(service = %upstream.name, endpoint = %target.addr, error = %e, "connect failed");
+                    // At warn level now and then: a wrong CA or server name, a refused
+                    // port, a firewall are configuration problems someone must see.
+                    if target.state.connect_warn_due() {
+                        tracing::warn!(service = %upstream.name, endpoint = %target.addr, error = %e, "upstream connect failed (next warning for this endpoint in 10 s at the earliest)");
+                    } else {
+                        tracing::debug!(service = %upstream.name, endpoint = %target.addr, error = %e, "connect failed");
+                    }
                     last = Err(ProxyError::ConnectFailed);
                     policy.on_connect_failure
                 }

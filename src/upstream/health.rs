@@ -21,8 +21,15 @@ pub struct EndpointState {
     ejections: AtomicU32,
     /// Active health-check verdict (true until a check says otherwise).
     healthy: AtomicBool,
+    /// When a failure to connect here was last logged at warn level (ms after
+    /// `epoch`, plus one so that 0 means never).
+    warned_ms: AtomicU64,
     epoch: Instant,
 }
+
+/// A failed connection to one endpoint is logged at warn level at most this often; the
+/// rest go to debug (a restarting backend would otherwise flood the log).
+pub const CONNECT_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl EndpointState {
     pub fn new(epoch: Instant) -> Self {
@@ -31,6 +38,7 @@ impl EndpointState {
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             healthy: AtomicBool::new(true),
+            warned_ms: AtomicU64::new(0),
             epoch,
         }
     }
@@ -59,6 +67,19 @@ impl EndpointState {
 
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether a failed connection here gets a warn line now: true for the first, then
+    /// at most once per [`CONNECT_WARN_EVERY`].
+    pub fn connect_warn_due(&self) -> bool {
+        let now = self.now_ms() + 1;
+        let last = self.warned_ms.load(Ordering::Relaxed);
+        let every = CONNECT_WARN_EVERY.as_millis() as u64;
+        (last == 0 || now >= last + every)
+            && self
+                .warned_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 }
 
@@ -167,6 +188,14 @@ async fn probe(addr: SocketAddr, check: &HealthCheck) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connect_warnings_are_spaced() {
+        let s = EndpointState::new(Instant::now());
+        assert!(s.connect_warn_due(), "the first failure is logged");
+        assert!(!s.connect_warn_due(), "the next, right after, is not");
+        assert!(!s.connect_warn_due());
+    }
 
     fn states(n: usize) -> Vec<Arc<EndpointState>> {
         let epoch = Instant::now();

@@ -208,6 +208,29 @@ async fn nginx_as_an_h2c_upstream_answers_with_the_client_host() {
     }
 }
 
+/// A TLS upstream that fails verification (here: a name its certificate does not have)
+/// is a configuration problem: the 502 comes with a warn line that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upstream_certificate_check_is_logged_at_warn() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(&["up.test"]);
+    write_cert(dir.path(), "up", &cert);
+    let up = version_upstream(Some(server_config(&cert, None))).await;
+    let mut gw = Gateway::start_at(&service_config(
+        dir.path(),
+        up.addr,
+        "protocol = \"h2\"\nca = \"up.crt\"\nserver_name = \"other.test\"",
+    ));
+    let a = get(&client(), &gw.url("/")).await;
+    assert_eq!(a.status, 502, "{a:?}");
+    let line = gw.wait_log(
+        "upstream connect failed (next warning for this endpoint in 10 s at the earliest)",
+    );
+    assert_eq!(line["level"], "WARN", "{line}");
+    let error = line["fields"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("certificate"), "{line}");
+}
+
 /// Concurrent first requests to an h2c endpoint that refuses connections wait for one
 /// connection attempt and fail with it: every one gets 502 upstream_connect_failed, and
 /// the gateway then serves the next request once the endpoint is up.
