@@ -28,6 +28,18 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+pub static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+pub static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+pub static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+/// A number as a header value, formatted with `itoa` (http's `From<u32>` goes through
+/// `fmt::Write`, several times the cost).
+pub fn number_value(n: u32) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(
+        itoa::Buffer::new().format(n).as_bytes(),
+    ))
+    .expect("decimal digits are a valid header value")
+}
 
 /// Remove hop-by-hop headers, including every header named in `Connection`, and `Upgrade`.
 /// Returns quickly when there is nothing to do (the common keep-alive request has at most
@@ -474,6 +486,13 @@ mod tests {
         ];
         for (h, want) in cases {
             assert_eq!(bad_framing(h), *want, "{h:?}");
+        }
+    }
+
+    #[test]
+    fn numbers_as_values() {
+        for n in [0u32, 7, 10, 4_294_967_295] {
+            assert_eq!(number_value(n), HeaderValue::from(n));
         }
     }
 

@@ -3,6 +3,7 @@
 use http::{HeaderValue, Response, StatusCode, header};
 
 use super::body::ResponseBody;
+use crate::http::headers::{RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET, number_value};
 
 /// Which side of the gateway a failure is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,10 +213,10 @@ impl ProxyError {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
             ProxyError::RateLimited { retry_after, limit } => {
-                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-                h.insert("ratelimit-limit", HeaderValue::from(limit));
-                h.insert("ratelimit-remaining", HeaderValue::from_static("0"));
-                h.insert("ratelimit-reset", HeaderValue::from(retry_after));
+                h.insert(header::RETRY_AFTER, number_value(retry_after));
+                h.insert(RATELIMIT_LIMIT.clone(), number_value(limit));
+                h.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from_static("0"));
+                h.insert(RATELIMIT_RESET.clone(), number_value(retry_after));
             }
             ProxyError::Overloaded => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

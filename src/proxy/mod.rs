@@ -1120,10 +1120,11 @@ fn downstream_response(
     if let Some((limit, remaining)) = rate {
         parts
             .headers
-            .insert("ratelimit-limit", HeaderValue::from(limit));
-        parts
-            .headers
-            .insert("ratelimit-remaining", HeaderValue::from(remaining));
+            .insert(fields::RATELIMIT_LIMIT.clone(), fields::number_value(limit));
+        parts.headers.insert(
+            fields::RATELIMIT_REMAINING.clone(),
+            fields::number_value(remaining),
+        );
     }
     let mut body = ResponseBody::stream(body);
     if let Some(p) = permit {
