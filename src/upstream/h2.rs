@@ -112,11 +112,9 @@ where
                 // slot no longer hands out a closed connection.
                 Some(req) if reused => {
                     let (mut tx, _) = self.checkout(target, scheme).await?;
-                    tx.send_request(req)
-                        .await
-                        .map_err(UpstreamError::Exchange)?
+                    tx.send_request(req).await.map_err(exchange_error)?
                 }
-                _ => return Err(UpstreamError::Exchange(e.into_error())),
+                _ => return Err(exchange_error(e.into_error())),
             },
         };
         Ok(resp.map(PooledBody::from))
@@ -183,6 +181,28 @@ where
         });
         Ok(tx)
     }
+}
+
+/// A failed exchange; [`UpstreamError::Refused`] when the upstream reset the stream with
+/// REFUSED_STREAM (it did not process it: a retry may send it again, like a failed
+/// connection). Any other failure, a GOAWAY included, stays an exchange error: hyper
+/// reports streams a GOAWAY left unprocessed with the same error as streams that were
+/// processed before the connection broke.
+fn exchange_error(e: hyper::Error) -> UpstreamError {
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        if let Some(h2e) = s.downcast_ref::<::h2::Error>() {
+            if h2e.is_reset()
+                && h2e.is_remote()
+                && h2e.reason() == Some(::h2::Reason::REFUSED_STREAM)
+            {
+                return UpstreamError::Refused(e);
+            }
+            break;
+        }
+        source = s.source();
+    }
+    UpstreamError::Exchange(e)
 }
 
 /// `req` as an HTTP/2 request: absolute URI with `:authority` from `Host` (the

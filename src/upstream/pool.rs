@@ -161,6 +161,9 @@ pub enum UpstreamError {
     Io(std::io::Error),
     /// From the legacy client (`https` services).
     Legacy(hyper_util::client::legacy::Error),
+    /// An HTTP/2 upstream reset the stream with REFUSED_STREAM: it did not process the
+    /// request (RFC 9113 §8.7), so the request may go again whatever its method.
+    Refused(hyper::Error),
 }
 
 impl UpstreamError {
@@ -168,7 +171,7 @@ impl UpstreamError {
     /// send again whatever the method.
     pub fn is_connect(&self) -> bool {
         match self {
-            UpstreamError::Connect(_) => true,
+            UpstreamError::Connect(_) | UpstreamError::Refused(_) => true,
             UpstreamError::Exchange(_) | UpstreamError::Io(_) => false,
             UpstreamError::Legacy(e) => e.is_connect(),
         }
@@ -182,6 +185,7 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::Exchange(e) => write!(f, "{e}"),
             UpstreamError::Io(e) => write!(f, "{e}"),
             UpstreamError::Legacy(e) => write!(f, "{e}"),
+            UpstreamError::Refused(e) => write!(f, "refused, not processed: {e}"),
         }
     }
 }
@@ -193,6 +197,7 @@ impl std::error::Error for UpstreamError {
             UpstreamError::Exchange(e) => Some(e),
             UpstreamError::Io(e) => Some(e),
             UpstreamError::Legacy(e) => Some(e),
+            UpstreamError::Refused(e) => Some(e),
         }
     }
 }

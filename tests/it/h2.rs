@@ -231,6 +231,69 @@ async fn a_failed_upstream_certificate_check_is_logged_at_warn() {
     assert!(error.contains("certificate"), "{line}");
 }
 
+/// An HTTP/2 upstream that resets a stream with REFUSED_STREAM did not process it (RFC
+/// 9113 §8.7): the gateway sends it again, even a POST, as after a failed connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_is_sent_again_even_for_a_post() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Streams seen, and the bodies of those answered.
+    let streams = Arc::new(AtomicUsize::new(0));
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (s2, b2) = (streams.clone(), bodies.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (streams, bodies) = (s2.clone(), b2.clone());
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                // `accept` drives the connection, so each stream is served in a task of
+                // its own while the loop keeps accepting (reading a body in the loop
+                // would wait for DATA that only `accept` can read).
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    // The first stream of all is refused; the rest are answered.
+                    if streams.fetch_add(1, Ordering::SeqCst) == 0 {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    let bodies = bodies.clone();
+                    tokio::spawn(async move {
+                        let mut body = req.into_body();
+                        let mut got = Vec::new();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            got.extend_from_slice(&chunk);
+                        }
+                        bodies
+                            .lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&got).into_owned());
+                        let resp = http::Response::new(());
+                        if let Ok(mut send) = respond.send_response(resp, false) {
+                            let _ = send.send_data(bytes::Bytes::from_static(b"done"), true);
+                        }
+                    });
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_at(&service_config(dir.path(), addr, "protocol = \"h2c\""));
+    let req = http::Request::post(gw.url("/orders"))
+        .body(full("order-1"))
+        .unwrap();
+    let a = send(&client(), req).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(&a.body[..], b"done");
+    assert_eq!(
+        streams.load(Ordering::SeqCst),
+        2,
+        "refused once, then sent again"
+    );
+    assert_eq!(*bodies.lock().unwrap(), vec!["order-1".to_string()]);
+}
+
 /// Concurrent first requests to an h2c endpoint that refuses connections wait for one
 /// connection attempt and fail with it: every one gets 502 upstream_connect_failed, and
 /// the gateway then serves the next request once the endpoint is up.
