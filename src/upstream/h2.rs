@@ -155,15 +155,12 @@ where
             .authority(target.authority.clone())
             .path_and_query("/")
             .build()
-            .map_err(|e| UpstreamError::Connect(std::io::Error::other(e)))?;
+            .map_err(connect_error)?;
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx))
             .await
-            .map_err(|e| UpstreamError::Connect(std::io::Error::other(e)))?;
-        let io = connector
-            .call(uri)
-            .await
-            .map_err(|e| UpstreamError::Connect(std::io::Error::other(e)))?;
+            .map_err(connect_error)?;
+        let io = connector.call(uri).await.map_err(connect_error)?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(PING_EVERY)
@@ -172,7 +169,7 @@ where
             .await
             // Only the preface and SETTINGS were written: no request reached the
             // upstream, so this counts as a failed connection (safe to try again).
-            .map_err(|e| UpstreamError::Connect(std::io::Error::other(e)))?;
+            .map_err(connect_error)?;
         let addr = target.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -181,6 +178,11 @@ where
         });
         Ok(tx)
     }
+}
+
+/// A step of making a connection failed: no request has reached the upstream.
+fn connect_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> UpstreamError {
+    UpstreamError::Connect(std::io::Error::other(e))
 }
 
 /// A failed exchange; [`UpstreamError::Refused`] when the upstream reset the stream with

@@ -76,6 +76,17 @@ impl UpstreamClient {
             Err(e) => Err(UpstreamError::Legacy(e)),
         }
     }
+
+    /// The idle timeout of the gateway's own pools (`http1`, `h2c`, `h2`), which the
+    /// sweeper enforces; `None` for hyper-util's client, which sweeps its own.
+    fn own_pool_idle_timeout(&self) -> Option<Duration> {
+        match self {
+            UpstreamClient::H1(pool) => Some(pool.idle_timeout),
+            UpstreamClient::H2c(pool) => Some(pool.idle_timeout),
+            UpstreamClient::H2(pool) => Some(pool.idle_timeout),
+            UpstreamClient::Tls(_) => None,
+        }
+    }
 }
 
 /// A request of its own for a client that consumes it: `req` itself on the last try,
@@ -306,13 +317,8 @@ impl Registry {
         let (up, valid_until) = Self::build(service, defaults, &dns).await;
         let up = Arc::new(up);
         spawn_dns_refresh(&up, service, dns, valid_until);
-        match &up.client {
-            UpstreamClient::H1(pool) => pool::spawn_sweeper(Arc::downgrade(&up), pool.idle_timeout),
-            UpstreamClient::H2c(pool) => {
-                pool::spawn_sweeper(Arc::downgrade(&up), pool.idle_timeout)
-            }
-            UpstreamClient::H2(pool) => pool::spawn_sweeper(Arc::downgrade(&up), pool.idle_timeout),
-            UpstreamClient::Tls(_) => {}
+        if let Some(idle_timeout) = up.client.own_pool_idle_timeout() {
+            pool::spawn_sweeper(Arc::downgrade(&up), idle_timeout);
         }
         if let Some(check) = &service.health_check {
             health::spawn_health_checks(

@@ -116,6 +116,22 @@ fn service_config(dir: &Path, addr: std::net::SocketAddr, service: &str) -> std:
     path
 }
 
+/// `n` GETs of `/0` … `/{n-1}` sent at once; their answers in order.
+async fn get_concurrently(c: &TestClient, gw: &Gateway, n: usize) -> Vec<Answer> {
+    let all: Vec<_> = (0..n)
+        .map(|i| {
+            let c = c.clone();
+            let url = gw.url(&format!("/{i}"));
+            tokio::spawn(async move { get(&c, &url).await })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(n);
+    for t in all {
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_upstream_requests_share_one_connection() {
     let up = version_upstream(None).await;
@@ -125,14 +141,7 @@ async fn h2c_upstream_requests_share_one_connection() {
     let a = get(&c, &gw.url("/first")).await;
     assert_eq!(a.status, 200);
     assert_eq!(&a.body[..], b"HTTP/2.0");
-    let mut all = Vec::new();
-    for i in 0..50 {
-        let c = c.clone();
-        let url = gw.url(&format!("/{i}"));
-        all.push(tokio::spawn(async move { get(&c, &url).await }));
-    }
-    for t in all {
-        let a = t.await.unwrap();
+    for a in get_concurrently(&c, &gw, 50).await {
         assert_eq!(a.status, 200);
         assert_eq!(&a.body[..], b"HTTP/2.0");
     }
@@ -305,14 +314,7 @@ async fn concurrent_requests_to_a_refusing_h2c_endpoint_all_get_502() {
     let gw = Gateway::start_at(&service_config(dir.path(), addr, "protocol = \"h2c\""));
     let c = client();
     let started = Instant::now();
-    let mut all = Vec::new();
-    for i in 0..20 {
-        let c = c.clone();
-        let url = gw.url(&format!("/{i}"));
-        all.push(tokio::spawn(async move { get(&c, &url).await }));
-    }
-    for t in all {
-        let a = t.await.unwrap();
+    for a in get_concurrently(&c, &gw, 20).await {
         assert_eq!(a.status, 502, "{a:?}");
         assert_eq!(a.json()["error"], "upstream_connect_failed");
     }
