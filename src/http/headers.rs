@@ -160,7 +160,13 @@ pub fn bad_framing(headers: &HeaderMap) -> Option<BadFraming> {
     if !has(headers, &header::CONTENT_LENGTH) && !has(headers, &header::TRANSFER_ENCODING) {
         return None;
     }
-    let cl = headers.get_all(header::CONTENT_LENGTH).iter().count();
+    // Values, not fields: `Content-Length: 5, 5` is two (RFC 9110 §8.6 lets a
+    // recipient fold identical ones; DESIGN.md refuses every repeat).
+    let cl: usize = headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .map(|v| 1 + v.as_bytes().iter().filter(|&&b| b == b',').count())
+        .sum();
     let te: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
     if cl > 1 || (cl == 1 && !te.is_empty()) {
         return Some(BadFraming::Ambiguous);
@@ -468,6 +474,11 @@ mod tests {
                 map(&[("content-length", "5"), ("content-length", "6")]),
                 Some(Ambiguous),
             ),
+            (
+                map(&[("content-length", "5"), ("content-length", "5")]),
+                Some(Ambiguous),
+            ),
+            (map(&[("content-length", "5, 5")]), Some(Ambiguous)),
             (te("chunked, gzip"), Some(Ambiguous)),
             (te("identity"), Some(Ambiguous)),
             (te("gzip, chunked"), Some(OtherCoding)),

@@ -24,6 +24,16 @@
 //! client that asks with `TE: trailers`) are ever handled here; HTTP/2 prefaces fail
 //! the parse and go to hyper's auto builder.
 //!
+//! One more kind of head is taken, to be refused: framing two parsers could read
+//! differently, `Content-Length` with `Transfer-Encoding`, or more than one
+//! `Content-Length` value (two fields, or a list, identical or not). The request goes
+//! to the proxy with no body, whose framing check answers 400 `bad_framing` with
+//! `connection: close`, and the bytes behind the head are never read (DESIGN.md,
+//! request smuggling). hyper would read the first as chunked and drop
+//! `Content-Length`, and fold identical lengths into one. That holds for every head
+//! this path reads, which is each head of a connection up to the first one hyper
+//! takes over; from there hyper's rules apply (chunked only, then close).
+//!
 //! The answer is framed as hyper frames it: `content-length` from the body's exact
 //! size or the upstream's `Content-Length`, else `transfer-encoding: chunked`; none for
 //! 204 and 304; a `date` field unless the answer has one; `connection: close` when the
@@ -239,11 +249,12 @@ fn poll_read<I: AsyncRead + Unpin>(
 // an allocation per request for nothing.
 #[allow(clippy::large_enum_variant)]
 enum Parsed {
-    /// A head this path takes, and whether the client asked to close afterwards.
+    /// A head this path takes, and whether to close after its answer.
     Request(Request<ClientBody>, bool),
     /// Not all of the head yet.
     Partial,
-    /// Not for this path (or not valid): hyper gets the buffer as it is.
+    /// Not for this path (or not valid): hyper gets the buffer as it is, for the rest
+    /// of the connection.
     NotTaken,
     /// Not for this path, found after the head was split off the buffer: the bytes to
     /// hand over, put back together.
@@ -260,7 +271,7 @@ fn parse(buf: &mut BytesMut, limits: &Limits, spare: &mut HeaderMap) -> Parsed {
         return Parsed::Partial;
     }
     let mut fields = [FieldAt::default(); MAX_FIELDS];
-    let (len, target, count, close) = {
+    let (len, method, target, count, close) = {
         let mut slots =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
         let mut req = httparse::Request::new(&mut []);
@@ -273,30 +284,43 @@ fn parse(buf: &mut BytesMut, limits: &Limits, spare: &mut HeaderMap) -> Parsed {
             Err(httparse::Error::TooManyHeaders) if !may_end_head(buf) => return Parsed::Partial,
             Err(_) => return Parsed::NotTaken,
         };
-        if len > limits.max_header_bytes || req.method != Some("GET") || req.version != Some(1) {
-            return Parsed::NotTaken;
-        }
-        let Some(path) = req.path.filter(|p| p.starts_with('/')) else {
+        let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
             return Parsed::NotTaken;
         };
-        let mut close = false;
+        if len > limits.max_header_bytes {
+            return Parsed::NotTaken;
+        }
+        let mut seen = Seen::default();
         for (h, f) in req.headers.iter().zip(fields.iter_mut()) {
-            if !field_taken(h, &mut close) {
-                return Parsed::NotTaken;
-            }
+            seen.field(h);
             f.name = Span::of(buf, h.name.as_bytes());
             f.value = Span::of(buf, h.value);
         }
-        (
-            len,
-            Span::of(buf, path.as_bytes()),
-            req.headers.len(),
-            close,
-        )
+        let target = Span::of(buf, path.as_bytes());
+        let method = if seen.ambiguous_framing() {
+            // Answered 400 `bad_framing` by the proxy's framing check, without reading
+            // a body, and the connection closed (DESIGN.md: request smuggling).
+            // hyper would read such a body as chunked and drop Content-Length.
+            match http::Method::from_bytes(method.as_bytes()) {
+                Ok(m) => Some(m),
+                Err(_) => return Parsed::NotTaken,
+            }
+        } else if method == "GET" && version == 1 && seen.plain && path.starts_with('/') {
+            None
+        } else {
+            return Parsed::NotTaken;
+        };
+        let close = seen.close || method.is_some();
+        (len, method, target, req.headers.len(), close)
     };
     let head = buf.split_to(len).freeze();
     match build(&head, target, &fields[..count], std::mem::take(spare)) {
-        Some(req) => Parsed::Request(req, close),
+        Some(mut req) => {
+            if let Some(m) = method {
+                *req.method_mut() = m;
+            }
+            Parsed::Request(req, close)
+        }
         None => {
             let mut all = BytesMut::with_capacity(head.len() + buf.len());
             all.extend_from_slice(&head);
@@ -307,28 +331,62 @@ fn parse(buf: &mut BytesMut, limits: &Limits, spare: &mut HeaderMap) -> Parsed {
     }
 }
 
-/// Whether a field leaves the request to this path; notes `Connection: close`.
-fn field_taken(h: &httparse::Header<'_>, close: &mut bool) -> bool {
-    let name = h.name;
-    let is = |n: &str| name.eq_ignore_ascii_case(n);
-    match name.len() {
-        2 => !is("te"),
-        6 => !is("expect"),
-        7 => !is("upgrade"),
-        14 => !is("content-length"),
-        17 => !is("transfer-encoding"),
-        10 if is("connection") => {
-            for token in h.value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    *close = true;
-                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
-                    return false;
+/// What a head's fields say about how it is served.
+struct Seen {
+    /// Nothing that keeps the request from this path's plain `GET`.
+    plain: bool,
+    /// The client asked to close after the answer.
+    close: bool,
+    /// `Content-Length` values (fields, and the values of a comma list).
+    lengths: usize,
+    chunked_or_other: bool,
+}
+
+impl Default for Seen {
+    fn default() -> Self {
+        Self {
+            plain: true,
+            close: false,
+            lengths: 0,
+            chunked_or_other: false,
+        }
+    }
+}
+
+impl Seen {
+    fn field(&mut self, h: &httparse::Header<'_>) {
+        let name = h.name;
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        match name.len() {
+            2 if is("te") => self.plain = false,
+            6 if is("expect") => self.plain = false,
+            7 if is("upgrade") => self.plain = false,
+            14 if is("content-length") => {
+                self.plain = false;
+                self.lengths += 1 + h.value.iter().filter(|&&b| b == b',').count();
+            }
+            17 if is("transfer-encoding") => {
+                self.plain = false;
+                self.chunked_or_other = true;
+            }
+            10 if is("connection") => {
+                for token in h.value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        self.close = true;
+                    } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                        self.plain = false;
+                    }
                 }
             }
-            true
+            _ => {}
         }
-        _ => true,
+    }
+
+    /// Two lengths, or a length and a transfer coding: two parsers could find
+    /// different ends of the body.
+    fn ambiguous_framing(&self) -> bool {
+        self.lengths > 1 || self.lengths == 1 && self.chunked_or_other
     }
 }
 
@@ -723,6 +781,31 @@ mod tests {
                 matches!(run(input, &limits()).0, Parsed::Partial),
                 "{input:?}"
             );
+        }
+    }
+
+    #[test]
+    fn ambiguous_framing_is_taken_to_be_refused_with_close() {
+        let cases = [
+            ("POST", "content-length: 4\r\ntransfer-encoding: chunked"),
+            ("PUT", "Transfer-Encoding: chunked\r\nContent-Length: 4"),
+            ("GET", "content-length: 0\r\ncontent-length: 0"),
+            ("POST", "content-length: 5, 5"),
+            ("DELETE", "transfer-encoding: gzip\r\ncontent-length: 1"),
+        ];
+        for (method, fields) in cases {
+            let input = format!("{method} /x HTTP/1.1\r\nHost: x\r\n{fields}\r\n\r\nbody");
+            let (Parsed::Request(req, close), rest) = run(&input, &limits()) else {
+                panic!("not taken: {input:?}");
+            };
+            assert!(close, "{input:?}");
+            assert_eq!(req.method().as_str(), method);
+            assert_eq!(
+                crate::http::headers::bad_framing(req.headers()),
+                Some(crate::http::headers::BadFraming::Ambiguous),
+                "the proxy refuses it: {input:?}"
+            );
+            assert_eq!(&rest[..], b"body", "the body is never read as a head");
         }
     }
 
