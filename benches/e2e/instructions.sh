@@ -12,7 +12,8 @@
 # dumped; instructions / requests is the figure.
 #
 # Env: CONNS (default 16), SECONDS_RUN (default 8), PROXIES (default "nginx switchyard"),
-#      REQ_PATH (default /), SWITCHYARD_BIN (else cargo build --profile profiling),
+#      REQ_PATH (default /), NEWCONN (1: a new TCP connection per request, as the
+#      e2e "newconn" scenario; default 0, keep-alive), SWITCHYARD_BIN (else cargo build --profile profiling),
 #      CARGO_TARGET_DIR (default $HOME/.cache/switchyard-target),
 #      KEEP_DIR (if set, the callgrind output files are copied there, for
 #      callgrind_annotate --inclusive=yes).
@@ -24,6 +25,9 @@ CONNS=${CONNS:-16}
 SECONDS_RUN=${SECONDS_RUN:-8}
 PROXIES=${PROXIES:-"nginx switchyard"}
 REQ_PATH=${REQ_PATH:-/}
+NEWCONN=${NEWCONN:-0}
+declare -a WRK_ARGS=()
+[[ $NEWCONN == 1 ]] && WRK_ARGS=(-H "Connection: close")
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/switchyard-target}
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
@@ -31,6 +35,7 @@ log() { printf '[instr %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 [[ $CONNS =~ ^[1-9][0-9]*$ ]] || die "CONNS must be a positive integer"
 [[ $SECONDS_RUN =~ ^[1-9][0-9]*$ ]] || die "SECONDS_RUN must be a positive integer"
+[[ $NEWCONN == 0 || $NEWCONN == 1 ]] || die "NEWCONN must be 0 or 1"
 
 missing=()
 for cmd in nginx wrk valgrind callgrind_control callgrind_annotate curl python3; do
@@ -95,9 +100,9 @@ wait_ready() { # wait_ready PORT PID
 measure() {
     local name=$1 port=$2 pid=$3 n ir f
     wait_ready "$port" "$pid"
-    wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port$REQ_PATH" >/dev/null
+    wrk -t1 -c"$CONNS" -d2s "${WRK_ARGS[@]}" "http://127.0.0.1:$port$REQ_PATH" >/dev/null
     callgrind_control -z "$pid" >/dev/null
-    wrk -t1 -c"$CONNS" -d"${SECONDS_RUN}s" "http://127.0.0.1:$port$REQ_PATH" >"$WORK/wrk-$name.out"
+    wrk -t1 -c"$CONNS" -d"${SECONDS_RUN}s" "${WRK_ARGS[@]}" "http://127.0.0.1:$port$REQ_PATH" >"$WORK/wrk-$name.out"
     callgrind_control -d "$pid" >/dev/null
     n=$(awk '/requests in/{print $1}' "$WORK/wrk-$name.out")
     f=$(ls "$WORK/cg-$name.out".* | head -n 1)
@@ -134,10 +139,11 @@ for p in $PROXIES; do
     wait "$pid" 2>/dev/null || true
 done
 
-python3 - "$WORK/results" "$CONNS" "$SECONDS_RUN" "$REQ_PATH" <<'PY'
+python3 - "$WORK/results" "$CONNS" "$SECONDS_RUN" "$REQ_PATH" \
+    "$([[ $NEWCONN == 1 ]] && echo "a new connection per request" || echo keep-alive)" <<'PY'
 import sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-print(f"user-space instructions per request (callgrind), GET {sys.argv[4]}, keep-alive, "
+print(f"user-space instructions per request (callgrind), GET {sys.argv[4]}, {sys.argv[5]}, "
       f"{sys.argv[2]} connections, {sys.argv[3]} s")
 base = {r[0]: int(r[2]) / int(r[1]) for r in rows}.get("nginx")
 print(f"{'proxy':<12} {'requests':>9} {'instr/request':>14} {'x nginx':>8}")
