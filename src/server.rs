@@ -85,10 +85,9 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         match &tls {
             None => {
-                // The connection's future is large (`h1` holds a request's whole
-                // pipeline): boxed, tokio moves a pointer as it spawns and polls the
-                // task, not the future. Unboxed, its ~8 copies of 13 KB cost more than
-                // serving a small GET does.
+                // The connection's future is large (13 KB: `h1` holds a request's
+                // whole pipeline): boxed, tokio moves a pointer as it spawns and polls
+                // the task, not the future (unboxed, about 8 copies of it).
                 tracker.spawn(Box::pin(async move {
                     let _permit = permit;
                     serve_connection(gw, stream, peer, "http", shutdown).await;
