@@ -83,11 +83,11 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let gw = gw.clone();
         let shutdown = shutdown.clone();
+        // Each connection's task is boxed: its future is large (13 KB, `h1` holds a
+        // request's whole pipeline), and tokio moves a pointer as it spawns and polls
+        // the task, not the future (unboxed, about 8 copies of it).
         match &tls {
             None => {
-                // The connection's future is large (13 KB: `h1` holds a request's
-                // whole pipeline): boxed, tokio moves a pointer as it spawns and polls
-                // the task, not the future (unboxed, about 8 copies of it).
                 tracker.spawn(Box::pin(async move {
                     let _permit = permit;
                     serve_connection(gw, stream, peer, "http", shutdown).await;
@@ -142,21 +142,6 @@ async fn serve_connection<S>(
         h1::Outcome::Closed => return,
         h1::Outcome::Handoff(pre) => pre,
     };
-    serve_hyper(gw, io, pre, conn_info, peer, shutdown).await;
-}
-
-/// Serve the rest of a connection `h1` handed over (`pre`: the bytes it read and did
-/// not consume) with hyper.
-async fn serve_hyper<S>(
-    gw: Arc<Gateway>,
-    io: S,
-    pre: bytes::Bytes,
-    conn_info: Arc<ConnInfo>,
-    peer: SocketAddr,
-    shutdown: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
     let io = TokioIo::new(h1::Rewind::new(pre, io));
     let builder = builder(&gw);
     let svc = service_fn(move |req| {

@@ -13,7 +13,8 @@
 #
 # Env: CONNS (default 16), SECONDS_RUN (default 8), PROXIES (default "nginx switchyard"),
 #      REQ_PATH (default /), NEWCONN (1: a new TCP connection per request, as the
-#      e2e "newconn" scenario; default 0, keep-alive), SWITCHYARD_BIN (else cargo build --profile profiling),
+#      e2e "newconn" scenario; default 0, keep-alive),
+#      SWITCHYARD_BIN (else cargo build --profile profiling),
 #      CARGO_TARGET_DIR (default $HOME/.cache/switchyard-target),
 #      KEEP_DIR (if set, the callgrind output files are copied there, for
 #      callgrind_annotate --inclusive=yes).
@@ -27,7 +28,11 @@ PROXIES=${PROXIES:-"nginx switchyard"}
 REQ_PATH=${REQ_PATH:-/}
 NEWCONN=${NEWCONN:-0}
 declare -a WRK_ARGS=()
-[[ $NEWCONN == 1 ]] && WRK_ARGS=(-H "Connection: close")
+LOAD=keep-alive
+if [[ $NEWCONN == 1 ]]; then
+    WRK_ARGS=(-H "Connection: close")
+    LOAD="a new connection per request"
+fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/switchyard-target}
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
@@ -140,7 +145,7 @@ for p in $PROXIES; do
 done
 
 python3 - "$WORK/results" "$CONNS" "$SECONDS_RUN" "$REQ_PATH" \
-    "$([[ $NEWCONN == 1 ]] && echo "a new connection per request" || echo keep-alive)" <<'PY'
+    "$LOAD" <<'PY'
 import sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 print(f"user-space instructions per request (callgrind), GET {sys.argv[4]}, {sys.argv[5]}, "
