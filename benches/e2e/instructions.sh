@@ -13,7 +13,12 @@
 #
 # Env: CONNS (default 16), SECONDS_RUN (default 8), PROXIES (default "nginx switchyard"),
 #      REQ_PATH (default /), NEWCONN (1: a new TCP connection per request, as the
-#      e2e "newconn" scenario; default 0, keep-alive),
+#      e2e "newconn" scenario; default 0, keep-alive), POLICIES (1: switchyard with the
+#      e2e "policies" scenario's JWT auth + canary + rate limit, the token sent by
+#      every request; nginx stays plain, so the ratio is what the policies cost),
+#      H2 (1: cleartext HTTP/2 with prior knowledge from h2load, CONNS connections x
+#      STREAMS concurrent streams, as the e2e "h2" scenario (CONNS then defaults to 4,
+#      STREAMS to 100); the upstream stays HTTP/1.1),
 #      SWITCHYARD_BIN (else cargo build --profile profiling),
 #      CARGO_TARGET_DIR (default $HOME/.cache/switchyard-target),
 #      KEEP_DIR (if set, the callgrind output files are copied there, for
@@ -22,11 +27,14 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-CONNS=${CONNS:-16}
+H2=${H2:-0}
+if [[ $H2 == 1 ]]; then CONNS=${CONNS:-4}; else CONNS=${CONNS:-16}; fi
+STREAMS=${STREAMS:-100}
 SECONDS_RUN=${SECONDS_RUN:-8}
 PROXIES=${PROXIES:-"nginx switchyard"}
 REQ_PATH=${REQ_PATH:-/}
 NEWCONN=${NEWCONN:-0}
+POLICIES=${POLICIES:-0}
 declare -a WRK_ARGS=()
 LOAD=keep-alive
 if [[ $NEWCONN == 1 ]]; then
@@ -41,16 +49,24 @@ die() { log "ERROR: $*"; exit 1; }
 [[ $CONNS =~ ^[1-9][0-9]*$ ]] || die "CONNS must be a positive integer"
 [[ $SECONDS_RUN =~ ^[1-9][0-9]*$ ]] || die "SECONDS_RUN must be a positive integer"
 [[ $NEWCONN == 0 || $NEWCONN == 1 ]] || die "NEWCONN must be 0 or 1"
+[[ $POLICIES == 0 || $POLICIES == 1 ]] || die "POLICIES must be 0 or 1"
+[[ $H2 == 0 || $H2 == 1 ]] || die "H2 must be 0 or 1"
+[[ $STREAMS =~ ^[1-9][0-9]*$ ]] || die "STREAMS must be a positive integer"
+[[ $H2 == 0 || $NEWCONN == 0 ]] || die "H2=1 and NEWCONN=1 cannot be combined"
+if [[ $H2 == 1 ]]; then LOAD="cleartext HTTP/2, $STREAMS streams per connection"; fi
 
 missing=()
-for cmd in nginx wrk valgrind callgrind_control callgrind_annotate curl python3; do
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
+declare -A PKG_FOR=([nginx]=nginx [wrk]=wrk [valgrind]=valgrind [callgrind_control]=valgrind
+                    [callgrind_annotate]=valgrind [curl]=curl [python3]=python3
+                    [openssl]=openssl [h2load]=nghttp2-client)
+for cmd in nginx wrk valgrind callgrind_control callgrind_annotate curl python3 openssl h2load; do
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("${PKG_FOR[$cmd]}")
 done
 if ((${#missing[@]})); then
-    [[ $EUID -eq 0 ]] || die "missing: ${missing[*]} (run as root to install nginx wrk valgrind curl)"
-    log "installing nginx wrk valgrind curl"
+    [[ $EUID -eq 0 ]] || die "missing: ${missing[*]} (run as root to install them with apt-get)"
+    log "installing: ${missing[*]}"
     apt-get update >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y nginx wrk valgrind curl python3 >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >&2
 fi
 
 if [[ -n ${SWITCHYARD_BIN:-} ]]; then
@@ -79,12 +95,21 @@ ss = [socket.socket() for _ in range(3)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in ss])')
 
-render() { # render TEMPLATE OUT PROXY_PORT
+render() { # render TEMPLATE OUT PROXY_PORT [NGINX_LISTEN_OPTS]
     sed -e "s|@WORK@|$WORK|g" -e "s|@PROXY_PORT@|$3|g" -e "s|@UPSTREAM_PORT@|$UP|g" \
-        -e "s|@NGINX_LISTEN_OPTS@||g" "$1" >"$2"
+        -e "s|@NGINX_LISTEN_OPTS@|${4:-}|g" "$1" >"$2"
 }
+declare -a CURL_ARGS=()
+if [[ $H2 == 1 ]]; then CURL_ARGS=(--http2-prior-knowledge); fi
 
 mkdir -p "$WORK/upstream" "$WORK/nginx" "$WORK/switchyard"
+if [[ $POLICIES == 1 ]]; then
+    # shellcheck source=token.sh
+    source "$HERE/token.sh"
+    make_token "$WORK" "$ROOT/tests/fixtures/auth"
+    WRK_ARGS+=(-H "Authorization: Bearer $TOKEN" -H "x-user-id: 42")
+    LOAD="$LOAD, policies on (switchyard)"
+fi
 head -c 65536 /dev/zero | tr '\0' 'x' >"$WORK/upstream/64k.bin"
 render "$HERE/upstream-nginx.conf.in" "$WORK/upstream/nginx.conf" ""
 nginx -e "$WORK/upstream/error.log" -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" \
@@ -95,24 +120,35 @@ wait_ready() { # wait_ready PORT PID
     local i
     for ((i = 0; i < 300; i++)); do
         kill -0 "$2" 2>/dev/null || die "process $2 exited during start-up"
-        curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$1$REQ_PATH" && return 0
+        curl -fs -o /dev/null --max-time 2 "${CURL_ARGS[@]}" "${WRK_ARGS[@]}" \
+            "http://127.0.0.1:$1$REQ_PATH" && return 0
         sleep 0.1
     done
     die "nothing answers on 127.0.0.1:$1 after 30 s"
+}
+
+# load SECONDS URL: the load (wrk, or h2load with H2=1); prints the tool's output.
+load() {
+    if [[ $H2 == 1 ]]; then
+        h2load -t1 -c"$CONNS" -m"$STREAMS" -D"$1" "${WRK_ARGS[@]}" "$2"
+    else
+        wrk -t1 -c"$CONNS" -d"$1s" "${WRK_ARGS[@]}" "$2"
+    fi
 }
 
 # measure NAME PORT PID: zero, load, dump; prints "NAME requests instructions".
 measure() {
     local name=$1 port=$2 pid=$3 n ir f
     wait_ready "$port" "$pid"
-    wrk -t1 -c"$CONNS" -d2s "${WRK_ARGS[@]}" "http://127.0.0.1:$port$REQ_PATH" >/dev/null
+    load 2 "http://127.0.0.1:$port$REQ_PATH" >/dev/null
     callgrind_control -z "$pid" >/dev/null
-    wrk -t1 -c"$CONNS" -d"${SECONDS_RUN}s" "${WRK_ARGS[@]}" "http://127.0.0.1:$port$REQ_PATH" >"$WORK/wrk-$name.out"
+    load "$SECONDS_RUN" "http://127.0.0.1:$port$REQ_PATH" >"$WORK/load-$name.out"
     callgrind_control -d "$pid" >/dev/null
-    n=$(awk '/requests in/{print $1}' "$WORK/wrk-$name.out")
+    # wrk: "N requests in ..."; h2load: "requests: N total, N started, N done, N succeeded"
+    n=$(awk '/requests in/{print $1} /^requests: /{print $8}' "$WORK/load-$name.out")
     f=$(ls "$WORK/cg-$name.out".* | head -n 1)
     ir=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",", "", $1); print $1}')
-    [[ -n $n && -n $ir ]] || die "$name: no count (wrk or callgrind failed)"
+    [[ -n $n && -n $ir ]] || die "$name: no count (the load tool or callgrind failed)"
     if [[ -n ${KEEP_DIR:-} ]]; then mkdir -p "$KEEP_DIR" && cp "$f" "$KEEP_DIR/cg-$name.out"; fi
     echo "$name $n $ir"
 }
@@ -122,7 +158,9 @@ for p in $PROXIES; do
     case $p in
     nginx)
         # One process (master_process off) so that callgrind sees the worker.
-        render "$HERE/proxy-nginx.conf.in" "$WORK/nginx/nginx.conf" "$NG"
+        ngx_opts=
+        if [[ $H2 == 1 ]]; then ngx_opts=" http2"; fi
+        render "$HERE/proxy-nginx.conf.in" "$WORK/nginx/nginx.conf" "$NG" "$ngx_opts"
         sed -i 's/^master_process on;/master_process off;/' "$WORK/nginx/nginx.conf"
         valgrind --tool=callgrind --callgrind-out-file="$WORK/cg-nginx.out" \
             nginx -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" \
@@ -132,6 +170,9 @@ for p in $PROXIES; do
         ;;
     switchyard)
         render "$HERE/switchyard-routes.toml.in" "$WORK/switchyard/routes.toml" "$SY"
+        if [[ $POLICIES == 1 ]]; then
+            add_policies "$WORK/switchyard/routes.toml" "$WORK/jwks.json" "$UP"
+        fi
         (cd "$WORK/switchyard" && TOKIO_WORKER_THREADS=1 exec valgrind --tool=callgrind \
             --callgrind-out-file="$WORK/cg-switchyard.out" "$SY_BIN" run --config routes.toml \
             >/dev/null 2>"$WORK/switchyard/valgrind.log") &

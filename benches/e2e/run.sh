@@ -314,7 +314,7 @@ start_proxy() { # start_proxy NAME -> sets PROXY_PID, PROXY_LOG
     switchyard)
         render "$HERE/switchyard-routes.toml.in" "$dir/routes.toml"
         add_routes switchyard "$dir/routes.toml" "$ROUTES"
-        ((POLICIES)) && add_policies "$dir/routes.toml"
+        ((POLICIES)) && add_policies "$dir/routes.toml" "$WORK/jwks.json" "$UPSTREAM_PORT"
         ((BIG_BODY)) && add_big_body_route "$dir/routes.toml"
         if ((H2UP)); then
             sed -i "s|^endpoints = \[\"127.0.0.1:$UPSTREAM_PORT\"\]\$|endpoints = [\"127.0.0.1:$UPSTREAM_H2_PORT\"]\nprotocol = \"h2c\"|" "$dir/routes.toml"
@@ -337,27 +337,6 @@ start_proxy() { # start_proxy NAME -> sets PROXY_PID, PROXY_LOG
 }
 
 proxy_pids() { echo "$1"; children_of "$1"; } # master + workers (nginx); others: one process
-
-# add_policies CONFIG: the catch-all route gets JWT auth (RS256, key from a file, sub
-# forwarded), a sticky 5 % canary (to a second service on the same upstream) and a rate
-# limit far above the load; metrics are always on. nginx and HAProxy keep their plain
-# config: neither verifies JWTs here, so the ratio is what the policies cost against a
-# plain nginx.
-add_policies() {
-    cp "$WORK/jwks.json" "$(dirname "$1")/jwks.json"
-    python3 - "$1" "$UPSTREAM_PORT" <<'PY'
-import sys
-p, upstream_port = sys.argv[1], sys.argv[2]
-s = open(p).read()
-s = s.replace('service = "up"\n', 'service = "up"\nauth = "user"\n'
-              'canary = { service = "up-canary", weight = 5, sticky = "header:x-user-id" }\n'
-              'rate_limit = { per_second = 1000000, burst = 1000000, key = "jwt:sub" }\n', 1)
-s += ('\n[services.up-canary]\nendpoints = ["127.0.0.1:%s"]\n'
-      '\n[auth.user]\nissuer = "bench-idp"\naudiences = ["api"]\nalgorithms = ["RS256"]\n'
-      'jwks = "file:jwks.json"\nforward_claims = { sub = "x-user-id" }\n') % upstream_port
-open(p, "w").write(s)
-PY
-}
 
 # add_big_body_route CONFIG: stream1g-up sends 1 GiB, over switchyard's default 32 MiB
 # max_body; an exact route for /upload1g lifts it (nginx: client_max_body_size 0 in its
