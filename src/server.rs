@@ -147,11 +147,14 @@ async fn serve_connection<S>(
     let svc = service_fn(move |req| {
         let gw = gw.clone();
         let conn_info = conn_info.clone();
-        async move {
+        // Boxed for the reason the connection tasks are: the future is 11.6 KB, and
+        // hyper's HTTP/2 server spawns each stream as its own task (unboxed, tokio
+        // copied it about 8 times per request).
+        Box::pin(async move {
             let snap = gw.snapshot();
             let req = req.map(ClientBody::Hyper);
             Ok::<_, Infallible>(proxy::serve(&gw, snap, &conn_info, req).await)
-        }
+        })
     });
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
