@@ -21,6 +21,9 @@
 #      STREAMS to 100); the upstream stays HTTP/1.1),
 #      SWITCHYARD_BIN (else cargo build --profile profiling),
 #      CARGO_TARGET_DIR (default $HOME/.cache/switchyard-target),
+#      CACHE (1: callgrind also simulates the caches, with this CPU's L2 size as its
+#      last level, and prints L1 instruction, L1 data and L2 data misses per request;
+#      slower),
 #      KEEP_DIR (if set, the callgrind output files are copied there, for
 #      callgrind_annotate --inclusive=yes).
 set -euo pipefail
@@ -35,6 +38,7 @@ PROXIES=${PROXIES:-"nginx switchyard"}
 REQ_PATH=${REQ_PATH:-/}
 NEWCONN=${NEWCONN:-0}
 POLICIES=${POLICIES:-0}
+CACHE=${CACHE:-0}
 declare -a WRK_ARGS=()
 LOAD=keep-alive
 if [[ $NEWCONN == 1 ]]; then
@@ -51,6 +55,15 @@ die() { log "ERROR: $*"; exit 1; }
 [[ $NEWCONN == 0 || $NEWCONN == 1 ]] || die "NEWCONN must be 0 or 1"
 [[ $POLICIES == 0 || $POLICIES == 1 ]] || die "POLICIES must be 0 or 1"
 [[ $H2 == 0 || $H2 == 1 ]] || die "H2 must be 0 or 1"
+[[ $CACHE == 0 || $CACHE == 1 ]] || die "CACHE must be 0 or 1"
+declare -a CG_OPTS=(--tool=callgrind)
+if [[ $CACHE == 1 ]]; then
+    # callgrind models two levels; the last is given the size of this CPU's L2 (per
+    # core), the level a connection's state falls out of as connections are added.
+    l2=$(cat /sys/devices/system/cpu/cpu0/cache/index2/size 2>/dev/null || true)
+    [[ $l2 =~ ^([0-9]+)K$ ]] || die "cannot read the L2 size from /sys/devices/system/cpu/cpu0/cache/index2/size ('$l2')"
+    CG_OPTS+=(--cache-sim=yes "--LL=$((BASH_REMATCH[1] * 1024)),16,64")
+fi
 [[ $STREAMS =~ ^[1-9][0-9]*$ ]] || die "STREAMS must be a positive integer"
 [[ $H2 == 0 || $NEWCONN == 0 ]] || die "H2=1 and NEWCONN=1 cannot be combined"
 if [[ $H2 == 1 ]]; then LOAD="cleartext HTTP/2, $STREAMS streams per connection"; fi
@@ -147,7 +160,9 @@ measure() {
     # wrk: "N requests in ..."; h2load: "requests: N total, N started, N done, N succeeded"
     n=$(awk '/requests in/{print $1} /^requests: /{print $8}' "$WORK/load-$name.out")
     f=$(ls "$WORK/cg-$name.out".* | head -n 1)
-    ir=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",", "", $1); print $1}')
+    # Ir, then with CACHE=1: Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw
+    ir=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/{
+        gsub(",", ""); if ($5 ~ /^[0-9]+$/) print $1, $7, $9 + $11, $15 + $17; else print $1 }')
     [[ -n $n && -n $ir ]] || die "$name: no count (the load tool or callgrind failed)"
     if [[ -n ${KEEP_DIR:-} ]]; then mkdir -p "$KEEP_DIR" && cp "$f" "$KEEP_DIR/cg-$name.out"; fi
     echo "$name $n $ir"
@@ -162,7 +177,7 @@ for p in $PROXIES; do
         if [[ $H2 == 1 ]]; then ngx_opts=" http2"; fi
         render "$HERE/proxy-nginx.conf.in" "$WORK/nginx/nginx.conf" "$NG" "$ngx_opts"
         sed -i 's/^master_process on;/master_process off;/' "$WORK/nginx/nginx.conf"
-        valgrind --tool=callgrind --callgrind-out-file="$WORK/cg-nginx.out" \
+        valgrind "${CG_OPTS[@]}" --callgrind-out-file="$WORK/cg-nginx.out" \
             nginx -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" \
             >"$WORK/nginx/valgrind.log" 2>&1 &
         pid=$!; PIDS+=("$pid")
@@ -173,7 +188,7 @@ for p in $PROXIES; do
         if [[ $POLICIES == 1 ]]; then
             add_policies "$WORK/switchyard/routes.toml" "$WORK/jwks.json" "$UP"
         fi
-        (cd "$WORK/switchyard" && TOKIO_WORKER_THREADS=1 exec valgrind --tool=callgrind \
+        (cd "$WORK/switchyard" && TOKIO_WORKER_THREADS=1 exec valgrind "${CG_OPTS[@]}" \
             --callgrind-out-file="$WORK/cg-switchyard.out" "$SY_BIN" run --config routes.toml \
             >/dev/null 2>"$WORK/switchyard/valgrind.log") &
         pid=$!; PIDS+=("$pid")
@@ -192,9 +207,20 @@ rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 print(f"user-space instructions per request (callgrind), GET {sys.argv[4]}, {sys.argv[5]}, "
       f"{sys.argv[2]} connections, {sys.argv[3]} s")
 base = {r[0]: int(r[2]) / int(r[1]) for r in rows}.get("nginx")
-print(f"{'proxy':<12} {'requests':>9} {'instr/request':>14} {'x nginx':>8}")
-for name, n, ir in rows:
-    per = int(ir) / int(n)
+cache = all(len(r) == 6 for r in rows)
+head = f"{'proxy':<12} {'requests':>9} {'instr/request':>14} {'x nginx':>8}"
+if cache:
+    head += f" {'I1 miss/req':>12} {'D1 miss/req':>12} {'L2 miss/req':>12}"
+print(head)
+for r in rows:
+    name, n, ir = r[0], int(r[1]), int(r[2])
+    per = ir / n
     ratio = f"{per / base:.2f}" if base else "-"
-    print(f"{name:<12} {int(n):>9} {per:>14,.0f} {ratio:>8}")
+    line = f"{name:<12} {n:>9} {per:>14,.0f} {ratio:>8}"
+    if cache:
+        line += "".join(f" {int(v) / n:>12,.1f}" for v in r[3:])
+    print(line)
+if cache:
+    print("misses from callgrind's cache model: L1 as this CPU's, the last level the size "
+          "of its L2 (data misses; reads and writes)")
 PY
