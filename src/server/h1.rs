@@ -119,12 +119,14 @@ where
     // request costs no map allocation and no growth when the gateway adds its fields
     // (hyper keeps its answer's map for the next head in the same way).
     let mut spare = HeaderMap::with_capacity(16);
+    // The header-read timer is re-armed lazily: each head gets its own `due`, but the
+    // timer keeps the deadline it has until it fires, and is moved to `due` then if
+    // that is still ahead. Moving it for every request (`Sleep::reset`: a lock and a
+    // timer-wheel removal and insertion) was about 1.5 % of the proxy's user time.
     let mut deadline = pin!(tokio::time::sleep(limits.header_read_timeout));
     let mut cancelled = pin!(shutdown.cancelled());
     loop {
-        deadline
-            .as_mut()
-            .reset(tokio::time::Instant::now() + limits.header_read_timeout);
+        let due = tokio::time::Instant::now() + limits.header_read_timeout;
         // How much of `buf` an earlier parse found to be an incomplete head: the head is
         // parsed again only once new bytes may end it, so a head sent in many small
         // pieces costs linear time, not quadratic (hyper does the same).
@@ -152,7 +154,7 @@ where
                 if let Poll::Ready(r) = poll_read(io, cx, &mut buf) {
                     return Poll::Ready(Some(r));
                 }
-                if deadline.as_mut().poll(cx).is_ready()
+                if header_timed_out(deadline.as_mut(), due, cx)
                     || buf.is_empty() && cancelled.as_mut().poll(cx).is_ready()
                 {
                     return Poll::Ready(None);
@@ -187,6 +189,23 @@ where
             out = Vec::with_capacity(512);
         }
     }
+}
+
+/// Whether the head's `due` time has come. The timer may be set earlier than `due`
+/// (an earlier head's deadline): when it fires before `due`, it is moved there and
+/// waits again. Registers `cx` to be woken when it fires.
+fn header_timed_out(
+    mut timer: Pin<&mut tokio::time::Sleep>,
+    due: tokio::time::Instant,
+    cx: &mut Context<'_>,
+) -> bool {
+    while timer.as_mut().poll(cx).is_ready() {
+        if tokio::time::Instant::now() >= due {
+            return true;
+        }
+        timer.as_mut().reset(due);
+    }
+    false
 }
 
 /// Run `serve` while watching the connection, as hyper does: a client that goes away
