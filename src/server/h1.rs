@@ -121,8 +121,9 @@ where
     let mut spare = HeaderMap::with_capacity(16);
     // The header-read timer is re-armed lazily: each head gets its own `due`, but the
     // timer keeps the deadline it has until it fires, and is moved to `due` then if
-    // that is still ahead. Moving it for every request (`Sleep::reset`: a lock and a
-    // timer-wheel removal and insertion) was about 1.5 % of the proxy's user time.
+    // that is still ahead. Moving it for every request (`Sleep::reset`: the deadline's
+    // conversion to a timer tick and an atomic update of the entry) cost about 95
+    // instructions per request; now it moves at most once per timeout period.
     let mut deadline = pin!(tokio::time::sleep(limits.header_read_timeout));
     let mut cancelled = pin!(shutdown.cancelled());
     loop {
