@@ -45,7 +45,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::h1::{self, ExchangeError, RawBody, RawConn};
+use super::h1::{self, Conn, ExchangeError, RawBody, RawConn};
 use super::h2::H2Slot;
 use super::{Target, Upstream};
 use crate::proxy::body::UpstreamBody;
@@ -271,7 +271,7 @@ impl H1Pool {
     ) -> Result<Response<PooledBody>, UpstreamError> {
         let (mut conn, mut reused) = match target.idle.raw.take(self.idle_timeout) {
             Some(conn) => (conn, true),
-            None => (RawConn::new(self.connect_tcp(target).await?), false),
+            None => (Conn::new(self.connect_tcp(target).await?), false),
         };
         loop {
             let checkin = h1::Checkin {
@@ -286,7 +286,7 @@ impl H1Pool {
                 // end this way again. Any other failure of a written request is the
                 // retry policy's call, in `proxy::forward`.
                 Err(ExchangeError::Resend(_)) => {
-                    conn = RawConn::new(self.connect_tcp(target).await?);
+                    conn = Conn::new(self.connect_tcp(target).await?);
                     reused = false;
                     continue;
                 }
