@@ -83,7 +83,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let gw = gw.clone();
         let shutdown = shutdown.clone();
-        // Each connection's task is boxed: its future is large (10.7 KB, `h1` holds a
+        // Each connection's task is boxed: its future is large (about 10 KB, `h1` holds a
         // request's whole pipeline), and tokio moves a pointer as it spawns and polls
         // the task, not the future (unboxed, about 8 copies of it).
         match &tls {
@@ -147,7 +147,7 @@ async fn serve_connection<S>(
     let svc = service_fn(move |req| {
         let gw = gw.clone();
         let conn_info = conn_info.clone();
-        // Boxed for the reason the connection tasks are: the future is 7.3 KB, and
+        // Boxed for the reason the connection tasks are: the future is about 7 KB, and
         // hyper's HTTP/2 server spawns each stream as its own task (unboxed, tokio
         // copied it about 8 times per request).
         Box::pin(async move {
