@@ -45,6 +45,7 @@ if [[ $NEWCONN == 1 ]]; then
     WRK_ARGS=(-H "Connection: close")
     LOAD="a new connection per request"
 fi
+if [[ $H2 == 1 ]]; then LOAD="cleartext HTTP/2, $STREAMS streams per connection"; fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/switchyard-target}
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
@@ -56,6 +57,8 @@ die() { log "ERROR: $*"; exit 1; }
 [[ $POLICIES == 0 || $POLICIES == 1 ]] || die "POLICIES must be 0 or 1"
 [[ $H2 == 0 || $H2 == 1 ]] || die "H2 must be 0 or 1"
 [[ $CACHE == 0 || $CACHE == 1 ]] || die "CACHE must be 0 or 1"
+[[ $STREAMS =~ ^[1-9][0-9]*$ ]] || die "STREAMS must be a positive integer"
+[[ $H2 == 0 || $NEWCONN == 0 ]] || die "H2=1 and NEWCONN=1 cannot be combined"
 declare -a CG_OPTS=(--tool=callgrind)
 if [[ $CACHE == 1 ]]; then
     # callgrind models two levels; the last is given this CPU's L2 (per core: size,
@@ -73,14 +76,9 @@ if [[ $CACHE == 1 ]]; then
     ((sets > 0)) || die "L2 of $l2 with $ways ways of $line bytes has no sets"
     pow=1
     while ((pow * 2 <= sets)); do pow=$((pow * 2)); done
-    ((pow * ways * line == l2_bytes)) \
-        || log "L2 is $l2, $ways-way: modelled as $((pow * ways * line / 1024))K (power-of-two sets)"
     CG_OPTS+=(--cache-sim=yes "--LL=$((pow * ways * line)),$ways,$line")
-    log "cache model: last level $((pow * ways * line / 1024))K, $ways-way, $line-byte lines"
+    log "cache model: last level $((pow * ways * line / 1024))K (L2: $l2), $ways-way, $line-byte lines"
 fi
-[[ $STREAMS =~ ^[1-9][0-9]*$ ]] || die "STREAMS must be a positive integer"
-[[ $H2 == 0 || $NEWCONN == 0 ]] || die "H2=1 and NEWCONN=1 cannot be combined"
-if [[ $H2 == 1 ]]; then LOAD="cleartext HTTP/2, $STREAMS streams per connection"; fi
 
 missing=()
 declare -A PKG_FOR=([nginx]=nginx [wrk]=wrk [valgrind]=valgrind [callgrind_control]=valgrind
@@ -90,7 +88,8 @@ tools=(nginx wrk valgrind callgrind_control callgrind_annotate curl python3)
 if [[ $POLICIES == 1 ]]; then tools+=(openssl); fi
 if [[ $H2 == 1 ]]; then tools+=(h2load); fi
 for cmd in "${tools[@]}"; do
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("${PKG_FOR[$cmd]}")
+    pkg=${PKG_FOR[$cmd]}
+    command -v "$cmd" >/dev/null 2>&1 || [[ " ${missing[*]} " == *" $pkg "* ]] || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
     [[ $EUID -eq 0 ]] || die "missing: ${missing[*]} (run as root to install them with apt-get)"
