@@ -5,56 +5,146 @@ use std::alloc::{GlobalAlloc, Layout};
 // mimalloc: fewer cycles per allocation than glibc malloc on the request path
 // (measured in benches/e2e; see the commit that added it).
 #[global_allocator]
-static GLOBAL: Paced = Paced(mimalloc::MiMalloc);
+static GLOBAL: Paced = Paced;
 
-/// mimalloc, with a call to `switchyard::background::pace` before each operation: the
-/// gateway's background threads (table builds, freeing a replaced table) give the core
-/// away every 200 µs of running, even inside a dependency's code such as the TOML parser.
-/// On every other thread `pace` is one thread-local read.
-struct Paced(mimalloc::MiMalloc);
+/// mimalloc, called through its C interface (`libmimalloc-sys`), with a call to
+/// `switchyard::background::pace` before each operation: the gateway's background
+/// threads (table builds, freeing a replaced table) give the core away every 200 µs of
+/// running, even inside a dependency's code such as the TOML parser. On every other
+/// thread `pace` is one thread-local read.
+///
+/// A layout whose alignment every mimalloc block already has takes the plain calls
+/// (`mi_malloc`, `mi_zalloc`, `mi_realloc`); only a larger alignment takes the
+/// `_aligned` ones. The `mimalloc` crate's allocator takes the `_aligned` calls for
+/// every layout, and mimalloc 3 serves an aligned call above 1 KiB whose size class is
+/// not a power of two by over-allocating (size + alignment - 1, in a larger size
+/// class), and a smaller one so too when the next free block is not aligned. On the
+/// proxy's path that was the answer's header map (16 entries, over 1 KiB): about 200
+/// instructions per request (callgrind, `benches/e2e/instructions.sh`).
+struct Paced;
 
-// SAFETY: every method forwards its arguments unchanged to mimalloc's implementation of
-// the same method, so mimalloc's guarantees carry over; `pace` neither allocates nor
-// touches memory handed out by the allocator.
+/// The alignment every block has: block sizes are whole 8-byte words, and a block of
+/// 16 bytes or more starts on a 16-byte boundary (mimalloc's `MI_MAX_ALIGN_SIZE`; the
+/// first block of a page is aligned to it and sizes above 16 are multiples of it).
+fn plain(align: usize, size: usize) -> bool {
+    align <= 8 || align <= 16 && size >= 16
+}
+
+/// mimalloc's own calls, for a layout `GlobalAlloc` allows.
+mod mi {
+    use std::alloc::Layout;
+    use std::ffi::c_void;
+
+    use libmimalloc_sys as sys;
+
+    /// # Safety
+    /// As `GlobalAlloc::alloc`.
+    #[inline]
+    pub unsafe fn alloc(layout: Layout) -> *mut u8 {
+        // SAFETY: mimalloc's allocation calls have no preconditions; the alignment is
+        // a power of two (a `Layout`'s always is).
+        let p: *mut u8 = unsafe {
+            if super::plain(layout.align(), layout.size()) {
+                sys::mi_malloc(layout.size()).cast()
+            } else {
+                sys::mi_malloc_aligned(layout.size(), layout.align()).cast()
+            }
+        };
+        aligned(p, layout.align())
+    }
+
+    /// # Safety
+    /// As `GlobalAlloc::alloc_zeroed`.
+    #[inline]
+    pub unsafe fn alloc_zeroed(layout: Layout) -> *mut u8 {
+        // SAFETY: as for `alloc`.
+        let p: *mut u8 = unsafe {
+            if super::plain(layout.align(), layout.size()) {
+                sys::mi_zalloc(layout.size()).cast()
+            } else {
+                sys::mi_zalloc_aligned(layout.size(), layout.align()).cast()
+            }
+        };
+        aligned(p, layout.align())
+    }
+
+    /// # Safety
+    /// As `GlobalAlloc::dealloc`: `ptr` came from this allocator.
+    #[inline]
+    pub unsafe fn dealloc(ptr: *mut u8) {
+        // SAFETY: `ptr` is a live block of mimalloc's.
+        unsafe { sys::mi_free(ptr.cast::<c_void>()) }
+    }
+
+    /// # Safety
+    /// As `GlobalAlloc::realloc`: `ptr` came from this allocator with `layout`.
+    #[inline]
+    pub unsafe fn realloc(ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: `ptr` is a live block of mimalloc's. Kept in place, it keeps its
+        // alignment; moved, it gets a block of `new_size`, which `plain` vouches for.
+        let p: *mut u8 = unsafe {
+            if super::plain(layout.align(), new_size) {
+                sys::mi_realloc(ptr.cast::<c_void>(), new_size).cast()
+            } else {
+                sys::mi_realloc_aligned(ptr.cast::<c_void>(), new_size, layout.align()).cast()
+            }
+        };
+        aligned(p, layout.align())
+    }
+
+    /// `p`, checked in debug builds (which the integration tests run) against the
+    /// alignment asked for.
+    #[inline]
+    fn aligned(p: *mut u8, align: usize) -> *mut u8 {
+        debug_assert!(
+            p.is_null() || p.addr().is_multiple_of(align),
+            "mimalloc block misaligned"
+        );
+        p
+    }
+}
+
+// SAFETY: every method hands its arguments to mimalloc (see `mi`), whose guarantees
+// carry over; `pace` neither allocates nor touches memory handed out by the allocator.
 unsafe impl GlobalAlloc for Paced {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if switchyard::background::is_paced() {
             // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
-            return paced(|| unsafe { self.0.alloc(layout) });
+            return paced(|| unsafe { mi::alloc(layout) });
         }
         // SAFETY: as above.
-        unsafe { self.0.alloc(layout) }
+        unsafe { mi::alloc(layout) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if switchyard::background::is_paced() {
             // SAFETY: as for `alloc`.
-            return paced(|| unsafe { self.0.alloc_zeroed(layout) });
+            return paced(|| unsafe { mi::alloc_zeroed(layout) });
         }
         // SAFETY: as for `alloc`.
-        unsafe { self.0.alloc_zeroed(layout) }
+        unsafe { mi::alloc_zeroed(layout) }
     }
 
     #[inline]
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
         if switchyard::background::is_paced() {
-            // SAFETY: `ptr` came from this allocator, i.e. from mimalloc, with `layout`.
-            return paced(|| unsafe { self.0.dealloc(ptr, layout) });
+            // SAFETY: `ptr` came from this allocator, i.e. from mimalloc.
+            return paced(|| unsafe { mi::dealloc(ptr) });
         }
         // SAFETY: as above.
-        unsafe { self.0.dealloc(ptr, layout) }
+        unsafe { mi::dealloc(ptr) }
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if switchyard::background::is_paced() {
             // SAFETY: as for `dealloc`; the caller upholds `realloc`'s size rules.
-            return paced(|| unsafe { self.0.realloc(ptr, layout, new_size) });
+            return paced(|| unsafe { mi::realloc(ptr, layout, new_size) });
         }
         // SAFETY: as above.
-        unsafe { self.0.realloc(ptr, layout, new_size) }
+        unsafe { mi::realloc(ptr, layout, new_size) }
     }
 }
 
