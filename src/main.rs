@@ -23,12 +23,19 @@ static GLOBAL: Paced = Paced;
 /// instructions per request (callgrind, `benches/e2e/instructions.sh`).
 struct Paced;
 
-/// The alignment every block has: block sizes are whole 8-byte words, and a block of
-/// 16 bytes or more starts on a 16-byte boundary (mimalloc's `MI_MAX_ALIGN_SIZE`; the
-/// first block of a page is aligned to it and sizes above 16 are multiples of it).
+/// The alignment every block has, on a 64-bit target: block sizes are whole 8-byte
+/// words, and a request of 16 bytes or more gets a block whose size is a multiple of 16
+/// (mimalloc rounds it to an even number of words) at a 16-byte boundary (page starts
+/// are aligned to `MI_MAX_ALIGN_SIZE`; mimalloc's alloc.c asserts this).
 fn plain(align: usize, size: usize) -> bool {
     align <= 8 || align <= 16 && size >= 16
 }
+
+// On 32-bit targets mimalloc hands out 4-byte blocks, which `plain` does not allow for.
+const _: () = assert!(
+    usize::BITS == 64,
+    "`plain` assumes mimalloc's 64-bit size classes"
+);
 
 /// mimalloc's own calls, for a layout `GlobalAlloc` allows.
 mod mi {
