@@ -200,27 +200,27 @@ pub fn valid_request_id(v: &HeaderValue) -> bool {
 
 /// The peer's address as a header value, computed once per connection.
 pub fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
+    let mut text = String::with_capacity(15);
+    push_ip(&mut text, ip);
+    HeaderValue::try_from(text).expect("an IP address is a valid header value")
+}
+
+/// Append `ip` to `out` as its `Display` writes it. An IPv4 address's octets go through
+/// `itoa`: std's `Display` for it (through `fmt::write` and padding) cost about 1,250
+/// instructions per new connection (callgrind, `NEWCONN=1 benches/e2e/instructions.sh`).
+pub fn push_ip(out: &mut String, ip: std::net::IpAddr) {
     match ip {
-        // The octets with `itoa`: std's `Display` for an IPv4 address (through
-        // `fmt::write` and padding) cost about 1,250 instructions per new connection
-        // (callgrind, `NEWCONN=1 benches/e2e/instructions.sh`).
         std::net::IpAddr::V4(v4) => {
-            let mut text = [0u8; 15];
-            let mut len = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    text[len] = b'.';
-                    len += 1;
+                    out.push('.');
                 }
-                let mut digits = itoa::Buffer::new();
-                let digits = digits.format(octet).as_bytes();
-                text[len..len + digits.len()].copy_from_slice(digits);
-                len += digits.len();
+                out.push_str(itoa::Buffer::new().format(octet));
             }
-            HeaderValue::from_bytes(&text[..len]).expect("digits and dots are a valid header value")
         }
-        std::net::IpAddr::V6(_) => {
-            HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
+        std::net::IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
         }
     }
 }

@@ -734,7 +734,7 @@ fn rate_limit(
         return Ok(None);
     };
     let key = limiter.key(conn.peer.ip(), headers, claims);
-    match limiter.check(&key) {
+    match limiter.check(key) {
         Decision::Allowed { remaining } => Ok(Some((limiter.spec.burst, remaining))),
         Decision::Limited { retry_after } => Err(ProxyError::RateLimited {
             retry_after: (retry_after.as_secs_f64().ceil() as u32).max(1),
