@@ -337,6 +337,8 @@ impl Validator<'_> {
         self.lint(&routes, &defaults);
         for s in &services {
             let used = f.routes.iter().any(|r| {
+                // Services times routes, no allocation: paced (see `lint`).
+                crate::background::pace();
                 let r = r.get_ref();
                 r.service.as_ref().is_some_and(|n| n.get_ref() == &s.name)
                     || r.canary
@@ -1528,6 +1530,7 @@ impl Validator<'_> {
         }
         let mut shadowed: Vec<(&Route, &Route)> = Vec::new();
         for group in groups.values().filter(|g| g.len() > 1) {
+            crate::background::pace();
             for l in group {
                 if let Some(e) = group
                     .iter()
@@ -1578,6 +1581,10 @@ impl Validator<'_> {
         }
         let mut traps: Vec<(&Route, &Route)> = Vec::new();
         for b in routes {
+            // A hashed lookup per character and no allocation: on a reload's paced
+            // background thread, pause here (10,000 routes were milliseconds without
+            // a pause).
+            crate::background::pace();
             let PathMatch::Prefix(pb) = &b.path else {
                 continue;
             };
@@ -1609,6 +1616,7 @@ impl Validator<'_> {
             );
         }
         for r in routes {
+            crate::background::pace();
             let Some(f) = r.forward() else { continue };
             if let Some(t) = f.timeout
                 && t > defaults.request_timeout
