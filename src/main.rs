@@ -48,31 +48,40 @@ mod mi {
     /// As `GlobalAlloc::alloc`.
     #[inline]
     pub unsafe fn alloc(layout: Layout) -> *mut u8 {
-        // SAFETY: mimalloc's allocation calls have no preconditions; the alignment is
-        // a power of two (a `Layout`'s always is).
-        let p: *mut u8 = unsafe {
-            if super::plain(layout.align(), layout.size()) {
-                sys::mi_malloc(layout.size()).cast()
-            } else {
-                sys::mi_malloc_aligned(layout.size(), layout.align()).cast()
-            }
-        };
-        aligned(p, layout.align())
+        // SAFETY: as for `with`.
+        unsafe { with(layout, sys::mi_malloc, sys::mi_malloc_aligned) }
     }
 
     /// # Safety
     /// As `GlobalAlloc::alloc_zeroed`.
     #[inline]
     pub unsafe fn alloc_zeroed(layout: Layout) -> *mut u8 {
-        // SAFETY: as for `alloc`.
+        // SAFETY: as for `with`.
+        unsafe { with(layout, sys::mi_zalloc, sys::mi_zalloc_aligned) }
+    }
+
+    /// A block for `layout` from `plain`, or from `aligned` when `plain`'s blocks may
+    /// not be aligned enough (the two are constants at every call: inlined, no
+    /// indirect call).
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::alloc`; `plain` and `aligned` are mimalloc's allocation calls,
+    /// which have no preconditions (a `Layout`'s alignment is a power of two).
+    #[inline]
+    unsafe fn with(
+        layout: Layout,
+        plain: unsafe extern "C" fn(usize) -> *mut c_void,
+        aligned: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+    ) -> *mut u8 {
+        // SAFETY: see above.
         let p: *mut u8 = unsafe {
             if super::plain(layout.align(), layout.size()) {
-                sys::mi_zalloc(layout.size()).cast()
+                plain(layout.size()).cast()
             } else {
-                sys::mi_zalloc_aligned(layout.size(), layout.align()).cast()
+                aligned(layout.size(), layout.align()).cast()
             }
         };
-        aligned(p, layout.align())
+        checked(p, layout.align())
     }
 
     /// # Safety
@@ -96,13 +105,13 @@ mod mi {
                 sys::mi_realloc_aligned(ptr.cast::<c_void>(), new_size, layout.align()).cast()
             }
         };
-        aligned(p, layout.align())
+        checked(p, layout.align())
     }
 
     /// `p`, checked in debug builds (which the integration tests run) against the
     /// alignment asked for.
     #[inline]
-    fn aligned(p: *mut u8, align: usize) -> *mut u8 {
+    fn checked(p: *mut u8, align: usize) -> *mut u8 {
         debug_assert!(
             p.is_null() || p.addr().is_multiple_of(align),
             "mimalloc block misaligned"
