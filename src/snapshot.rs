@@ -77,7 +77,7 @@ pub struct Snapshot {
     /// Where sampled requests' spans go; `None` when OTLP export is off.
     pub spans: Option<Arc<SpanSink>>,
     /// Per route, the canary guard's window (fresh on every load: a reload un-trips it).
-    pub guards: Vec<Option<GuardState>>,
+    pub guards: Vec<Option<Box<GuardState>>>,
     /// Per route, the slots for detached mirror requests (from the registry: they
     /// outlive reloads).
     pub mirror_slots: Vec<Option<Arc<Semaphore>>>,
@@ -105,14 +105,6 @@ impl Snapshot {
         for s in &config.services {
             upstreams.push(registry.upstreams.get(s, &config.defaults).await);
         }
-        let limiters = config
-            .routes
-            .iter()
-            .map(|r| {
-                let spec = r.forward()?.rate_limit.as_ref()?;
-                Some(registry.limiters.get(&r.name, spec))
-            })
-            .collect();
         let mut branch_upstreams = Vec::with_capacity(config.services.len());
         for s in &config.services {
             let mut m = HashMap::new();
@@ -125,41 +117,49 @@ impl Snapshot {
             }
             branch_upstreams.push(m);
         }
-        let policies = config.routes.iter().map(|r| r.forward()?.policy.as_deref());
-        let guards = policies
-            .clone()
-            .map(|p| {
-                let g = p?.canary.as_ref()?.guard.clone()?;
-                Some(GuardState::new(g))
-            })
-            .collect();
-        let mirror_slots = config
-            .routes
-            .iter()
-            .zip(policies)
-            .map(|(r, p)| {
-                let m = p?.mirror.as_ref()?;
-                Some(registry.mirror_slots.get(&r.name, m.max_in_flight))
-            })
-            .collect();
         let auth = Auth::build(&config, &registry.auth).await;
-        // Building the matcher and the per-route names and metric handles of a large
-        // table is CPU work (~1,300 instructions and several allocations per route):
-        // off the runtime's worker threads, so a reload does not stall the requests
-        // being served (with one worker, every request in flight waited for it).
+        // Everything done per route (the matcher, names and metric handles, guard
+        // windows, ~1,300 instructions and several allocations per route) runs off the
+        // runtime's worker threads, so a reload does not stall the requests being served:
+        // with one worker, every request in flight waited for it (about 2 ms per reload of
+        // 10,000 routes, most of it page faults of the per-route vectors, in `perf` under
+        // the reload10k benchmark). The worker only fills in the few routes that take
+        // shared state from the registry (rate limiters, mirror slots).
         let service_names: Vec<Arc<str>> = upstreams.iter().map(|u| u.name.clone()).collect();
-        let (config, router, route_names, route_series) =
-            match crate::background::low_priority(move || {
-                let router = Router::new(&config);
-                let (route_names, route_series) = route_handles(&config, &service_names);
-                (config, router, route_names, route_series)
-            })
-            .await
+        let built =
+            match crate::background::low_priority(move || PerRoute::new(config, &service_names))
+                .await
             {
                 Ok(built) => built,
-                // Router::new does not fail; only a panic in it (a bug) ends up here.
-                Err(e) => panic!("building the router: {e}"),
+                // Nothing in PerRoute::new fails; only a panic in it (a bug) ends up here.
+                Err(e) => panic!("building the per-route state: {e}"),
             };
+        let PerRoute {
+            config,
+            router,
+            route_names,
+            route_series,
+            guards,
+            mut limiters,
+            mut mirror_slots,
+            shared,
+        } = built;
+        for i in shared {
+            let (Some(route), Some(limiter), Some(slot)) = (
+                config.routes.get(i),
+                limiters.get_mut(i),
+                mirror_slots.get_mut(i),
+            ) else {
+                continue;
+            };
+            let Some(fwd) = route.forward() else { continue };
+            if let Some(spec) = &fwd.rate_limit {
+                *limiter = Some(registry.limiters.get(&route.name, spec));
+            }
+            if let Some(m) = fwd.policy.as_deref().and_then(|p| p.mirror.as_ref()) {
+                *slot = Some(registry.mirror_slots.get(&route.name, m.max_in_flight));
+            }
+        }
         let spans = registry.spans.get(&config.tracing);
         let service_values = config
             .services
@@ -186,6 +186,57 @@ impl Snapshot {
             auth,
             hash: loaded.hash,
             loaded_at: SystemTime::now(),
+            config,
+        }
+    }
+}
+
+/// What a snapshot holds per route, built on a background thread.
+struct PerRoute {
+    config: Config,
+    router: Router,
+    route_names: Vec<Arc<str>>,
+    route_series: Vec<RouteSeries>,
+    guards: Vec<Option<Box<GuardState>>>,
+    /// All `None` here: the worker fills in the routes listed in `shared`.
+    limiters: Vec<Option<Arc<RouteLimiter>>>,
+    mirror_slots: Vec<Option<Arc<Semaphore>>>,
+    /// The routes with a rate limit or a mirror (state shared across snapshots).
+    shared: Vec<usize>,
+}
+
+impl PerRoute {
+    fn new(config: Config, service_names: &[Arc<str>]) -> Self {
+        let router = Router::new(&config);
+        let (route_names, route_series) = route_handles(&config, service_names);
+        let policies = config.routes.iter().map(|r| r.forward()?.policy.as_deref());
+        let guards = policies
+            .clone()
+            .map(|p| {
+                let g = p?.canary.as_ref()?.guard.clone()?;
+                Some(Box::new(GuardState::new(g)))
+            })
+            .collect();
+        let shared = config
+            .routes
+            .iter()
+            .zip(policies)
+            .enumerate()
+            .filter(|(_, (r, p))| {
+                let limited = r.forward().is_some_and(|f| f.rate_limit.is_some());
+                limited || p.is_some_and(|p| p.mirror.is_some())
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let n = config.routes.len();
+        Self {
+            router,
+            route_names,
+            route_series,
+            guards,
+            limiters: std::iter::repeat_with(|| None).take(n).collect(),
+            mirror_slots: std::iter::repeat_with(|| None).take(n).collect(),
+            shared,
             config,
         }
     }
