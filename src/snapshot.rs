@@ -91,8 +91,10 @@ pub struct Snapshot {
     pub mismatches: Arc<MismatchLog>,
     /// Auth policies with their keys, the identity headers to strip, the minter.
     pub auth: Auth,
-    /// Hash of the source text.
+    /// Hash of the source text (and of the key files it names; [`Loaded::hash`]).
     pub hash: String,
+    /// Whether `hash` covers key files besides the text.
+    pub names_files: bool,
     pub loaded_at: SystemTime,
 }
 
@@ -185,6 +187,7 @@ impl Snapshot {
             mismatches: registry.mismatches.clone(),
             auth,
             hash: loaded.hash,
+            names_files: loaded.names_files,
             loaded_at: SystemTime::now(),
             config,
         }

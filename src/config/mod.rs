@@ -22,8 +22,12 @@ pub struct Loaded {
     pub config: Config,
     /// Findings that do not stop the file from being served.
     pub warnings: Vec<ConfigError>,
-    /// Hash of the source text (FNV-1a, hex): identifies the active table in logs.
+    /// Hash of the source text (FNV-1a, hex), and of the key files it names, if any:
+    /// identifies the active table in logs.
     pub hash: String,
+    /// Whether `hash` covers files besides the text (then an unchanged text does not
+    /// mean an unchanged table).
+    pub names_files: bool,
 }
 
 /// Why a file could not be loaded.
@@ -68,6 +72,7 @@ pub fn parse_in(src: &str, base: Option<&Path>) -> Result<Loaded, ConfigErrors> 
         config,
         warnings,
         hash,
+        names_files: !files.is_empty(),
     })
 }
 
