@@ -258,6 +258,30 @@ mod tests {
     }
 
     #[test]
+    fn a_rotated_branch_gate_key_is_a_new_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.toml");
+        let key = dir.path().join("branch.key");
+        std::fs::write(&key, "0123456789abcdef-one").unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "[branches]\nheader = \"x-branch\"\ngate = \"hmac\"\nhmac_key_file = \"{}\"\n{TABLE}",
+                key.display()
+            ),
+        )
+        .unwrap();
+        let (hash, names_files) = running(&path);
+        assert!(names_files);
+        assert!(matches!(read_if_changed(&path, &hash, true), Ok(None)));
+        std::fs::write(&key, "0123456789abcdef-two").unwrap();
+        let new = read_if_changed(&path, &hash, true)
+            .expect("valid")
+            .expect("changed");
+        assert_ne!(new.hash, hash);
+    }
+
+    #[test]
     fn our_own_reads_do_not_trigger_a_reload() {
         let name = Some(std::ffi::OsStr::new("routes.toml"));
         assert!(!is_relevant(

@@ -127,6 +127,9 @@ impl Validator<'_> {
             };
             return match std::fs::read(path.get_ref()) {
                 Ok(mut key) => {
+                    // Part of the table's hash, like the other key files: a reload
+                    // after the key is rotated takes the new key.
+                    self.files.push(key.clone());
                     while key.last().is_some_and(|b| b.is_ascii_whitespace()) {
                         key.pop();
                     }
