@@ -175,6 +175,58 @@ fn paced<T>(op: impl FnOnce() -> T) -> T {
     op()
 }
 
+/// Hand the pages of this binary's code and read-only data back to the kernel, once
+/// start-up is done. Start-up (argument and config parsing, TLS and logging set-up, the
+/// table's validation) runs code spread over most of the 10 MB of machine code, and the
+/// kernel maps the file in 64 KiB blocks around each page touched: after start-up about
+/// 6.4 MB of it was resident, more than half of the process's memory, and almost none of
+/// it runs again. Paged out, only what requests run comes back (from the page cache, as
+/// minor faults): under the e2e benchmark's c=64 load the resident memory went from
+/// 12.6 to 7.7 MB (`RssFile` 9.6 -> 4.7 MB). A kernel without `MADV_PAGEOUT` (before
+/// 5.4) refuses the advice, which changes nothing.
+#[cfg(target_os = "linux")]
+fn page_out_own_code() {
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    for line in maps.lines() {
+        // `start-end perms offset dev inode   path`
+        let mut fields = line.splitn(6, ' ');
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let path = fields.nth(3).map(str::trim_start);
+        if !matches!(perms, "r-xp" | "r--p") || path != exe.to_str() {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        // SAFETY: MADV_PAGEOUT only asks the kernel to reclaim: clean pages of this
+        // read-only mapping of the binary are read back from the file when next
+        // touched (private copies, as relocated read-only data, from swap or not at
+        // all), so no memory this process can see changes.
+        let _ = unsafe {
+            rustix::mm::madvise(
+                std::ptr::with_exposed_provenance_mut(start),
+                end.saturating_sub(start),
+                rustix::mm::Advice::LinuxPageOut,
+            )
+        };
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    #[cfg(target_os = "linux")]
+    switchyard::run::set_after_startup(page_out_own_code);
     switchyard::cli::main()
 }

@@ -60,6 +60,15 @@ impl std::fmt::Display for RunError {
 impl std::error::Error for RunError {}
 
 /// Serve until shutdown, then drain in-flight requests for up to `drain_timeout`.
+/// What the binary does once the gateway listens (see [`set_after_startup`]).
+static AFTER_STARTUP: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Register `f` to run once the gateway listens, after start-up's one-time work (the
+/// binary hands its start-up code's pages back to the kernel). Later calls are ignored.
+pub fn set_after_startup(f: fn()) {
+    let _ = AFTER_STARTUP.set(f);
+}
+
 pub async fn run(opts: Options) -> Result<(), RunError> {
     let loaded = config::load(&opts.config).map_err(RunError::Config)?;
     for w in &loaded.warnings {
@@ -128,6 +137,10 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
     });
     let admin_local = admin_task.as_ref().map(|(a, _)| a.to_string());
     let show = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
+    // Before "listening", which tells whoever started the gateway that start-up is over.
+    if let Some(f) = AFTER_STARTUP.get() {
+        f();
+    }
     tracing::info!(
         addr = %show(local),
         https = %show(tls_local),
