@@ -59,7 +59,6 @@ impl std::fmt::Display for RunError {
 
 impl std::error::Error for RunError {}
 
-/// Serve until shutdown, then drain in-flight requests for up to `drain_timeout`.
 /// What the binary does once the gateway listens (see [`set_after_startup`]).
 static AFTER_STARTUP: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 
@@ -69,6 +68,7 @@ pub fn set_after_startup(f: fn()) {
     let _ = AFTER_STARTUP.set(f);
 }
 
+/// Serve until shutdown, then drain in-flight requests for up to `drain_timeout`.
 pub async fn run(opts: Options) -> Result<(), RunError> {
     let loaded = config::load(&opts.config).map_err(RunError::Config)?;
     for w in &loaded.warnings {

@@ -117,14 +117,17 @@ impl Gateway {
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // A binary written a moment ago may be "busy" while another test thread's
-        // freshly forked child still holds the written file open (until its exec closes
-        // it): a bounded retry, not a wait for time to pass.
-        let mut tries = 0;
+        // A binary written a moment ago is "busy" (ETXTBSY) while another test thread's
+        // freshly forked child still holds the written file open, until that child's
+        // exec closes it: retried until then, for at most 10 s.
+        const ETXTBSY: i32 = 26;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let mut child = loop {
             match command.spawn() {
-                Err(e) if e.raw_os_error() == Some(26) && tries < 1000 => {
-                    tries += 1;
+                Err(e)
+                    if e.raw_os_error() == Some(ETXTBSY)
+                        && std::time::Instant::now() < deadline =>
+                {
                     std::thread::yield_now();
                 }
                 other => break other.expect("spawn switchyard"),
