@@ -175,51 +175,47 @@ fn paced<T>(op: impl FnOnce() -> T) -> T {
     op()
 }
 
-/// Hand the pages of this binary's code and read-only data back to the kernel, once
-/// start-up is done. Start-up (argument and config parsing, TLS and logging set-up, the
-/// table's validation) runs code spread over most of the 10 MB of machine code, and the
-/// kernel maps the file in 64 KiB blocks around each page touched: after start-up about
-/// 6.4 MB of it was resident, more than half of the process's memory, and almost none of
-/// it runs again. Paged out, only what requests run comes back (from the page cache, as
-/// minor faults): under the e2e benchmark's c=64 load the resident memory went from
-/// 12.6 to 7.7 MB (`RssFile` 9.6 -> 4.7 MB). A kernel without `MADV_PAGEOUT` (before
-/// 5.4) refuses the advice, which changes nothing.
+/// Drop this process's mappings of its binary's code and read-only data, once start-up
+/// is done. Start-up (argument and config parsing, TLS and logging set-up, the table's
+/// validation) runs code spread over most of the 10 MB of machine code, and the kernel
+/// maps the file in 64 KiB blocks around each page touched: after start-up about 6.4 MB
+/// of it was resident, more than half of the process's memory, and almost none of it
+/// runs again. Dropped, only what requests run comes back: peak RSS under the e2e
+/// benchmark's c=64 load went from 12.2–12.5 MiB to 10.1–10.4 MiB (below).
+///
+/// `MADV_DONTNEED` removes this process's mappings of the pages, whoever owns the file;
+/// the pages stay in the page cache, which the kernel reclaims as it needs, and come back
+/// as minor faults. Not `MADV_PAGEOUT`, which also evicts them: the kernel does that only
+/// for a process that owns the file or may write it (or runs as root), and only for pages
+/// no other process maps. A gateway running as a non-root user on a root-owned binary,
+/// as `deploy/Dockerfile` installs it, got nothing from it. Measured, right after
+/// "listening", as the user `nobody` on a root-owned copy: 5.4–6.2 of the code mapping's
+/// 9.8 MB resident with `MADV_PAGEOUT`, 2.2–2.5 MB with `MADV_DONTNEED`. As root, where
+/// both work, peak RSS under the c=64 load was 9.0–9.3 MiB with `MADV_PAGEOUT`,
+/// 10.1–10.4 MiB with `MADV_DONTNEED`, and 10.6–10.9 MiB with the one and then the other
+/// (three runs each).
+///
+/// `MADV_DONTNEED` would also throw away private copies of pages (a relocated read-only
+/// section, a debugger's breakpoint): mappings holding any (`Anonymous:` above 0 in
+/// `/proc/self/smaps`) are left alone, and nothing writes to a read-only mapping.
 #[cfg(target_os = "linux")]
-fn page_out_own_code() {
+fn drop_start_up_code() {
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
         return;
     };
-    for line in maps.lines() {
-        // `start-end perms offset dev inode   path`
-        let mut fields = line.splitn(6, ' ');
-        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
-            continue;
-        };
-        let path = fields.nth(3).map(str::trim_start);
-        if !matches!(perms, "r-xp" | "r--p") || path != exe.to_str() {
-            continue;
-        }
-        let Some((start, end)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (
-            usize::from_str_radix(start, 16),
-            usize::from_str_radix(end, 16),
-        ) else {
-            continue;
-        };
-        // SAFETY: MADV_PAGEOUT only asks the kernel to reclaim: clean pages of this
-        // read-only mapping of the binary are read back from the file when next
-        // touched (private copies, as relocated read-only data, from swap or not at
-        // all), so no memory this process can see changes.
+    for (start, end) in switchyard::run::clean_read_only_mappings(&smaps, exe.to_str()) {
+        // SAFETY: the range is a read-only private mapping of the binary without a
+        // private (anonymous) page: every page of it is the file's own content, which
+        // the next touch maps again from the page cache or the file. No memory this
+        // process can see changes.
         let _ = unsafe {
             rustix::mm::madvise(
                 std::ptr::with_exposed_provenance_mut(start),
                 end.saturating_sub(start),
-                rustix::mm::Advice::LinuxPageOut,
+                rustix::mm::Advice::LinuxDontNeed,
             )
         };
     }
@@ -227,6 +223,6 @@ fn page_out_own_code() {
 
 fn main() -> std::process::ExitCode {
     #[cfg(target_os = "linux")]
-    switchyard::run::set_after_startup(page_out_own_code);
+    switchyard::run::set_after_startup(drop_start_up_code);
     switchyard::cli::main()
 }

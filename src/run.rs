@@ -63,9 +63,45 @@ impl std::error::Error for RunError {}
 static AFTER_STARTUP: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 
 /// Register `f` to run once the gateway listens, after start-up's one-time work (the
-/// binary hands its start-up code's pages back to the kernel). Later calls are ignored.
+/// binary drops its mappings of its start-up code). Later calls are ignored.
 pub fn set_after_startup(f: fn()) {
     let _ = AFTER_STARTUP.set(f);
+}
+
+/// The address ranges of `/proc/self/smaps` that map `exe` read-only (`r-xp`, `r--p`)
+/// and hold no private copy of a page (`Anonymous: 0 kB`).
+pub fn clean_read_only_mappings(smaps: &str, exe: Option<&str>) -> Vec<(usize, usize)> {
+    let mut ranges = Vec::new();
+    // The mapping being read: its range, if it maps `exe` read-only.
+    let mut current = None;
+    for line in smaps.lines() {
+        if let Some(kb) = line.strip_prefix("Anonymous:") {
+            if let Some(range) = current.take()
+                && kb.trim() == "0 kB"
+            {
+                ranges.push(range);
+            }
+            continue;
+        }
+        // A mapping's first line: `start-end perms offset dev inode   path`.
+        let mut fields = line.splitn(6, ' ');
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        let path = fields.nth(3).map(str::trim_start);
+        current = (matches!(perms, "r-xp" | "r--p") && path.is_some() && path == exe)
+            .then_some((start, end));
+    }
+    ranges
 }
 
 /// Serve until shutdown, then drain in-flight requests for up to `drain_timeout`.
@@ -224,4 +260,65 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
         }
         shutdown.cancel();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean_read_only_mappings;
+
+    // Abridged from a real /proc/self/smaps: the code, a relocated read-only section
+    // (private copies: `Anonymous` above 0), the writable data, another file, the heap.
+    const SMAPS: &str = "\
+55d0a0000000-55d0a0100000 r--p 00000000 fd:01 1234                       /usr/bin/switchyard
+Size:               1024 kB
+Rss:                 512 kB
+Anonymous:             0 kB
+VmFlags: rd mr mw me dw sd
+55d0a0100000-55d0a0a00000 r-xp 00100000 fd:01 1234                       /usr/bin/switchyard
+Size:               9216 kB
+Anonymous:             0 kB
+VmFlags: rd ex mr mw me dw sd
+55d0a0a00000-55d0a0a40000 r--p 00a00000 fd:01 1234                       /usr/bin/switchyard
+Size:                256 kB
+Anonymous:           200 kB
+55d0a0a40000-55d0a0a41000 rw-p 00a40000 fd:01 1234                       /usr/bin/switchyard
+Anonymous:             0 kB
+7f0000000000-7f0000010000 r-xp 00000000 fd:01 99                         /usr/lib/libc.so.6
+Anonymous:             0 kB
+7f0000020000-7f0000030000 r--p 00000000 fd:01 1234                       /usr/bin/switchyard (deleted)
+Anonymous:             0 kB
+55d0a1000000-55d0a1100000 rw-p 00000000 00:00 0                          [heap]
+Anonymous:          1024 kB
+";
+
+    #[test]
+    fn only_clean_read_only_mappings_of_the_binary_are_chosen() {
+        assert_eq!(
+            clean_read_only_mappings(SMAPS, Some("/usr/bin/switchyard")),
+            vec![
+                (0x55d0a0000000, 0x55d0a0100000),
+                (0x55d0a0100000, 0x55d0a0a00000)
+            ]
+        );
+    }
+
+    #[test]
+    fn nothing_is_chosen_without_a_path_or_without_the_anonymous_line() {
+        assert_eq!(clean_read_only_mappings(SMAPS, None), vec![]);
+        // An older kernel's or an unexpected format: nothing is known clean.
+        let no_anonymous: String = SMAPS
+            .lines()
+            .filter(|l| !l.starts_with("Anonymous:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            clean_read_only_mappings(&no_anonymous, Some("/usr/bin/switchyard")),
+            vec![]
+        );
+        assert_eq!(clean_read_only_mappings("", Some("/x")), vec![]);
+        assert_eq!(
+            clean_read_only_mappings("zz-10 r-xp 0 0 0 /x\nAnonymous: 0 kB\n", Some("/x")),
+            vec![]
+        );
+    }
 }

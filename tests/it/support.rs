@@ -81,58 +81,17 @@ impl Gateway {
         tokio::task::block_in_place(|| Self::spawn(dir, config, &[]))
     }
 
-    /// Start a copy of the binary, made for this gateway alone: no other process maps
-    /// its pages (the kernel does not page out pages that other processes map too).
-    pub fn start_copy(toml: &str) -> Gateway {
-        tokio::task::block_in_place(|| {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let config = dir.path().join("routes.toml");
-            std::fs::write(&config, toml).expect("write config");
-            let bin = dir.path().join("switchyard");
-            std::fs::copy(BIN, &bin).expect("copy the binary");
-            // Written back now: the kernel does not page out dirty pages either.
-            std::fs::File::open(&bin)
-                .and_then(|f| f.sync_all())
-                .expect("sync the copy");
-            Self::spawn_bin(&bin, dir, config, &[])
-        })
-    }
-
     fn spawn(dir: tempfile::TempDir, config: PathBuf, env: &[(&str, &str)]) -> Gateway {
-        Self::spawn_bin(std::path::Path::new(BIN), dir, config, env)
-    }
-
-    fn spawn_bin(
-        bin: &std::path::Path,
-        dir: tempfile::TempDir,
-        config: PathBuf,
-        env: &[(&str, &str)],
-    ) -> Gateway {
-        let mut command = Command::new(bin);
-        command
+        let mut child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info")
             .env_remove("SWITCHYARD_ADMIN_TOKEN")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        // A binary written a moment ago is "busy" (ETXTBSY) while another test thread's
-        // freshly forked child still holds the written file open, until that child's
-        // exec closes it: retried until then, for at most 10 s.
-        const ETXTBSY: i32 = 26;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mut child = loop {
-            match command.spawn() {
-                Err(e)
-                    if e.raw_os_error() == Some(ETXTBSY)
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::yield_now();
-                }
-                other => break other.expect("spawn switchyard"),
-            }
-        };
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn switchyard");
         let (tx, logs) = mpsc::channel();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr");
