@@ -84,15 +84,29 @@ fn start_pacing() {
     PACED.with(|p| p.set(true));
 }
 
-/// Run `f` on a low-priority thread and wait for its result.
+/// Run `f` on a low-priority thread and wait for its result. When no thread can be
+/// started (resource limits), `f` runs here instead: slower for the requests this thread
+/// serves meanwhile, but the work is done. `Err` only when `f` panicked.
 pub async fn low_priority<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, String> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    spawn_lowered("switchyard-build", move || {
-        let _ = tx.send(f());
-    })
-    .map_err(|e| format!("cannot start a build thread: {e}"))?;
+    // Shared, so that `f` is still here when the thread is not.
+    let job = std::sync::Arc::new(std::sync::Mutex::new(Some(f)));
+    let theirs = job.clone();
+    let spawned = spawn_lowered("switchyard-build", move || {
+        let f = theirs.lock().ok().and_then(|mut f| f.take());
+        if let Some(f) = f {
+            let _ = tx.send(f());
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "cannot start a build thread; building here");
+        let f = job.lock().ok().and_then(|mut f| f.take());
+        return f
+            .map(|f| f())
+            .ok_or_else(|| "the build was lost".to_string());
+    }
     rx.await
         .map_err(|_| "the build thread panicked".to_string())
 }

@@ -92,8 +92,9 @@ fn read_if_changed(
     names_files: bool,
 ) -> Result<Option<config::Loaded>, LoadError> {
     let src = std::fs::read_to_string(path).map_err(LoadError::Io)?;
-    // The same text is the same table unless it names key files, whose contents count
-    // too: no need to parse it. (A SIGHUP then still re-reads the certificates.)
+    // The same text is the same table unless it names other files: key files, whose
+    // contents count too, or certificates, which a parse checks (a broken pair rejects
+    // the reload, as when the text changed). Otherwise no need to parse it.
     if !names_files && config::source_hash(&src) == hash {
         return Ok(None);
     }
@@ -264,6 +265,27 @@ mod tests {
     }
 
     #[test]
+    fn bytes_moved_from_the_text_into_a_key_file_are_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.toml");
+        let secret = dir.path().join("hs.secret");
+        let text = format!(
+            "{TABLE}auth = \"a\"\n[auth.a]\nalgorithms = [\"HS256\"]\n\
+             secret_file = \"hs.secret\"\n# x"
+        );
+        std::fs::write(&path, format!("{text}y")).unwrap();
+        std::fs::write(&secret, [b'a'; 40]).unwrap();
+        let (hash, _) = running(&path);
+        // The same bytes in a row, the last one now in the key file.
+        std::fs::write(&path, &text).unwrap();
+        std::fs::write(&secret, [&b"y"[..], &[b'a'; 40]].concat()).unwrap();
+        let new = read_if_changed(&path, &hash, true)
+            .expect("valid")
+            .expect("changed");
+        assert_ne!(new.hash, hash);
+    }
+
+    #[test]
     fn a_rotated_branch_gate_key_is_a_new_table() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("routes.toml");
@@ -280,6 +302,31 @@ mod tests {
         a_new_key_is_a_new_table(&path, || {
             std::fs::write(&key, "0123456789abcdef-two").unwrap()
         });
+    }
+
+    #[test]
+    fn a_table_with_certificates_is_parsed_again_and_a_broken_pair_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.toml");
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(dir.path().join("tls.crt"), ck.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("tls.key"), ck.signing_key.serialize_pem()).unwrap();
+        std::fs::write(
+            &path,
+            format!("{TABLE}[[tls.certificates]]\ncert = \"tls.crt\"\nkey = \"tls.key\"\n"),
+        )
+        .unwrap();
+        let (hash, names_files) = running(&path);
+        assert!(names_files);
+        assert!(matches!(read_if_changed(&path, &hash, true), Ok(None)));
+        // The text is the same; the key no longer is a key.
+        std::fs::write(dir.path().join("tls.key"), "not a key").unwrap();
+        match read_if_changed(&path, &hash, true) {
+            Err(LoadError::Invalid { errors, .. }) => {
+                assert!(errors.to_string().contains("private key"), "{errors}")
+            }
+            other => panic!("not rejected: {:?}", other.map(|l| l.map(|l| l.hash))),
+        }
     }
 
     #[test]

@@ -133,7 +133,7 @@ impl Snapshot {
                 .await
             {
                 Ok(built) => built,
-                // Nothing in PerRoute::new fails; only a panic in it (a bug) ends up here.
+                // Only a panic in PerRoute::new (a bug) ends up here: it goes on up.
                 Err(e) => panic!("building the per-route state: {e}"),
             };
         let PerRoute {

@@ -25,8 +25,9 @@ pub struct Loaded {
     /// Hash of the source text (FNV-1a, hex), and of the key files it names, if any:
     /// identifies the active table in logs.
     pub hash: String,
-    /// Whether `hash` covers files besides the text (then an unchanged text does not
-    /// mean an unchanged table).
+    /// Whether the table depends on files besides the text: key files, which `hash`
+    /// covers, or certificate files, which every parse checks ([`parse_at`]). Then an
+    /// unchanged text does not mean an unchanged, valid table.
     pub names_files: bool,
 }
 
@@ -62,9 +63,12 @@ pub fn parse_in(src: &str, base: Option<&Path>) -> Result<Loaded, ConfigErrors> 
     let hash = if files.is_empty() {
         source_hash(src)
     } else {
-        let mut all = src.as_bytes().to_vec();
-        for f in &files {
-            all.extend_from_slice(f);
+        // Each part after its length: moving bytes from the end of the text to the
+        // start of a key file is a change too.
+        let mut all = Vec::new();
+        for part in std::iter::once(src.as_bytes()).chain(files.iter().map(|f| &f[..])) {
+            all.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            all.extend_from_slice(part);
         }
         source_hash_bytes(&all)
     };
@@ -96,6 +100,7 @@ pub fn config_dir(path: &Path) -> &Path {
 pub fn parse_at(src: &str, dir: &Path) -> Result<Loaded, ConfigErrors> {
     let mut loaded = parse_in(src, Some(dir))?;
     loaded.config.resolve_paths(dir);
+    loaded.names_files |= loaded.config.names_tls_files();
     let findings = crate::tls::check_files(&loaded.config);
     if findings.is_empty() {
         return Ok(loaded);

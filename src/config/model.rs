@@ -144,6 +144,16 @@ impl std::hash::Hash for SourceSpan {
 }
 
 impl Config {
+    /// Whether the config names certificate or CA files, which every parse reads and
+    /// checks ([`crate::tls::check_files`]).
+    pub fn names_tls_files(&self) -> bool {
+        !self.tls.certificates.is_empty()
+            || self
+                .services
+                .iter()
+                .any(|s| s.tls.ca.is_some() || s.tls.client_cert.is_some())
+    }
+
     /// Make relative file paths (certificates, CA bundles) relative to `dir`, the
     /// directory of the config file, so that they do not depend on the working
     /// directory of the process.

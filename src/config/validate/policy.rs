@@ -127,8 +127,10 @@ impl Validator<'_> {
             };
             return match std::fs::read(path.get_ref()) {
                 Ok(mut key) => {
-                    // Part of the table's hash, like the other key files: a reload
-                    // after the key is rotated takes the new key.
+                    // Part of the table's hash, as the key files read through
+                    // `read_file` are: a reload after the key is rotated takes the new
+                    // key. (Unlike theirs, this path is read as written, relative to
+                    // the working directory: docs/policies.md.)
                     self.files.push(key.clone());
                     while key.last().is_some_and(|b| b.is_ascii_whitespace()) {
                         key.pop();
