@@ -167,15 +167,14 @@ impl Policy {
         if token.len() > self.spec.max_token_bytes {
             return Err(Failure::Invalid("token too large"));
         }
-        let digest = cache::digest(token);
         let generation = self.keys.generation();
         let now = jsonwebtoken::get_current_timestamp();
         let leeway = self.spec.leeway.as_secs();
-        if let Some(claims) = self.cache.get(&digest, now, leeway, generation) {
+        if let Some(claims) = self.cache.get(token, now, leeway, generation) {
             return Ok(claims);
         }
         let claims = Arc::new(self.verify_uncached(token).await?);
-        self.cache.put(digest, claims.clone(), generation);
+        self.cache.put(token, claims.clone(), generation);
         Ok(claims)
     }
 
