@@ -196,8 +196,10 @@ fn paced<T>(op: impl FnOnce() -> T) -> T {
 /// (three runs each).
 ///
 /// `MADV_DONTNEED` would also throw away private copies of pages (a relocated read-only
-/// section, a debugger's breakpoint): mappings holding any (`Anonymous:` above 0 in
-/// `/proc/self/smaps`) are left alone, and nothing writes to a read-only mapping.
+/// section, a debugger's breakpoint): mappings holding any, in memory or in swap
+/// (`Anonymous:` or `Swap:` above 0 in `/proc/self/smaps`), are left alone. Only a
+/// debugger or a uprobe writes to a read-only mapping; a breakpoint set between the read
+/// of smaps and the advice would be lost.
 #[cfg(target_os = "linux")]
 fn drop_start_up_code() {
     let Ok(exe) = std::env::current_exe() else {
@@ -207,10 +209,11 @@ fn drop_start_up_code() {
         return;
     };
     for (start, end) in switchyard::run::clean_read_only_mappings(&smaps, exe.to_str()) {
-        // SAFETY: the range is a read-only private mapping of the binary without a
-        // private (anonymous) page: every page of it is the file's own content, which
-        // the next touch maps again from the page cache or the file. No memory this
-        // process can see changes.
+        // SAFETY: the range is a read-only private mapping of the binary that held no
+        // private page (in memory or in swap) when smaps was read, and only a debugger
+        // writes to one: every page of it is the file's own content, which the next
+        // touch maps again from the page cache or the file. No memory this process can
+        // see changes.
         let _ = unsafe {
             rustix::mm::madvise(
                 std::ptr::with_exposed_provenance_mut(start),

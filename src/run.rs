@@ -69,21 +69,42 @@ pub fn set_after_startup(f: fn()) {
 }
 
 /// The address ranges of `/proc/self/smaps` that map `exe` read-only (`r-xp`, `r--p`)
-/// and hold no private copy of a page (`Anonymous: 0 kB`).
+/// and hold no private copy of a page, neither in memory (`Anonymous: 0 kB`) nor in
+/// swap (`Swap: 0 kB`). A mapping without both lines is not taken.
 pub fn clean_read_only_mappings(smaps: &str, exe: Option<&str>) -> Vec<(usize, usize)> {
+    /// A read-only mapping of `exe`, and whether its lines so far said it is clean.
+    struct Candidate {
+        range: (usize, usize),
+        no_anonymous: bool,
+        no_swap: bool,
+    }
+    fn finish(candidate: Option<Candidate>, ranges: &mut Vec<(usize, usize)>) {
+        if let Some(c) = candidate
+            && c.no_anonymous
+            && c.no_swap
+        {
+            ranges.push(c.range);
+        }
+    }
     let mut ranges = Vec::new();
-    // The mapping being read: its range, if it maps `exe` read-only.
-    let mut current = None;
+    let mut current: Option<Candidate> = None;
     for line in smaps.lines() {
-        if let Some(kb) = line.strip_prefix("Anonymous:") {
-            if let Some(range) = current.take()
-                && kb.trim() == "0 kB"
-            {
-                ranges.push(range);
+        // `Name:   value`: a line about the mapping being read.
+        let first = line.split(' ').next().unwrap_or_default();
+        if let Some(name) = first.strip_suffix(':') {
+            let zero = line[first.len()..].trim() == "0 kB";
+            if let Some(c) = &mut current {
+                match name {
+                    "Anonymous" => c.no_anonymous = zero,
+                    "Swap" => c.no_swap = zero,
+                    _ => {}
+                }
             }
             continue;
         }
-        // A mapping's first line: `start-end perms offset dev inode   path`.
+        // Any other line starts the next mapping: `start-end perms offset dev inode
+        // path`. One that does not parse is not a candidate.
+        finish(current.take(), &mut ranges);
         let mut fields = line.splitn(6, ' ');
         let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
             continue;
@@ -98,9 +119,15 @@ pub fn clean_read_only_mappings(smaps: &str, exe: Option<&str>) -> Vec<(usize, u
             continue;
         };
         let path = fields.nth(3).map(str::trim_start);
-        current = (matches!(perms, "r-xp" | "r--p") && path.is_some() && path == exe)
-            .then_some((start, end));
+        current = (matches!(perms, "r-xp" | "r--p") && path.is_some() && path == exe).then_some(
+            Candidate {
+                range: (start, end),
+                no_anonymous: false,
+                no_swap: false,
+            },
+        );
     }
+    finish(current.take(), &mut ranges);
     ranges
 }
 
@@ -267,28 +294,40 @@ mod tests {
     use super::clean_read_only_mappings;
 
     // Abridged from a real /proc/self/smaps: the code, a relocated read-only section
-    // (private copies: `Anonymous` above 0), the writable data, another file, the heap.
+    // (private copies: `Anonymous` above 0), one whose private copies are in swap, the
+    // writable data, another file, the heap.
     const SMAPS: &str = "\
 55d0a0000000-55d0a0100000 r--p 00000000 fd:01 1234                       /usr/bin/switchyard
 Size:               1024 kB
 Rss:                 512 kB
 Anonymous:             0 kB
+AnonHugePages:         0 kB
+Swap:                  0 kB
 VmFlags: rd mr mw me dw sd
 55d0a0100000-55d0a0a00000 r-xp 00100000 fd:01 1234                       /usr/bin/switchyard
 Size:               9216 kB
 Anonymous:             0 kB
+Swap:                  0 kB
 VmFlags: rd ex mr mw me dw sd
 55d0a0a00000-55d0a0a40000 r--p 00a00000 fd:01 1234                       /usr/bin/switchyard
 Size:                256 kB
 Anonymous:           200 kB
-55d0a0a40000-55d0a0a41000 rw-p 00a40000 fd:01 1234                       /usr/bin/switchyard
+Swap:                  0 kB
+55d0a0a40000-55d0a0a80000 r--p 00a40000 fd:01 1234                       /usr/bin/switchyard
 Anonymous:             0 kB
+Swap:                256 kB
+55d0a0a80000-55d0a0a81000 rw-p 00a80000 fd:01 1234                       /usr/bin/switchyard
+Anonymous:             0 kB
+Swap:                  0 kB
 7f0000000000-7f0000010000 r-xp 00000000 fd:01 99                         /usr/lib/libc.so.6
 Anonymous:             0 kB
+Swap:                  0 kB
 7f0000020000-7f0000030000 r--p 00000000 fd:01 1234                       /usr/bin/switchyard (deleted)
 Anonymous:             0 kB
+Swap:                  0 kB
 55d0a1000000-55d0a1100000 rw-p 00000000 00:00 0                          [heap]
 Anonymous:          1024 kB
+Swap:                  0 kB
 ";
 
     #[test]
@@ -303,22 +342,36 @@ Anonymous:          1024 kB
     }
 
     #[test]
-    fn nothing_is_chosen_without_a_path_or_without_the_anonymous_line() {
+    fn nothing_is_chosen_without_a_path_or_without_both_lines() {
         assert_eq!(clean_read_only_mappings(SMAPS, None), vec![]);
         // An older kernel's or an unexpected format: nothing is known clean.
-        let no_anonymous: String = SMAPS
-            .lines()
-            .filter(|l| !l.starts_with("Anonymous:"))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        for missing in ["Anonymous:", "Swap:"] {
+            let without: String = SMAPS
+                .lines()
+                .filter(|l| !l.starts_with(missing))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            assert_eq!(
+                clean_read_only_mappings(&without, Some("/usr/bin/switchyard")),
+                vec![],
+                "without {missing}"
+            );
+        }
+        assert_eq!(clean_read_only_mappings("", Some("/x")), vec![]);
+        // A line that is neither a field nor a mapping ends the mapping before it.
         assert_eq!(
-            clean_read_only_mappings(&no_anonymous, Some("/usr/bin/switchyard")),
+            clean_read_only_mappings(
+                "0-10 r-xp 0 0 0 /x\nAnonymous: 0 kB\nzz-10 r-xp 0 0 0 /x\nSwap: 0 kB\n",
+                Some("/x")
+            ),
             vec![]
         );
-        assert_eq!(clean_read_only_mappings("", Some("/x")), vec![]);
         assert_eq!(
-            clean_read_only_mappings("zz-10 r-xp 0 0 0 /x\nAnonymous: 0 kB\n", Some("/x")),
-            vec![]
+            clean_read_only_mappings(
+                "0-10 r-xp 0 0 0 /x\nAnonymous: 0 kB\nSwap: 0 kB\n",
+                Some("/x")
+            ),
+            vec![(0, 0x10)]
         );
     }
 }
