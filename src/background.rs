@@ -102,10 +102,12 @@ pub async fn low_priority<T: Send + 'static>(
     });
     if let Err(e) = spawned {
         tracing::debug!(error = %e, "cannot start a build thread; building here");
+        // A failed spawn drops its closure unrun, so `f` is still in `job`.
         let f = job.lock().ok().and_then(|mut f| f.take());
-        return f
-            .map(|f| f())
-            .ok_or_else(|| "the build was lost".to_string());
+        let f = f.ok_or_else(|| "the build was lost".to_string())?;
+        // As on the thread, a panic is an `Err`, not an unwind through the caller.
+        return std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+            .map_err(|_| "the build panicked".to_string());
     }
     rx.await
         .map_err(|_| "the build thread panicked".to_string())

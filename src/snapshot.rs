@@ -93,7 +93,7 @@ pub struct Snapshot {
     pub auth: Auth,
     /// Hash of the source text (and of the key files it names; [`Loaded::hash`]).
     pub hash: String,
-    /// Whether `hash` covers key files besides the text.
+    /// Whether the table depends on files besides the text ([`Loaded::names_files`]).
     pub names_files: bool,
     pub loaded_at: SystemTime,
 }
