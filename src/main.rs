@@ -191,9 +191,9 @@ fn paced<T>(op: impl FnOnce() -> T) -> T {
 /// as `deploy/Dockerfile` installs it, got nothing from it. Measured, right after
 /// "listening", as the user `nobody` on a root-owned copy: 5.4–6.2 of the code mapping's
 /// 9.8 MB resident with `MADV_PAGEOUT`, 2.2–2.5 MB with `MADV_DONTNEED`. As root, where
-/// both work, peak RSS under the c=64 load was 9.0–9.3 MiB with `MADV_PAGEOUT`,
-/// 10.1–10.4 MiB with `MADV_DONTNEED`, and 10.6–10.9 MiB with the one and then the other
-/// (three runs each).
+/// both work, peak RSS under the c=64 load was 9.0–9.3 MiB with `MADV_PAGEOUT` and
+/// 10.1–10.4 MiB with `MADV_DONTNEED` in alternating runs (three each; 9.7–11.1 MiB over
+/// 19 runs of that binary in all).
 ///
 /// `MADV_DONTNEED` would also throw away private copies of pages (a relocated read-only
 /// section, a debugger's breakpoint): mappings holding any, in memory or in swap
