@@ -19,6 +19,7 @@ mod import_nginx;
 mod limits;
 mod observe;
 mod otlp;
+mod pgo;
 mod policy;
 mod pool;
 mod prometheus;
