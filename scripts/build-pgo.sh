@@ -46,8 +46,8 @@ if [[ -z $profdata ]]; then
         log "installing the llvm-tools component (llvm-profdata)"
         rustup component add llvm-tools-preview >&2
     fi
-    [[ -x $profdata ]] || die "llvm-profdata not found at $profdata"
 fi
+[[ -x $profdata ]] || die "llvm-profdata not found at $profdata"
 
 log "building the training driver (examples/pgo_train.rs)"
 cargo build --release --locked --example pgo_train
