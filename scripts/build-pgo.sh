@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Profile-guided release build of the gateway (PGO). Experimental: deploy/Dockerfile
-# does not use it, because the gain is not proven (README.md, "Performance": about
-# 14 % fewer instructions and 40 % fewer instruction-cache misses per keep-alive
-# request by callgrind, but more data misses, 10 % more instructions with JWT auth, and
-# user CPU time within this machine's noise).
+# does not use it, because the gain is not proven (README.md, "Performance": by
+# callgrind, 17 % fewer instructions and 40 % fewer instruction-cache misses per
+# keep-alive request with the same data misses, but 9 % more instructions with JWT
+# auth; req/s within this machine's noise).
 #
 #   1. builds the gateway with -Cprofile-generate (instrumented),
 #   2. drives it through examples/pgo_train.rs on 127.0.0.1 (plain and HTTPS keep-alive,
