@@ -1031,11 +1031,15 @@ async fn forward(
                     .insert(TRACEPARENT.clone(), s.trace.header_value_for(id));
                 (id, SystemTime::now())
             });
-            // Origin form; the client adds what its protocol needs.
-            let sent =
-                upstream
-                    .client
-                    .request(&target, &upstream.scheme, &mut req, attempt == attempts);
+            // Origin form; the client adds what its protocol needs. Pinned where it is
+            // made, like `tries` above: a per-try timeout then holds only the pin, not
+            // a moved copy of the exchange's future (2.5 KB).
+            let sent = std::pin::pin!(upstream.client.request(
+                &target,
+                &upstream.scheme,
+                &mut req,
+                attempt == attempts
+            ));
             let outcome = match policy.per_try_timeout {
                 Some(t) => tokio::time::timeout(t, sent).await.ok(),
                 None => Some(sent.await),
