@@ -191,6 +191,49 @@ async fn a_get_is_retried_on_another_endpoint_a_post_is_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_try_timeout_ends_a_slow_try_and_504_retries_it_elsewhere() {
+    let slow = Upstream::start(|_req| async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        text("slow")
+    })
+    .await;
+    let good = always(200).await;
+    let c = client();
+    let gw = Gateway::start(&retry_table(
+        &format!("{}, {}", slow.endpoint(), good.endpoint()),
+        "{ attempts = 2, on = [\"504\"], per_try_timeout = \"1s\", backoff = \"1ms\" }",
+    ));
+    for i in 0..6 {
+        let started = Instant::now();
+        let a = get(&c, &gw.url("/x")).await;
+        assert_eq!(a.status, 200, "request {i}");
+        // The slow endpoint would take 60 s; a try there ends after 1 s.
+        assert!(started.elapsed() < Duration::from_secs(20), "request {i}");
+    }
+    assert_eq!(good.hits(), 6, "every GET ends on the good endpoint");
+    assert_eq!(
+        slow.hits(),
+        3,
+        "round robin sends every other first try there"
+    );
+
+    // With one try, the per-try timeout is the answer: 504, long before the upstream's.
+    let gw = Gateway::start(&retry_table(
+        &slow.endpoint(),
+        "{ attempts = 1, per_try_timeout = \"1s\" }",
+    ));
+    let started = Instant::now();
+    let a = get(&c, &gw.url("/x")).await;
+    assert_eq!(a.status, 504);
+    assert_eq!(a.json()["error"], "upstream_timeout");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_is_retried_when_asked() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dropper = listener.local_addr().unwrap();
