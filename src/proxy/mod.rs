@@ -363,9 +363,11 @@ async fn pipeline(
             mirror::start(gw, snap, route_id, m, timeout, &head, &body)
         });
     let route_timeout = fwd.timeout.unwrap_or(snap.config.defaults.request_timeout);
-    let forward_started = Instant::now();
     let resp = match branch_upstream.as_deref() {
         Some(branch_up) if body.resendable() => {
+            // Read here only: a clock reading per request is not free (README,
+            // Performance).
+            let forward_started = Instant::now();
             let again = (head.clone(), body.try_clone());
             match forward(snap, branch_up, ctx, head, body, route_timeout).await {
                 // No try got past connecting to the branch deployment: main answers
@@ -1104,9 +1106,14 @@ async fn forward(
         }
         last
     });
-    let result = match tokio::time::timeout(timeout, tries).await {
-        Ok(r) => r,
-        Err(_) => Err(ProxyError::UpstreamTimeout),
+    // The deadline from `started`: `timeout()` would read the clock again for it.
+    let result = match tokio::time::Instant::from_std(started).checked_add(timeout) {
+        Some(deadline) => match tokio::time::timeout_at(deadline, tries).await {
+            Ok(r) => r,
+            Err(_) => Err(ProxyError::UpstreamTimeout),
+        },
+        // Too far ahead to be a deadline (tokio's `timeout` waits without one then).
+        None => tries.await,
     };
     ctx.upstream_time = Some(started.elapsed());
     result
