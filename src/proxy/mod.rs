@@ -984,7 +984,8 @@ async fn forward(
             | http::Method::TRACE
     );
     upstream.budget.deposit();
-    let started = Instant::now();
+    // tokio's clock: the deadline below is taken from this one reading.
+    let started = tokio::time::Instant::now();
     let record = &mut ctx.record;
     let connect_failures = &mut ctx.connect_failures;
     let span = &mut ctx.span;
@@ -1107,7 +1108,7 @@ async fn forward(
         last
     });
     // The deadline from `started`: `timeout()` would read the clock again for it.
-    let result = match tokio::time::Instant::from_std(started).checked_add(timeout) {
+    let result = match started.checked_add(timeout) {
         Some(deadline) => match tokio::time::timeout_at(deadline, tries).await {
             Ok(r) => r,
             Err(_) => Err(ProxyError::UpstreamTimeout),
