@@ -373,9 +373,9 @@ impl Validator<'_> {
             // Moved one route at a time, with a pause point between them: `into()` copied
             // the whole vector into a fresh allocation in one `memcpy`, page faults and
             // all, the longest stretch of a reload without a pause (4-7 ms for 10,000
-            // routes in `perf` of a paced reload). `vec::IntoIter` with `inspect`
-            // has an exact length (`TrustedLen`), so the `Arc` is allocated once and
-            // filled in place (one allocation, counted, as for `into()`).
+            // routes in `perf` of a paced reload). `vec::IntoIter` with `inspect` has an
+            // exact length (`TrustedLen`), so the `Arc` is allocated once and filled in
+            // place: a counting allocator saw one allocation, as for `into()`.
             routes: routes
                 .into_iter()
                 .inspect(|_| crate::background::pace())
