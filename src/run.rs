@@ -146,6 +146,8 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
     let hash = loaded.hash.clone();
     let registry = Registry::default();
     let snapshot = Snapshot::build(loaded, &registry).await;
+    // From here on, background work (reloads) makes way for requests.
+    crate::background::serving();
     let gw = Arc::new(Gateway::new(snapshot, registry, opts.access_log));
 
     let (listener, local) = match addr {
