@@ -1,7 +1,8 @@
 //! CPU-heavy work that is not on the request path: parsing a reloaded table, building its
 //! router, and freeing the table it replaced. It runs on a thread of its own at a lower
 //! scheduling priority (about nice 10), so that on a busy core the request-serving threads
-//! win; on an idle core it runs at a fifth of the core (below).
+//! win; on an idle core it runs at a fifth of the core (below), once the first table is
+//! built ([`serving`]).
 //!
 //! A lower priority alone is not enough. The scheduler takes the core back from a
 //! running thread only at its tick (4 ms at the usual 250 Hz), and a nice-10 thread still
