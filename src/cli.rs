@@ -189,11 +189,16 @@ fn runtime_builder() -> tokio::runtime::Builder {
         .filter(|&n| n > 0)
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1);
-    if workers == 1 {
+    let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-    }
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        // What tokio would pick itself; set here so that the count below is exact.
+        builder.worker_threads(workers);
+        builder
+    };
+    crate::background::track_workers(&mut builder, workers);
+    builder
 }
 
 fn serve(config: PathBuf, demo: bool) -> ExitCode {
