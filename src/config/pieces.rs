@@ -10,9 +10,9 @@
 //!
 //! So a file with many `[[routes]]` is cut before some of its `[[routes]]` header lines,
 //! about every [`PIECE`] bytes, and each piece is parsed alone. The pieces after the
-//! first must hold nothing but routes; each is padded with spaces in front so that
-//! every span (and so every error position and every `Spanned` value) is the same as
-//! in a parse of the whole file. Whenever a piece does not parse, or holds anything but
+//! first must hold nothing but routes; the spans of each piece's values are moved by
+//! where it begins, so that every `Spanned` value is the same as in a parse of the
+//! whole file. Whenever a piece does not parse, or holds anything but
 //! routes, the whole file is parsed instead, so errors and their messages are exactly
 //! those of a whole parse. A unit test checks that both ways give equal results.
 
@@ -29,28 +29,15 @@ use super::file::{FileConfig, RouteFile};
 /// pairs, with the longer [`crate::background::PAUSE`]).
 pub const PIECE: usize = 16 * 1024;
 
-/// At most about this many pieces: each is padded to its offset, so the padding grows
-/// with the square of the count; a very large file gets larger pieces instead. The
-/// 10,000-route file (640 KB) is 40 pieces and about 13 MB of padding; `switchyard
-/// check` of it took 38–39 ms of CPU against 34–35 ms with 64 KiB pieces (`perf stat -r
-/// 10`, twice each). The padding is the price of exact spans: about 32 times the file's
-/// size in all once a file has this many pieces (some 0.4 ns a byte here).
-const MAX_PIECES: usize = 64;
-
 /// Parse `src` as a [`FileConfig`], in pieces when it is large (see the module doc).
 pub fn from_str(src: &str) -> Result<FileConfig, toml::de::Error> {
-    let points = split_points(src, piece_size(src.len()));
+    let points = split_points(src, PIECE);
     if !points.is_empty()
         && let Some(file) = parse_pieces(src, &points)
     {
         return Ok(file);
     }
     toml::from_str(src)
-}
-
-/// The least size of a piece of a file of `len` bytes.
-fn piece_size(len: usize) -> usize {
-    PIECE.max(len / MAX_PIECES)
 }
 
 /// A piece after the first: routes only.
@@ -65,34 +52,57 @@ struct RoutesOnly {
 /// does not parse on its own.
 fn parse_pieces(src: &str, points: &[usize]) -> Option<FileConfig> {
     let mut file: FileConfig = toml::from_str(&src[..points[0]]).ok()?;
-    let mut padded = String::new();
     for (i, &start) in points.iter().enumerate() {
         let end = points.get(i + 1).copied().unwrap_or(src.len());
-        padded.clear();
-        pad(&mut padded, start);
-        padded.push_str(&src[start..end]);
-        let piece: RoutesOnly = toml::from_str(&padded).ok()?;
+        let piece = parse_at(&src[start..end], start)?;
         file.routes.extend(piece.routes);
     }
     Some(file)
 }
 
-/// Append `n` spaces to `out`, a block at a time with a [`crate::background::pace`]
-/// between blocks. Pushed one `char` at a time, the padding of a late piece (most of a
-/// large file) was the longest stretch of a reload without a pause: up to 4 ms in
-/// `perf sched timehist` under the reload10k benchmark.
-fn pad(out: &mut String, n: usize) {
-    const SPACES: &str = match std::str::from_utf8(&[b' '; 4096]) {
-        Ok(s) => s,
-        Err(_) => panic!("spaces are UTF-8"),
-    };
-    out.reserve(n);
-    let mut left = n;
-    while left > 0 {
-        crate::background::pace();
-        let take = left.min(SPACES.len());
-        out.push_str(&SPACES[..take]);
-        left -= take;
+/// Parse `piece`, which begins `offset` bytes into the file, with every span moved by
+/// `offset`: the spans of a parse of the whole file.
+///
+/// Until 2026-12-05 each piece was parsed with `offset` spaces in front of it instead.
+/// That padding grew with the square of the number of pieces: about 13 MB of spaces to
+/// lex for the e2e benchmark's 10,000-route file (640 KB, 40 pieces), and the pieces'
+/// count had to be capped, so that a very large file was parsed in long runs without a
+/// pause.
+fn parse_at(piece: &str, offset: usize) -> Option<RoutesOnly> {
+    let root = toml::de::DeTable::parse(piece).ok()?;
+    let root = moved(root, offset, |table| shift_table(table, offset));
+    RoutesOnly::deserialize(toml::de::Deserializer::from(root)).ok()
+}
+
+/// `spanned` with its span moved by `by`, and `inner` applied to its value.
+fn moved<T>(spanned: Spanned<T>, by: usize, inner: impl FnOnce(&mut T)) -> Spanned<T> {
+    let span = spanned.span();
+    let mut value = spanned.into_inner();
+    inner(&mut value);
+    Spanned::new(span.start + by..span.end + by, value)
+}
+
+/// Move the spans of everything in `table`, keys too (maps with `Spanned` keys keep
+/// them), by `by` bytes. The map is rebuilt: it does not lend its keys mutably.
+fn shift_table(table: &mut toml::de::DeTable<'_>, by: usize) {
+    *table = std::mem::take(table)
+        .into_iter()
+        .map(|(key, value)| (moved(key, by, |_| {}), moved(value, by, |v| shift(v, by))))
+        .collect();
+}
+
+/// Move the spans of everything in `value` by `by` bytes.
+fn shift(value: &mut toml::de::DeValue<'_>, by: usize) {
+    use toml::de::DeValue;
+    match value {
+        DeValue::Array(items) => {
+            for item in items.iter_mut() {
+                let taken = std::mem::replace(item, Spanned::new(0..0, DeValue::Boolean(false)));
+                *item = moved(taken, by, |v| shift(v, by));
+            }
+        }
+        DeValue::Table(table) => shift_table(table, by),
+        _ => {}
     }
 }
 
@@ -302,14 +312,6 @@ service = "users"
             assert!(split.is_none(), "{bad}");
             assert_eq!(from_str(&bad).map(|_| ()).map_err(|e| e.to_string()), whole);
         }
-    }
-
-    #[test]
-    fn a_very_large_file_gets_larger_pieces_not_more() {
-        assert_eq!(piece_size(700 * 1024), PIECE);
-        assert_eq!(piece_size(16 << 20), 256 << 10);
-        // Points are at least a piece apart, so there are at most MAX_PIECES of them.
-        assert!((64 << 20) / piece_size(64 << 20) <= MAX_PIECES);
     }
 
     #[test]
