@@ -85,16 +85,7 @@ fn pace_slow() {
         let now = Instant::now();
         match since {
             Some(t) if now.duration_since(t) < SLICE => run.set((since, 0)),
-            // No worker is awake: there is no request to make way for, unless one has
-            // just been woken and not yet run (the scheduler does not always preempt
-            // for it); a yield lets it in, and then it is awake.
-            _ if !workers_may_wait() && {
-                std::thread::yield_now();
-                !workers_may_wait()
-            } =>
-            {
-                run.set((Some(Instant::now()), 0))
-            }
+            _ if no_worker_waits() => run.set((Some(Instant::now()), 0)),
             _ => {
                 std::thread::sleep(PAUSE);
                 PAUSES.with(|p| p.set(p.get() + 1));
@@ -142,6 +133,17 @@ pub fn track_workers(builder: &mut tokio::runtime::Builder, workers: usize) {
 /// Whether a worker may be waiting for the core a paced thread holds.
 fn workers_may_wait() -> bool {
     !TRACKED.load(Ordering::Relaxed) || AWAKE.load(Ordering::Relaxed) > 0
+}
+
+/// Whether no worker waits for this core: none is awake, not even after a yield. A
+/// worker that has just been woken and not yet run (the scheduler does not always
+/// preempt for it) gets the core in the yield, and then counts itself awake.
+fn no_worker_waits() -> bool {
+    if workers_may_wait() {
+        return false;
+    }
+    std::thread::yield_now();
+    !workers_may_wait()
 }
 
 /// Make this thread a paced one (see the module doc).

@@ -83,7 +83,9 @@ fn moved<T>(spanned: Spanned<T>, by: usize, inner: impl FnOnce(&mut T)) -> Spann
 }
 
 /// Move the spans of everything in `table`, keys too (maps with `Spanned` keys keep
-/// them), by `by` bytes. The map is rebuilt: it does not lend its keys mutably.
+/// them), by `by` bytes. The map is rebuilt: it does not lend its keys mutably. The
+/// rebuilt map loses the parser's dotted/implicit/inline marks, which only the parser
+/// reads, not the deserializer.
 fn shift_table(table: &mut toml::de::DeTable<'_>, by: usize) {
     *table = std::mem::take(table)
         .into_iter()
