@@ -153,7 +153,7 @@ async fn serve_connection<S>(
         Box::pin(async move {
             let snap = gw.snapshot();
             let req = req.map(ClientBody::Hyper);
-            Ok::<_, Infallible>(proxy::serve(&gw, snap, &conn_info, req).await)
+            Ok::<_, Infallible>(proxy::serve(&gw, snap, &conn_info, req, None).await)
         })
     });
     let conn = builder.serve_connection_with_upgrades(io, svc);

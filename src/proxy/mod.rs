@@ -44,6 +44,7 @@ mod mirror;
 pub mod upgrade;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Instant, SystemTime};
@@ -53,6 +54,7 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use hyper::body::Body as _;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Sleep;
 
 use crate::auth::{Claims, Failure};
 use crate::config::model::{Action, Forward, LogFormat, Redirect, Route};
@@ -67,7 +69,7 @@ use crate::observe::otlp::{RequestSpan, TrySpan};
 use crate::observe::trace::{TRACEPARENT, TraceContext, new_span_id};
 use crate::policy::{self, branch::Ask};
 use crate::resilience::rate_limit::Decision;
-use crate::resilience::retry;
+use crate::resilience::{deadline, retry};
 use crate::router::RequestInfo;
 use crate::snapshot::Snapshot;
 use crate::upstream::Upstream;
@@ -135,12 +137,15 @@ struct RequestCtx {
     reached_upstream: bool,
 }
 
-/// Serve one request. Never fails: errors become the gateway's JSON answers.
+/// Serve one request. Never fails: errors become the gateway's JSON answers. `timer`
+/// is the connection's own for the route timeout when it serves one request at a time
+/// (HTTP/1, `resilience::deadline`); without one, the request makes its own.
 pub async fn serve(
     gw: &Gateway,
     snapshot: Arc<Snapshot>,
     conn: &ConnInfo,
     req: Request<ClientBody>,
+    timer: Option<Pin<&mut Sleep>>,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let _in_flight = gw.metrics.start();
@@ -199,7 +204,7 @@ pub async fn serve(
         metric_service: None,
     };
     let grpc = is_grpc(req.headers());
-    let (mut resp, error) = match pipeline(gw, &snapshot, conn, &mut ctx, req).await {
+    let (mut resp, error) = match pipeline(gw, &snapshot, conn, &mut ctx, req, timer).await {
         Ok(resp) => (resp, None),
         Err(e) => (e.into_response(&ctx.request_id, grpc), Some(e.code())),
     };
@@ -219,6 +224,7 @@ async fn pipeline(
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
     req: Request<ClientBody>,
+    mut timer: Option<Pin<&mut Sleep>>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let upgrade = upgrade::requested(&parts);
@@ -369,7 +375,17 @@ async fn pipeline(
             // Performance).
             let forward_started = Instant::now();
             let again = (head.clone(), body.try_clone());
-            match forward(snap, branch_up, ctx, head, body, route_timeout).await {
+            match forward(
+                snap,
+                branch_up,
+                ctx,
+                head,
+                body,
+                route_timeout,
+                timer.as_mut().map(|t| t.as_mut()),
+            )
+            .await
+            {
                 // No try got past connecting to the branch deployment: main answers
                 // instead, in main's concurrency slot and the rest of the route's time.
                 Err(ProxyError::ConnectFailed | ProxyError::NoHealthyUpstream)
@@ -386,7 +402,7 @@ async fn pipeline(
                             permit = p;
                             let (head, body) = again;
                             let body = body.unwrap_or(UpstreamBody::Empty);
-                            forward(snap, main_upstream, ctx, head, body, remaining).await
+                            forward(snap, main_upstream, ctx, head, body, remaining, timer).await
                         }
                         Err(e) => Err(e),
                     }
@@ -394,7 +410,7 @@ async fn pipeline(
                 r => r,
             }
         }
-        _ => forward(snap, upstream, ctx, head, body, route_timeout).await,
+        _ => forward(snap, upstream, ctx, head, body, route_timeout, timer).await,
     };
     guard_feedback(gw, snap, route_id, fwd, ctx, &resp);
     let mut resp = resp?;
@@ -962,6 +978,7 @@ async fn forward(
     head: UpstreamHead,
     body: UpstreamBody,
     timeout: std::time::Duration,
+    timer: Option<Pin<&mut Sleep>>,
 ) -> Result<Response<PooledBody>, ProxyError> {
     let defaults = &snap.config.defaults;
     let policy = &defaults.retry;
@@ -1108,13 +1125,17 @@ async fn forward(
         last
     });
     // The deadline from `started`: `timeout()` would read the clock again for it.
-    let result = match started.checked_add(timeout) {
-        Some(deadline) => match tokio::time::timeout_at(deadline, tries).await {
+    let result = match (started.checked_add(timeout), timer) {
+        // An HTTP/1 connection's own timer (resilience::deadline).
+        (Some(deadline), Some(timer)) => deadline::within(timer, deadline, tries)
+            .await
+            .unwrap_or(Err(ProxyError::UpstreamTimeout)),
+        (Some(deadline), None) => match tokio::time::timeout_at(deadline, tries).await {
             Ok(r) => r,
             Err(_) => Err(ProxyError::UpstreamTimeout),
         },
         // Too far ahead to be a deadline (tokio's `timeout` waits without one then).
-        None => tries.await,
+        (None, _) => tries.await,
     };
     ctx.upstream_time = Some(started.elapsed());
     result

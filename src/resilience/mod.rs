@@ -2,5 +2,6 @@
 //! limits (token buckets per key) and per-service concurrency limits (load shedding).
 
 pub mod concurrency;
+pub mod deadline;
 pub mod rate_limit;
 pub mod retry;

@@ -61,6 +61,7 @@ use crate::gateway::Gateway;
 use crate::http::head::{FieldAt, Span, parse_length};
 use crate::proxy::body::ResponseBody;
 use crate::proxy::{self, ClientBody, ConnInfo};
+use crate::resilience::deadline;
 
 /// The most header fields this path parses; a head with more goes to hyper, which
 /// applies `max_headers` itself. 64 × 32 bytes of (uninitialised) stack per parse.
@@ -124,8 +125,11 @@ where
     // that is still ahead. Moving it for every request (`Sleep::reset`: the deadline's
     // conversion to a timer tick and an atomic update of the entry) cost about 95
     // instructions per request; now it moves at most once per timeout period.
-    let mut deadline = pin!(tokio::time::sleep(limits.header_read_timeout));
+    let mut head_timer = pin!(tokio::time::sleep(limits.header_read_timeout));
     let mut cancelled = pin!(shutdown.cancelled());
+    // The route timeout's timer, reused by each request in turn
+    // (`resilience::deadline`); its first deadline is moved to the first request's.
+    let mut route_timer = pin!(tokio::time::sleep(Duration::ZERO));
     loop {
         let due = tokio::time::Instant::now() + limits.header_read_timeout;
         // How much of `buf` an earlier parse found to be an incomplete head: the head is
@@ -155,7 +159,7 @@ where
                 if let Poll::Ready(r) = poll_read(io, cx, &mut buf) {
                     return Poll::Ready(Some(r));
                 }
-                if header_timed_out(deadline.as_mut(), due, cx)
+                if deadline::passed(head_timer.as_mut(), due, cx)
                     || buf.is_empty() && cancelled.as_mut().poll(cx).is_ready()
                 {
                     return Poll::Ready(None);
@@ -172,7 +176,13 @@ where
         };
         // Pinned here, where it is made: moving the request's future (several KiB)
         // into `serve_watching` would copy it.
-        let serving = pin!(proxy::serve(gw, gw.snapshot(), conn, req));
+        let serving = pin!(proxy::serve(
+            gw,
+            gw.snapshot(),
+            conn,
+            req,
+            Some(route_timer.as_mut())
+        ));
         let Some(resp) = serve_watching(io, &mut buf, serving).await else {
             return Outcome::Closed;
         };
@@ -190,23 +200,6 @@ where
             out = Vec::with_capacity(512);
         }
     }
-}
-
-/// Whether the head's `due` time has come. The timer may be set earlier than `due`
-/// (an earlier head's deadline): when it fires before `due`, it is moved there and
-/// waits again. Registers `cx` to be woken when it fires.
-fn header_timed_out(
-    mut timer: Pin<&mut tokio::time::Sleep>,
-    due: tokio::time::Instant,
-    cx: &mut Context<'_>,
-) -> bool {
-    while timer.as_mut().poll(cx).is_ready() {
-        if tokio::time::Instant::now() >= due {
-            return true;
-        }
-        timer.as_mut().reset(due);
-    }
-    false
 }
 
 /// Run `serve` while watching the connection, as hyper does: a client that goes away

@@ -166,6 +166,78 @@ async fn upstream_slower_than_the_route_timeout_is_504() {
     );
 }
 
+/// The status of a GET of `path` on `sender`'s one connection, and how long it took.
+async fn status(
+    sender: &mut hyper::client::conn::http1::SendRequest<Body>,
+    path: &str,
+) -> (u16, Duration) {
+    sender.ready().await.expect("the connection is still open");
+    let req = http::Request::get(path)
+        .header("host", "gw.test")
+        .body(empty())
+        .unwrap();
+    let started = Instant::now();
+    let resp = sender
+        .send_request(req)
+        .await
+        .expect("an answer on the same connection");
+    let code = resp.status().as_u16();
+    // Read to the end, so that the connection can carry the next request.
+    http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("the whole body");
+    (code, started.elapsed())
+}
+
+/// One HTTP/1 connection reuses one timer for its requests' route timeouts
+/// (`resilience::deadline`): a short timeout after a long one on the same connection
+/// must still cut off on time, and the long one must not inherit the short one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeouts_hold_one_after_another_on_one_connection() {
+    let up = Upstream::start(|req| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        } else if req.uri().path() == "/late" {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        text("ok")
+    })
+    .await;
+    let gw = Gateway::start(&config(&format!(
+        "[services.s]\nendpoints = [{ep}]\n\
+         [[routes]]\nname = \"short\"\npath = \"/slow\"\nservice = \"s\"\ntimeout = \"300ms\"\n\
+         [[routes]]\nname = \"long\"\npath = \"/\"\nservice = \"s\"\ntimeout = \"60s\"\n",
+        ep = up.endpoint()
+    )));
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let driver = tokio::spawn(conn);
+    for path in ["/a", "/b"] {
+        assert_eq!(status(&mut sender, path).await.0, 200);
+    }
+    let (code, took) = status(&mut sender, "/slow").await;
+    assert_eq!(
+        code, 504,
+        "the short route's timeout, after the long route's"
+    );
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(4),
+        "took {took:?}"
+    );
+    // Longer than the short route's 300 ms: the long route waits for it.
+    let (code, took) = status(&mut sender, "/late").await;
+    assert_eq!(
+        code, 200,
+        "the long route does not inherit the short deadline"
+    );
+    assert!(took >= Duration::from_millis(600), "took {took:?}");
+    assert_eq!(status(&mut sender, "/a").await.0, 200);
+    driver.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_that_closes_without_answering_is_502() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
