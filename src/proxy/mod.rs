@@ -1127,10 +1127,10 @@ async fn forward(
     // The deadline from `started`: `timeout()` would read the clock again for it.
     let result = match (started.checked_add(timeout), timer) {
         // An HTTP/1 connection's own timer (resilience::deadline).
-        (Some(deadline), Some(timer)) => deadline::within(timer, deadline, tries)
+        (Some(due), Some(timer)) => deadline::within(timer, due, tries)
             .await
             .unwrap_or(Err(ProxyError::UpstreamTimeout)),
-        (Some(deadline), None) => match tokio::time::timeout_at(deadline, tries).await {
+        (Some(due), None) => match tokio::time::timeout_at(due, tries).await {
             Ok(r) => r,
             Err(_) => Err(ProxyError::UpstreamTimeout),
         },
