@@ -128,8 +128,16 @@ where
     let mut head_timer = pin!(tokio::time::sleep(limits.header_read_timeout));
     let mut cancelled = pin!(shutdown.cancelled());
     // The route timeout's timer, reused by each request in turn
-    // (`resilience::deadline`); its first deadline is moved to the first request's.
-    let mut route_timer = pin!(tokio::time::sleep(Duration::ZERO));
+    // (`resilience::deadline`). Made a day ahead, so that the first request moves it
+    // earlier before it is ever filed in the timer wheel: made already due, it would
+    // be filed and fired on its first poll and filed again for the first request's
+    // deadline (one more pass under the time driver's lock per connection).
+    // (From the head timer's deadline: no clock reading of its own.)
+    let ahead = head_timer.deadline();
+    let ahead = ahead
+        .checked_add(Duration::from_secs(86_400))
+        .unwrap_or(ahead);
+    let mut route_timer = pin!(tokio::time::sleep_until(ahead));
     loop {
         let due = tokio::time::Instant::now() + limits.header_read_timeout;
         // How much of `buf` an earlier parse found to be an incomplete head: the head is
