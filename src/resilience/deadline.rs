@@ -100,15 +100,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn one_timer_serves_requests_in_turn() {
+    async fn one_timer_serves_requests_in_turn_and_is_not_moved_for_each() {
         let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
+        let mut first_due = None;
         for i in 0..3 {
+            // Each answer takes a moment, so the timer is polled and stays filed.
             let due = Instant::now() + LONG;
-            assert_eq!(
-                within(timer.as_mut(), due, pin!(async { i })).await,
-                Some(i)
-            );
+            first_due.get_or_insert(due);
+            let answer = pin!(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                i
+            });
+            assert_eq!(within(timer.as_mut(), due, answer).await, Some(i));
         }
+        // The later deadlines of requests 2 and 3 did not move it: it still holds the
+        // first request's, and would be moved only when that comes up.
+        assert_eq!(Some(timer.deadline()), first_due);
         let due = Instant::now() + Duration::from_millis(20);
         let out = tokio::time::timeout(LONG, within(timer.as_mut(), due, pin!(pending::<()>())))
             .await

@@ -131,8 +131,8 @@ where
     // (`resilience::deadline`). Made a day ahead, so that the first request moves it
     // earlier before it is ever filed in the timer wheel: made already due, it would
     // be filed and fired on its first poll and filed again for the first request's
-    // deadline (one more pass under the time driver's lock per connection).
-    // (From the head timer's deadline: no clock reading of its own.)
+    // deadline (one more pass under the time driver's lock per connection). Taken from
+    // the head timer's deadline, so it costs no clock reading of its own.
     let ahead = head_timer.deadline();
     let ahead = ahead
         .checked_add(Duration::from_secs(86_400))

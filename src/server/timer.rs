@@ -18,8 +18,8 @@
 //! `TokioTimer`, 29,188 with this timer, 28,056 with no header-read timeout at all
 //! (medians of 3, 5 and 3 runs). The timer wheel is now touched once per request (the
 //! route timeout) instead of twice; on the gateway's own HTTP/1 reader (`server::h1`)
-//! the route timeout has a reused timer too (`resilience::deadline`). Most of what is left is hyper's, not the timer's:
-//! with a header-read timeout set, hyper makes one more dispatch pass after each answer
+//! the route timeout has a reused timer too (`resilience::deadline`). Most of what is
+//! left is hyper's, not the timer's: with a header-read timeout set, hyper makes one more dispatch pass after each answer
 //! to start the next head read (`State::try_keep_alive` sets `notify_read`), which no
 //! `Timer` can avoid.
 //!
