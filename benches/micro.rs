@@ -10,7 +10,7 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
 use switchyard::config;
-use switchyard::http::headers::{remove_hop_by_hop, set_forwarded};
+use switchyard::http::headers::{GatewayFields, remove_hop_by_hop};
 use switchyard::http::normalize::normalize_path;
 use switchyard::router::{RequestInfo, Router};
 
@@ -110,8 +110,8 @@ fn header_processing(c: &mut Criterion) {
             || base.clone(),
             |mut h| {
                 remove_hop_by_hop(&mut h);
-                set_forwarded(&mut h, &peer, false, "http", Some(&host));
-                h
+                let added = GatewayFields::forwarding(&mut h, &peer, false, "http", Some(&host));
+                (h, added)
             },
             criterion::BatchSize::SmallInput,
         )

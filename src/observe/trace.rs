@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderValue};
 
 use crate::http::headers as fields;
 
-pub static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+pub use crate::http::headers::TRACEPARENT;
 pub static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
 /// The trace this request belongs to and the gateway's span in it.

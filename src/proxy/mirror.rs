@@ -170,7 +170,13 @@ impl ShadowTask {
         let resp = self
             .shadow
             .client
-            .request(&target, &self.shadow.scheme, &mut req, true)
+            .request(
+                &target,
+                &self.shadow.scheme,
+                &mut req,
+                &self.head.gateway_fields,
+                true,
+            )
             .await
             .ok()?;
         let status = resp.status().as_u16();

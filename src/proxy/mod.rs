@@ -60,13 +60,13 @@ use crate::auth::{Claims, Failure};
 use crate::config::model::{Action, Forward, LogFormat, Redirect, Route};
 use crate::gateway::Gateway;
 use crate::http::headers::{
-    self as fields, BadFraming, X_REQUEST_ID, bad_framing, new_request_id, remove_hop_by_hop,
-    set_forwarded, valid_request_id,
+    self as fields, BadFraming, GatewayFields, X_REQUEST_ID, bad_framing, new_request_id,
+    remove_hop_by_hop, valid_request_id,
 };
 use crate::http::normalize::{normalize_host, normalize_path};
 use crate::observe::access_log::AccessRecord;
 use crate::observe::otlp::{RequestSpan, TrySpan};
-use crate::observe::trace::{TRACEPARENT, TraceContext, new_span_id};
+use crate::observe::trace::{TraceContext, new_span_id};
 use crate::policy::{self, branch::Ask};
 use crate::resilience::rate_limit::Decision;
 use crate::resilience::{deadline, retry};
@@ -312,7 +312,7 @@ async fn pipeline(
     // The Host value as it came (a text one only), for `x-forwarded-host` and a
     // missing `Host`: shared, not copied.
     let raw_host_header = raw_host_value.as_ref().filter(|_| raw_host.is_some());
-    upstream_request_headers(
+    let mut gateway_fields = upstream_request_headers(
         snap,
         conn,
         &mut parts.headers,
@@ -338,9 +338,7 @@ async fn pipeline(
         }
         None => None,
     };
-    parts
-        .headers
-        .insert(TRACEPARENT.clone(), trace.header_value());
+    gateway_fields.set_traceparent(trace.header_value());
     if let Some(h) = &fwd.host {
         parts.headers.insert(header::HOST, h.clone());
     }
@@ -356,6 +354,7 @@ async fn pipeline(
         method: parts.method,
         path_and_query,
         headers: parts.headers,
+        gateway_fields,
     };
     let primary_copy = fwd
         .policy
@@ -927,14 +926,15 @@ fn split_host_port(h: &str) -> (&str, Option<u16>) {
     }
 }
 
-/// Phase: headers towards the upstream. Hop-by-hop first, then the gateway's own.
+/// Phase: headers towards the upstream. Hop-by-hop first, then the gateway's own, which
+/// are kept beside the map (`GatewayFields`).
 fn upstream_request_headers(
     snap: &Snapshot,
     conn: &ConnInfo,
     headers: &mut HeaderMap,
     raw_host: Option<&HeaderValue>,
     request_id: &HeaderValue,
-) {
+) -> GatewayFields {
     remove_hop_by_hop(headers);
     // The gateway reads the client's body itself; the upstream must not wait for a
     // `100 Continue` that only the gateway would see.
@@ -945,13 +945,15 @@ fn upstream_request_headers(
         .trusted_proxies
         .iter()
         .any(|net| net.contains(&conn.peer.ip()));
-    set_forwarded(headers, &conn.peer_ip, trusted, conn.proto, raw_host);
+    let mut added =
+        GatewayFields::forwarding(headers, &conn.peer_ip, trusted, conn.proto, raw_host);
     if !fields::has(headers, &header::HOST)
         && let Some(v) = raw_host
     {
         headers.insert(header::HOST, v.clone());
     }
-    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    added.set_request_id(request_id.clone());
+    added
 }
 
 /// The parts of the upstream request that are the same for every try.
@@ -960,6 +962,7 @@ struct UpstreamHead {
     method: http::Method,
     path_and_query: PathAndQuery,
     headers: HeaderMap,
+    gateway_fields: GatewayFields,
 }
 
 /// Phase: send to an endpoint of the service, within the route's timeout, retrying
@@ -1021,6 +1024,7 @@ async fn forward(
         *req.uri_mut() = Uri::from(head.path_and_query);
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = head.headers;
+        let mut gateway_fields = head.gateway_fields;
         let mut last: Result<Response<PooledBody>, ProxyError> = Err(ProxyError::NoHealthyUpstream);
         let mut last_addr = None;
         for attempt in 1..=attempts {
@@ -1047,8 +1051,7 @@ async fn forward(
             // under it.
             let try_span = span.as_ref().map(|s| {
                 let id = new_span_id();
-                req.headers_mut()
-                    .insert(TRACEPARENT.clone(), s.trace.header_value_for(id));
+                gateway_fields.set_traceparent(s.trace.header_value_for(id));
                 (id, SystemTime::now())
             });
             // Origin form; the client adds what its protocol needs. Pinned where it is
@@ -1058,6 +1061,7 @@ async fn forward(
                 &target,
                 &upstream.scheme,
                 &mut req,
+                &gateway_fields,
                 attempt == attempts
             ));
             let outcome = match policy.per_try_timeout {

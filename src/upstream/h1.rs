@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 
 use super::pool::IdleList;
 use crate::http::head::{FieldAt, Span, parse_length};
-use crate::http::headers::{self as fields, is_hop_by_hop};
+use crate::http::headers::{self as fields, GatewayFields, is_hop_by_hop};
 use crate::proxy::body::UpstreamBody;
 
 /// Most header fields an answer (or its trailers) may have, as hyper's default.
@@ -157,10 +157,16 @@ fn invalid(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
-/// Encode the request head (and an in-memory body) into `out`. `host` is sent when the
-/// request has no `Host` (it is the endpoint's, so it is not kept in `req`: a retry may
-/// go to another endpoint).
-fn encode(req: &Request<UpstreamBody>, body: Option<&Bytes>, host: &str, out: &mut Vec<u8>) {
+/// Encode the request head, with the gateway's own fields after the request's, (and an
+/// in-memory body) into `out`. `host` is sent when the request has no `Host` (it is the
+/// endpoint's, so it is not kept in `req`: a retry may go to another endpoint).
+fn encode(
+    req: &Request<UpstreamBody>,
+    added: &GatewayFields,
+    body: Option<&Bytes>,
+    host: &str,
+    out: &mut Vec<u8>,
+) {
     out.clear();
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
@@ -181,6 +187,12 @@ fn encode(req: &Request<UpstreamBody>, body: Option<&Bytes>, host: &str, out: &m
         if body.is_some() && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING) {
             continue;
         }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in added.iter() {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -245,6 +257,7 @@ pub struct Checkin {
 pub async fn exchange(
     mut conn: RawConn,
     req: &Request<UpstreamBody>,
+    added: &GatewayFields,
     host: &str,
     reused: bool,
     checkin: Checkin,
@@ -253,7 +266,7 @@ pub async fn exchange(
         UpstreamBody::Full(Some(b)) => Some(b),
         _ => None,
     };
-    encode(req, inline, host, &mut conn.out);
+    encode(req, added, inline, host, &mut conn.out);
     let head_req = *req.method() == Method::HEAD;
     if let Err(e) = conn.io.write_all(&conn.out).await {
         // Nothing or part of the request went out: the upstream cannot have acted on it.
@@ -1069,13 +1082,15 @@ mod tests {
         req.headers_mut()
             .insert("host", HeaderValue::from_static("up"));
         let mut out = Vec::new();
+        let none = GatewayFields::default();
         // No body: no framing header is made up (hyper's client adds none either).
-        encode(&req, None, "10.0.0.1:80", &mut out);
+        encode(&req, &none, None, "10.0.0.1:80", &mut out);
         assert_eq!(out, b"POST /a?b=c HTTP/1.1\r\nhost: up\r\n\r\n");
         req.headers_mut()
             .insert("content-length", HeaderValue::from_static("99"));
         encode(
             &req,
+            &none,
             Some(&Bytes::from_static(b"abc")),
             "10.0.0.1:80",
             &mut out,
@@ -1087,11 +1102,30 @@ mod tests {
         *req.method_mut() = Method::GET;
         req.headers_mut().remove("content-length");
         req.headers_mut().remove("host");
-        encode(&req, None, "10.0.0.1:80", &mut out);
+        encode(&req, &none, None, "10.0.0.1:80", &mut out);
         assert_eq!(out, b"GET /a?b=c HTTP/1.1\r\nhost: 10.0.0.1:80\r\n\r\n");
         assert!(
             !req.headers().contains_key("host"),
             "the endpoint's Host is not kept"
+        );
+        // The gateway's own fields follow the request's, in their fixed order.
+        req.headers_mut()
+            .insert("x-a", HeaderValue::from_static("1"));
+        let mut added = GatewayFields::forwarding(
+            req.headers_mut(),
+            &HeaderValue::from_static("192.0.2.1"),
+            false,
+            "http",
+            None,
+        );
+        added.set_traceparent(HeaderValue::from_static("00-t"));
+        added.set_request_id(HeaderValue::from_static("r1"));
+        encode(&req, &added, None, "10.0.0.1:80", &mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "GET /a?b=c HTTP/1.1\r\nhost: 10.0.0.1:80\r\nx-a: 1\r\n\
+             x-forwarded-for: 192.0.2.1\r\nx-forwarded-proto: http\r\n\
+             x-request-id: r1\r\ntraceparent: 00-t\r\n\r\n"
         );
     }
 }

@@ -22,6 +22,7 @@ use tower_service::Service;
 
 use super::Target;
 use super::pool::{PooledBody, UpstreamError};
+use crate::http::headers::GatewayFields;
 use crate::proxy::body::UpstreamBody;
 
 type Sender = http2::SendRequest<UpstreamBody>;
@@ -101,9 +102,14 @@ where
         target: &Target,
         scheme: &Scheme,
         req: &mut Request<UpstreamBody>,
+        added: &GatewayFields,
         last: bool,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        let req = to_h2(super::take_or_copy(req, last), scheme, &target.authority);
+        let req = to_h2(
+            super::take_or_copy(req, added, last),
+            scheme,
+            &target.authority,
+        );
         let (mut tx, reused) = self.checkout(target, scheme).await?;
         let resp = match tx.try_send_request(req).await {
             Ok(resp) => resp,

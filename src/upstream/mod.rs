@@ -21,6 +21,7 @@ use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::model::{Defaults, Endpoint, Protocol, Service};
+use crate::http::headers::GatewayFields;
 use crate::proxy::body::UpstreamBody;
 use crate::resilience::concurrency::Concurrency;
 use crate::resilience::retry::RetryBudget;
@@ -53,10 +54,11 @@ impl UpstreamClient {
         target: &Target,
         scheme: &Scheme,
         req: &mut http::Request<UpstreamBody>,
+        added: &GatewayFields,
         last: bool,
     ) -> Result<http::Response<PooledBody>, UpstreamError> {
         let legacy = |req: &mut http::Request<UpstreamBody>| {
-            let mut req = take_or_copy(req, last);
+            let mut req = take_or_copy(req, added, last);
             let mut parts = std::mem::take(req.uri_mut()).into_parts();
             parts.scheme = Some(scheme.clone());
             parts.authority = Some(target.authority.clone());
@@ -66,14 +68,16 @@ impl UpstreamClient {
             req
         };
         let sent: ResponseFuture = match self {
-            UpstreamClient::H1(pool) => return pool.send(target, req, last).await,
-            UpstreamClient::H2c(pool) => return pool.send(target, scheme, req, last).await,
+            UpstreamClient::H1(pool) => return pool.send(target, req, added, last).await,
+            UpstreamClient::H2c(pool) => {
+                return pool.send(target, scheme, req, added, last).await;
+            }
             // Boxed: with TLS its future is 6.8 KB (rustls' handshake), and unboxed it
             // would size every request's future for all protocols (proxy::serve's was
             // 11.3 KB), which is moved or copied as a whole (hyper's HTTP/2 server
             // boxes one per stream). One allocation per request to TLS HTTP/2 upstreams.
             UpstreamClient::H2(pool) => {
-                return Box::pin(pool.send(target, scheme, req, last)).await;
+                return Box::pin(pool.send(target, scheme, req, added, last)).await;
             }
             UpstreamClient::Tls(c) => c.request(legacy(req)),
         };
@@ -95,25 +99,30 @@ impl UpstreamClient {
     }
 }
 
-/// A request of its own for a client that consumes it: `req` itself on the last try,
-/// else a copy (a streamed body cannot be copied and is moved; it is never retried).
+/// A request of its own for a client that consumes it, with the gateway's fields in its
+/// map: `req` itself on the last try, else a copy (a streamed body cannot be copied and
+/// is moved; it is never retried).
 pub fn take_or_copy(
     req: &mut http::Request<UpstreamBody>,
+    added: &GatewayFields,
     last: bool,
 ) -> http::Request<UpstreamBody> {
-    if last {
-        return std::mem::replace(req, http::Request::new(UpstreamBody::Empty));
-    }
-    let body = match req.body().try_clone() {
-        Some(b) => b,
-        None => std::mem::replace(req.body_mut(), UpstreamBody::Empty),
+    let mut own = if last {
+        std::mem::replace(req, http::Request::new(UpstreamBody::Empty))
+    } else {
+        let body = match req.body().try_clone() {
+            Some(b) => b,
+            None => std::mem::replace(req.body_mut(), UpstreamBody::Empty),
+        };
+        let mut copy = http::Request::new(body);
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        copy
     };
-    let mut copy = http::Request::new(body);
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    copy
+    added.insert_into(own.headers_mut());
+    own
 }
 
 pub mod dns;

@@ -48,6 +48,7 @@ use tokio::net::TcpStream;
 use super::h1::{self, Conn, ExchangeError, RawBody, RawConn};
 use super::h2::H2Slot;
 use super::{Target, Upstream};
+use crate::http::headers::GatewayFields;
 use crate::proxy::body::UpstreamBody;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -230,12 +231,13 @@ impl H1Pool {
         &self,
         target: &Target,
         req: &mut Request<UpstreamBody>,
+        added: &GatewayFields,
         last: bool,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         if h1::eligible(req) {
-            return self.exchange(target, req).await;
+            return self.exchange(target, req, added).await;
         }
-        let mut req = super::take_or_copy(req, last);
+        let mut req = super::take_or_copy(req, added, last);
         // The endpoint's own authority, on this try's copy only: another try may go to
         // another endpoint.
         if !req.headers().contains_key(header::HOST)
@@ -289,6 +291,7 @@ impl H1Pool {
         &self,
         target: &Target,
         req: &Request<UpstreamBody>,
+        added: &GatewayFields,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         let (mut conn, mut reused) = match target.idle.raw.take(self.idle_timeout) {
             Some(conn) => (conn, true),
@@ -300,7 +303,7 @@ impl H1Pool {
                 max_idle: self.max_idle,
             };
             let host = target.authority.as_str();
-            return match h1::exchange(conn, req, host, reused, checkin).await {
+            return match h1::exchange(conn, req, added, host, reused, checkin).await {
                 Ok(resp) => Ok(resp.map(PooledBody::raw)),
                 // A reused connection the upstream had closed (the keep-alive race; see
                 // `ExchangeError::Resend`): once more, on a new connection, which cannot

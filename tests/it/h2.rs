@@ -50,6 +50,20 @@ async fn version_upstream(tls: Option<Arc<rustls::ServerConfig>>) -> VersionUpst
                     let h = resp.headers_mut();
                     h.insert("x-authority", authority.parse().unwrap());
                     h.insert("x-host", hosts.join(",").parse().unwrap());
+                    // The gateway's own fields as they came, each value once: `got-NAME`.
+                    for name in GATEWAY_FIELDS {
+                        let seen: Vec<&str> = req
+                            .headers()
+                            .get_all(name)
+                            .iter()
+                            .filter_map(|v| v.to_str().ok())
+                            .collect();
+                        let got = http::HeaderName::try_from(format!("got-{name}")).unwrap();
+                        h.insert(got, seen.join("|").parse().unwrap());
+                    }
+                    // Answered once the body is in: an answer before it may reset the
+                    // connection under the body still being sent.
+                    let _ = http_body_util::BodyExt::collect(req.into_body()).await;
                     Ok::<_, Infallible>(resp)
                 });
                 let builder = auto::Builder::new(TokioExecutor::new());
@@ -74,6 +88,78 @@ async fn version_upstream(tls: Option<Arc<rustls::ServerConfig>>) -> VersionUpst
         addr,
         conns,
         _task: task,
+    }
+}
+
+const GATEWAY_FIELDS: [&str; 5] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+    "traceparent",
+];
+
+/// The gateway keeps its own fields beside the request's until a client writes them
+/// (the HTTP/1.1 client from there, the others from their copy of the request): each
+/// arrives exactly once, with the gateway's value, whichever client sends the request,
+/// and whatever the client sent under those names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_fields_reach_every_kind_of_upstream_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(&["up.test"]);
+    write_cert(dir.path(), "up", &cert);
+    let plain = version_upstream(None).await;
+    let tls = version_upstream(Some(server_config(&cert, None))).await;
+    let tls_service = |protocol: &str| {
+        format!("protocol = \"{protocol}\"\nca = \"up.crt\"\nserver_name = \"up.test\"")
+    };
+    // A body past what the HTTP/1.1 client sends from memory goes through hyper's client.
+    let big = vec![b'a'; 100 << 10];
+    let cases = [
+        (plain.addr, String::new(), "HTTP/1.1", None),
+        (plain.addr, String::new(), "HTTP/1.1", Some(big.clone())),
+        (
+            plain.addr,
+            "protocol = \"h2c\"".to_string(),
+            "HTTP/2.0",
+            None,
+        ),
+        (tls.addr, tls_service("h2"), "HTTP/2.0", None),
+        (tls.addr, tls_service("https"), "HTTP/1.1", None),
+        (tls.addr, tls_service("https"), "HTTP/1.1", Some(big)),
+    ];
+    for (addr, service, version, body) in cases {
+        let what = format!("{service:?} {version} body: {}", body.is_some());
+        let gw = Gateway::start_at(&service_config(dir.path(), addr, &service));
+        let req = http::Request::builder()
+            .method(if body.is_some() { "POST" } else { "GET" })
+            .uri(gw.url("/x"))
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "spoofed.example")
+            .header("x-request-id", "client-id-1")
+            .header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .body(full(body.unwrap_or_default()))
+            .unwrap();
+        let a = send(&client(), req).await;
+        assert_eq!(a.status, 200, "{what}: {a:?}");
+        assert_eq!(&a.body[..], version.as_bytes(), "{what}");
+        let got = |name: &str| a.headers[format!("got-{name}").as_str()].to_str().unwrap();
+        assert_eq!(got("x-forwarded-for"), "127.0.0.1", "{what}");
+        assert_eq!(got("x-forwarded-proto"), "http", "{what}");
+        assert_eq!(got("x-forwarded-host"), gw.addr.to_string(), "{what}");
+        // A valid client id is kept, and sent once.
+        assert_eq!(got("x-request-id"), "client-id-1", "{what}");
+        // Same trace, the gateway's span as the parent.
+        let tp = got("traceparent");
+        assert!(
+            tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-") && !tp.contains('|'),
+            "{what}: {tp}"
+        );
+        assert!(!tp.contains("b7ad6b7169203331"), "{what}: {tp}");
     }
 }
 
