@@ -678,9 +678,10 @@ impl RawBody {
 /// into a buffer, then matches it against the standard names) takes the rest. By
 /// callgrind, 143 fewer instructions per answer of five such fields (21,777 -> 21,638
 /// per proxied request). A table of `HeaderName`s to compare against cost more than
-/// it saved (the array is built and dropped on every call).
+/// it saved (the array is built and dropped on every call). Names of eight bytes or
+/// more are compared a word at a time ([`eq_lowercase`]).
 fn field_name(raw: &[u8]) -> Result<HeaderName, header::InvalidHeaderName> {
-    let is = |name: &[u8]| raw.eq_ignore_ascii_case(name);
+    let is = |name: &[u8]| eq_lowercase(raw, name);
     Ok(match raw.len() {
         4 if is(b"date") => header::DATE,
         4 if is(b"etag") => header::ETAG,
@@ -694,6 +695,65 @@ fn field_name(raw: &[u8]) -> Result<HeaderName, header::InvalidHeaderName> {
         17 if is(b"transfer-encoding") => header::TRANSFER_ENCODING,
         _ => return HeaderName::from_bytes(raw),
     })
+}
+
+/// `raw` is `lower` (lower-case ASCII) but for ASCII case. From four bytes on, four or
+/// eight bytes at a time (the last word overlapping the one before):
+/// `eq_ignore_ascii_case` goes a byte at a time, about 500 instructions per answer of
+/// nine fields (callgrind).
+fn eq_lowercase(raw: &[u8], lower: &[u8]) -> bool {
+    let n = raw.len();
+    if n != lower.len() {
+        return false;
+    }
+    if n < 4 {
+        return raw.eq_ignore_ascii_case(lower);
+    }
+    if n < 8 {
+        let half = |s: &[u8], at: usize| {
+            s.get(at..at + 4)
+                .and_then(|w| <[u8; 4]>::try_from(w).ok())
+                .map(|w| u64::from(u32::from_le_bytes(w)))
+        };
+        return [0, n - 4]
+            .into_iter()
+            .all(|at| match (half(raw, at), half(lower, at)) {
+                (Some(r), Some(l)) => ascii_lowercase_word(r) == l,
+                _ => false,
+            });
+    }
+    let word = |s: &[u8], at: usize| {
+        s.get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map(u64::from_le_bytes)
+    };
+    let mut at = 0;
+    loop {
+        // The last word ends at the end; it may overlap the one before.
+        let at_now = at.min(n - 8);
+        match (word(raw, at_now), word(lower, at_now)) {
+            (Some(r), Some(l)) if ascii_lowercase_word(r) == l => {}
+            _ => return false,
+        }
+        if at_now == n - 8 {
+            return true;
+        }
+        at += 8;
+    }
+}
+
+/// The eight bytes of `x` with `A`..=`Z` made lower case, as `u8::to_ascii_lowercase`
+/// does each (other bytes, non-ASCII ones too, stay as they are).
+fn ascii_lowercase_word(x: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = ONES * 0x80;
+    // Each byte's low seven bits plus a constant sets its bit 7 exactly when those bits
+    // are >= b'A' (resp. > b'Z'); no sum carries into the next byte.
+    let low7 = x & !HIGH;
+    let from_a = low7 + ONES * (0x80 - u64::from(b'A'));
+    let past_z = low7 + ONES * (0x80 - u64::from(b'Z') - 1);
+    let upper = from_a & !past_z & !x & HIGH;
+    x | (upper >> 2)
 }
 
 fn closed_early() -> io::Error {
@@ -899,6 +959,60 @@ mod tests {
             field_name(b"Content-Length").unwrap(),
             header::CONTENT_LENGTH
         );
+    }
+
+    #[test]
+    fn words_are_lowercased_as_each_byte_is() {
+        // Every byte value in every position, beside bytes that change and bytes that do not.
+        for v in 0..=255u8 {
+            for pos in 0..8 {
+                let mut b = *b"aZ@[`{\x80\xc1";
+                b[pos] = v;
+                let got = ascii_lowercase_word(u64::from_le_bytes(b)).to_le_bytes();
+                assert_eq!(got, b.map(|c| c.to_ascii_lowercase()), "{b:?}");
+            }
+        }
+        for _ in 0..10_000 {
+            let b: [u8; 8] = std::array::from_fn(|_| fastrand::u8(..));
+            let got = ascii_lowercase_word(u64::from_le_bytes(b)).to_le_bytes();
+            assert_eq!(got, b.map(|c| c.to_ascii_lowercase()), "{b:?}");
+        }
+    }
+
+    #[test]
+    fn lowercase_compares_agree_with_eq_ignore_ascii_case() {
+        let targets: &[&[u8]] = &[
+            b"connection",
+            b"content-type",
+            b"transfer-encoding",
+            b"date",
+            b"server",
+            b"x-a",
+            b"x",
+        ];
+        for &t in targets {
+            let mut raws: Vec<Vec<u8>> = vec![t.to_vec(), t.to_ascii_uppercase(), b"".to_vec()];
+            // Each byte in turn changed: upper case, `@` / `[` beside the letters, a control
+            // byte, a non-ASCII one, one byte more and one less.
+            for i in 0..t.len() {
+                for c in [b'@', b'[', b'\r', 0xc3, t[i] ^ 0x20, t[i] ^ 0x01] {
+                    let mut r = t.to_vec();
+                    r[i] = c;
+                    raws.push(r);
+                }
+            }
+            raws.push([t, b"s"].concat());
+            raws.push(t[..t.len() - 1].to_vec());
+            for r in raws {
+                assert_eq!(
+                    eq_lowercase(&r, t),
+                    r.eq_ignore_ascii_case(t),
+                    "{:?} vs {:?}",
+                    String::from_utf8_lossy(&r),
+                    String::from_utf8_lossy(t)
+                );
+            }
+        }
     }
 
     #[test]
