@@ -4,7 +4,7 @@
 
 use http::{HeaderMap, HeaderValue};
 
-use crate::http::headers as fields;
+use crate::http::headers::{self as fields, hex16};
 
 pub use crate::http::headers::TRACEPARENT;
 pub static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
@@ -90,17 +90,6 @@ fn nonzero_u64() -> u64 {
     fastrand::u64(1..)
 }
 
-/// A byte at a time, two digits per step: half the steps of a digit at a time (three
-/// ids per request).
-fn hex16(n: u64) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    for (pair, b) in out.chunks_exact_mut(2).zip(n.to_be_bytes()) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 0xf)];
-    }
-    out
-}
-
 /// `00-<32 hex>-<16 hex>-<2 hex>`; all-zero ids and version `ff` are invalid. Later
 /// versions may append fields after another `-`, which are ignored.
 fn parse(v: &[u8]) -> Option<([u8; 32], [u8; 16], u8)> {
@@ -135,13 +124,6 @@ mod tests {
             h.insert(&TRACESTATE, HeaderValue::from_str(ts).unwrap());
         }
         (TraceContext::from_headers(&mut h, 1.0), h)
-    }
-
-    #[test]
-    fn ids_are_sixteen_lowercase_hex_digits_most_significant_first() {
-        assert_eq!(&hex16(0x00f0_67aa_0ba9_02b7), b"00f067aa0ba902b7");
-        assert_eq!(&hex16(u64::MAX), b"ffffffffffffffff");
-        assert_eq!(&hex16(1), b"0000000000000001");
     }
 
     #[test]
