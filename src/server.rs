@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::gateway::Gateway;
+use crate::http::headers::X_REQUEST_ID;
 use crate::proxy::{self, ClientBody, ConnInfo};
 
 mod h1;
@@ -153,7 +154,10 @@ async fn serve_connection<S>(
         Box::pin(async move {
             let snap = gw.snapshot();
             let req = req.map(ClientBody::Hyper);
-            Ok::<_, Infallible>(proxy::serve(&gw, snap, &conn_info, req, None).await)
+            let id = proxy::request_id(req.headers());
+            let mut resp = proxy::serve(&gw, snap, &conn_info, req, id.clone(), None).await;
+            resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
+            Ok::<_, Infallible>(resp)
         })
     });
     let conn = builder.serve_connection_with_upgrades(io, svc);

@@ -59,6 +59,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
 use crate::http::head::{FieldAt, Span, parse_length};
+use crate::http::headers::X_REQUEST_ID;
 use crate::proxy::body::ResponseBody;
 use crate::proxy::{self, ClientBody, ConnInfo};
 use crate::resilience::deadline;
@@ -184,18 +185,20 @@ where
         };
         // Pinned here, where it is made: moving the request's future (several KiB)
         // into `serve_watching` would copy it.
+        let request_id = proxy::request_id(req.headers());
         let serving = pin!(proxy::serve(
             gw,
             gw.snapshot(),
             conn,
             req,
+            request_id.clone(),
             Some(route_timer.as_mut())
         ));
         let Some(resp) = serve_watching(io, &mut buf, serving).await else {
             return Outcome::Closed;
         };
         let close = client_close || shutdown.is_cancelled();
-        match write_response(io, &mut out, resp, close, &mut spare).await {
+        match write_response(io, &mut out, resp, Some(&request_id), close, &mut spare).await {
             Ok(true) => {}
             Ok(false) => {
                 // An orderly end, as hyper's: a FIN, and TLS's close_notify.
@@ -439,11 +442,14 @@ enum Framing {
     Chunked,
 }
 
-/// Write one answer; `Ok(true)` when the connection can serve another request.
+/// Write one answer; `Ok(true)` when the connection can serve another request. A
+/// `request_id` is written as its `x-request-id`, in place of any in `resp`
+/// (`proxy::request_id`).
 async fn write_response<I>(
     io: &mut I,
     out: &mut Vec<u8>,
     resp: Response<ResponseBody>,
+    request_id: Option<&HeaderValue>,
     mut close: bool,
     spare: &mut HeaderMap,
 ) -> io::Result<bool>
@@ -483,11 +489,18 @@ where
                 continue;
             }
             header::DATE => has_date = true,
+            // The upstream's own, if any: the gateway's goes in its place.
+            _ if request_id.is_some() && *name == X_REQUEST_ID => continue,
             _ => {}
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(id) = request_id {
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(id.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     let bodiless = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
@@ -944,9 +957,16 @@ mod tests {
     async fn written(resp: Response<ResponseBody>, close: bool) -> (String, bool) {
         let (mut client, mut server) = tokio::io::duplex(64 * 1024);
         let mut out = Vec::new();
-        let keep = write_response(&mut server, &mut out, resp, close, &mut HeaderMap::new())
-            .await
-            .expect("written");
+        let keep = write_response(
+            &mut server,
+            &mut out,
+            resp,
+            None,
+            close,
+            &mut HeaderMap::new(),
+        )
+        .await
+        .expect("written");
         drop(server);
         let mut text = String::new();
         tokio::io::AsyncReadExt::read_to_string(&mut client, &mut text)

@@ -100,6 +100,54 @@ async fn a_valid_request_id_is_kept_an_invalid_one_replaced() {
     assert_eq!(id.len(), 32);
 }
 
+/// The answer carries the gateway's request id once, whatever the upstream put in its
+/// own answer, from the gateway's HTTP/1.1 server (which writes it after the answer's
+/// fields) and from hyper's HTTP/2 one (which has it put into the map).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answer_has_the_gateway_request_id_once_on_both_servers() {
+    let up = Upstream::start(|_req| async {
+        let mut r = text("hi");
+        r.headers_mut().insert(
+            "x-request-id",
+            http::HeaderValue::from_static("upstream-id"),
+        );
+        r.headers_mut().append(
+            "x-request-id",
+            http::HeaderValue::from_static("upstream-id-2"),
+        );
+        r
+    })
+    .await;
+    let gw = Gateway::start(&one_route(&up.endpoint(), ""));
+    let ids = |h: &http::HeaderMap| -> Vec<String> {
+        h.get_all("x-request-id")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    };
+    let req = http::Request::get(gw.url("/x"))
+        .header("x-request-id", "client-1")
+        .body(empty())
+        .unwrap();
+    let a = send(&client(), req).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(ids(&a.headers), ["client-1"], "HTTP/1.1");
+    let a = get(&client(), &gw.url("/x")).await;
+    let made = ids(&a.headers);
+    assert!(made.len() == 1 && made[0].len() == 32, "HTTP/1.1: {made:?}");
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let req = http::Request::get(gw.url("/x"))
+        .header("x-request-id", "client-2")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let answer = h2.request(req).await.expect("h2c answer");
+    assert_eq!(answer.version(), http::Version::HTTP_2);
+    assert_eq!(answer.status(), 200);
+    assert_eq!(ids(answer.headers()), ["client-2"], "HTTP/2");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_is_502_json_within_the_connect_timeout() {
     // A port that was just free: nothing listens there, connect is refused.
