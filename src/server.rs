@@ -154,8 +154,8 @@ async fn serve_connection<S>(
         Box::pin(async move {
             let snap = gw.snapshot();
             let req = req.map(ClientBody::Hyper);
-            let id = proxy::request_id(req.headers());
-            let mut resp = proxy::serve(&gw, snap, &conn_info, req, id.clone(), None).await;
+            let mut id = http::HeaderValue::from_static("");
+            let mut resp = proxy::serve(&gw, snap, &conn_info, req, &mut id, None).await;
             resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
             Ok::<_, Infallible>(resp)
         })

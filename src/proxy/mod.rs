@@ -139,18 +139,22 @@ struct RequestCtx {
 
 /// Serve one request. Never fails: errors become the gateway's JSON answers. `timer`
 /// is the connection's own for the route timeout when it serves one request at a time
-/// (HTTP/1, `resilience::deadline`); without one, the request makes its own.
+/// (HTTP/1, `resilience::deadline`); without one, the request makes its own. The
+/// request's id is set into `id_out` first thing: the answer's `x-request-id` is the
+/// caller's to add ([`request_id`]).
 pub async fn serve(
     gw: &Gateway,
     snapshot: Arc<Snapshot>,
     conn: &ConnInfo,
     req: Request<ClientBody>,
-    request_id: HeaderValue,
+    id_out: &mut HeaderValue,
     timer: Option<Pin<&mut Sleep>>,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let _in_flight = gw.metrics.start();
     let method = req.method().clone();
+    let request_id = request_id(req.headers());
+    *id_out = request_id.clone();
     let log = &snapshot.config.server.access_log;
     let record = match (log.format, &gw.access_log) {
         (LogFormat::Json | LogFormat::Ltsv, Some(sink)) => Some(Box::new(AccessRecord {
@@ -1236,12 +1240,13 @@ fn finish(
 }
 
 /// The request's id: the client's `x-request-id` when it is short and plain, else a
-/// new one. The server that took the request passes it to [`serve`] and puts it on the
-/// answer: `server::h1` writes it after the answer's fields (and leaves out any the
+/// new one. [`serve`] hands it to the server that took the request, which puts it on
+/// the answer: `server::h1` writes it after the answer's fields (and leaves out any the
 /// upstream sent), hyper's servers get it inserted into the answer's map. Inserting it
-/// here, a hashed insert of a custom name, cost about 340 instructions per request
-/// (callgrind); carried on the body instead, the larger answer cost more in copies.
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+/// in `finish`, a hashed insert of a custom name, cost about 340 instructions per
+/// request (callgrind); carried on the body instead, the larger answer cost more in
+/// copies than that.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
     match fields::get(headers, &X_REQUEST_ID) {
         Some(v) if valid_request_id(v) => v.clone(),
         _ => new_request_id(),

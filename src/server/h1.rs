@@ -185,16 +185,19 @@ where
         };
         // Pinned here, where it is made: moving the request's future (several KiB)
         // into `serve_watching` would copy it.
-        let request_id = proxy::request_id(req.headers());
-        let serving = pin!(proxy::serve(
-            gw,
-            gw.snapshot(),
-            conn,
-            req,
-            request_id.clone(),
-            Some(route_timer.as_mut())
-        ));
-        let Some(resp) = serve_watching(io, &mut buf, serving).await else {
+        let mut request_id = HeaderValue::from_static("");
+        let served = {
+            let serving = pin!(proxy::serve(
+                gw,
+                gw.snapshot(),
+                conn,
+                req,
+                &mut request_id,
+                Some(route_timer.as_mut())
+            ));
+            serve_watching(io, &mut buf, serving).await
+        };
+        let Some(resp) = served else {
             return Outcome::Closed;
         };
         let close = client_close || shutdown.is_cancelled();
