@@ -128,6 +128,15 @@ pub fn has(headers: &HeaderMap, name: &HeaderName) -> bool {
     }
 }
 
+/// One HTTP/1.1 field line, `name: value\r\n`, onto `out`.
+#[inline]
+pub fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// The first value of `name`; the same answer as `HeaderMap::get`.
 pub fn get<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
     if headers.keys_len() <= SCAN_MAX {
@@ -349,6 +358,7 @@ impl GatewayFields {
     }
 
     /// The value of `name`, if it is one of these fields and set.
+    #[cfg(test)]
     pub fn get(&self, name: &str) -> Option<&HeaderValue> {
         self.iter()
             .find(|(n, _)| n.as_str() == name)

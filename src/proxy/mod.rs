@@ -795,8 +795,7 @@ fn wants_trailers(headers: &HeaderMap) -> bool {
 
 /// `Content-Length`, when the client declared one.
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
+    fields::get(headers, &header::CONTENT_LENGTH)?
         .to_str()
         .ok()?
         .parse()

@@ -59,7 +59,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
 use crate::http::head::{FieldAt, Span, parse_length};
-use crate::http::headers::X_REQUEST_ID;
+use crate::http::headers::{X_REQUEST_ID, push_field};
 use crate::proxy::body::ResponseBody;
 use crate::proxy::{self, ClientBody, ConnInfo};
 use crate::resilience::deadline;
@@ -496,15 +496,10 @@ where
             _ if request_id.is_some() && *name == X_REQUEST_ID => continue,
             _ => {}
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_field(out, name.as_str(), value.as_bytes());
     }
     if let Some(id) = request_id {
-        out.extend_from_slice(b"x-request-id: ");
-        out.extend_from_slice(id.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_field(out, X_REQUEST_ID.as_str(), id.as_bytes());
     }
     let bodiless = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let mut framing = if bodiless {

@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 
 use super::pool::IdleList;
 use crate::http::head::{FieldAt, Span, parse_length};
-use crate::http::headers::{self as fields, GatewayFields, is_hop_by_hop};
+use crate::http::headers::{self as fields, GatewayFields, is_hop_by_hop, push_field};
 use crate::proxy::body::UpstreamBody;
 
 /// Most header fields an answer (or its trailers) may have, as hyper's default.
@@ -187,16 +187,10 @@ fn encode(
         if body.is_some() && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING) {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_field(out, name.as_str(), value.as_bytes());
     }
     for (name, value) in added.iter() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_field(out, name.as_str(), value.as_bytes());
     }
     // A request without a body goes out as it came (hyper's client adds no
     // `content-length: 0` either).
