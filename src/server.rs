@@ -53,7 +53,9 @@ pub fn connection_limit(gw: &Gateway) -> Arc<Semaphore> {
 /// ask every open connection to finish its in-flight requests. Connection tasks are
 /// tracked by `tracker`; the caller waits on it (with the drain timeout). `limit`
 /// holds `max_connections` slots shared by every listener of the process; `tls`
-/// makes this the HTTPS listener.
+/// makes this the HTTPS listener. `shutdown` must be cancelled after
+/// [`Gateway::set_draining`]: a connection between requests watches the flag, and the
+/// token only wakes it (`run` does so).
 pub async fn serve(
     listener: TcpListener,
     gw: Arc<Gateway>,

@@ -55,7 +55,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::gateway::Gateway;
 use crate::http::head::{FieldAt, Span, parse_length};
@@ -96,6 +96,30 @@ struct Limits {
     max_fields: usize,
 }
 
+/// Whether shutdown has begun, for a connection waiting for its next head.
+///
+/// The token's own checks take its lock (its `is_cancelled`, and every poll of its
+/// `cancelled` future, which also re-files the waker under the waiters' lock): 6
+/// atomic read-modify-writes per request. `run` cancels the connections' token only
+/// after it has set the gateway's `draining` flag, so a load of the flag answers, and
+/// `cancelled` is polled once, to file this task's waker; the cancellation wakes the
+/// task, which then sees the flag.
+fn stopping(
+    gw: &Gateway,
+    cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+    watching: &mut bool,
+    cx: &mut Context<'_>,
+) -> bool {
+    if gw.is_draining() {
+        return true;
+    }
+    if *watching {
+        return false;
+    }
+    *watching = true;
+    cancelled.poll(cx).is_ready()
+}
+
 /// Serve requests on `io` until the connection ends or a head needs hyper.
 pub(super) async fn serve<I>(
     io: &mut I,
@@ -128,6 +152,8 @@ where
     // instructions per request; now it moves at most once per timeout period.
     let mut head_timer = pin!(tokio::time::sleep(limits.header_read_timeout));
     let mut cancelled = pin!(shutdown.cancelled());
+    // Whether `cancelled` has been polled once, and so holds this task's waker.
+    let mut watching = false;
     // The route timeout's timer, reused by each request in turn
     // (`resilience::deadline`). Made a day ahead, so that the first request moves it
     // earlier before it is ever filed in the timer wheel: made already due, it would
@@ -169,7 +195,7 @@ where
                     return Poll::Ready(Some(r));
                 }
                 if deadline::passed(head_timer.as_mut(), due, cx)
-                    || buf.is_empty() && cancelled.as_mut().poll(cx).is_ready()
+                    || buf.is_empty() && stopping(gw, cancelled.as_mut(), &mut watching, cx)
                 {
                     return Poll::Ready(None);
                 }
@@ -200,7 +226,7 @@ where
         let Some(resp) = served else {
             return Outcome::Closed;
         };
-        let close = client_close || shutdown.is_cancelled();
+        let close = client_close || gw.is_draining();
         match write_response(io, &mut out, resp, Some(&request_id), close, &mut spare).await {
             Ok(true) => {}
             Ok(false) => {
