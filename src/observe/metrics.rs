@@ -152,7 +152,7 @@ impl RouteSeries {
         }
     }
 
-    fn service(&self, service: &Option<Arc<str>>) -> Option<&ServiceSeries> {
+    fn service(&self, service: Option<&Arc<str>>) -> Option<&ServiceSeries> {
         match service {
             None => Some(&self.unserved),
             Some(name) => self
@@ -386,14 +386,15 @@ impl Metrics {
     pub fn request_on(
         &self,
         series: &RouteSeries,
-        service: &Option<Arc<str>>,
+        service: Option<&Arc<str>>,
         method: &Method,
         status: u16,
         seconds: f64,
     ) {
         let Some(s) = series.service(service) else {
             // Not a service of the route (not expected): the family lookup.
-            return self.request(&series.route.0, service, method, status, seconds);
+            let service = service.cloned();
+            return self.request(&series.route.0, &service, method, status, seconds);
         };
         let (m, c) = (method_index(method), class_index(status));
         let cells = s
@@ -646,14 +647,14 @@ mod tests {
         ];
         for (service, method, status) in answers {
             by_family.request(&route, service, method, status, 0.002);
-            by_series.request_on(&series, service, method, status, 0.002);
+            by_series.request_on(&series, service.as_ref(), method, status, 0.002);
             if let Some(s) = service {
                 by_family.upstream(s, 0.001);
                 by_series.upstream_on(&series, s, 0.001);
             }
         }
         by_family.request(&None, &None, &Method::GET, 404, 0.001);
-        by_series.request_on(by_series.unrouted(), &None, &Method::GET, 404, 0.001);
+        by_series.request_on(by_series.unrouted(), None, &Method::GET, 404, 0.001);
         assert_eq!(lines(&by_series), lines(&by_family));
         let text = by_series.encode();
         assert!(

@@ -106,8 +106,7 @@ struct RequestCtx {
     record: Option<Box<AccessRecord>>,
     /// Index of the matched route (`config.routes`).
     route_id: Option<usize>,
-    route: Option<Arc<str>>,
-    service: Option<Arc<str>>,
+    service: Option<ServiceName>,
     /// The verified claims of the request's token (routes with `auth`); `None` for
     /// anonymous requests. Later phases (traffic policy, rate-limit keys) read them.
     claims: Option<Claims>,
@@ -140,8 +139,8 @@ struct RequestCtx {
 /// Serve one request. Never fails: errors become the gateway's JSON answers. `timer`
 /// is the connection's own for the route timeout when it serves one request at a time
 /// (HTTP/1, `resilience::deadline`); without one, the request makes its own. The
-/// request's id is set into `id_out` first thing: the answer's `x-request-id` is the
-/// caller's to add ([`request_id`]).
+/// request's id is set into `id_out` with the answer: the answer's `x-request-id` is
+/// the caller's to add ([`request_id`]).
 pub async fn serve(
     gw: &Gateway,
     snapshot: Arc<Snapshot>,
@@ -154,7 +153,6 @@ pub async fn serve(
     let _in_flight = gw.metrics.start();
     let method = req.method().clone();
     let request_id = request_id(req.headers());
-    *id_out = request_id.clone();
     let log = &snapshot.config.server.access_log;
     let record = match (log.format, &gw.access_log) {
         (LogFormat::Json | LogFormat::Ltsv, Some(sink)) => Some(Box::new(AccessRecord {
@@ -188,7 +186,6 @@ pub async fn serve(
         request_id,
         record,
         route_id: None,
-        route: None,
         service: None,
         claims: None,
         upstream_time: None,
@@ -215,6 +212,8 @@ pub async fn serve(
         resp.headers_mut()
             .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
+    // Moved, not cloned: a clone and its drop are two atomic read-modify-writes.
+    *id_out = std::mem::replace(&mut ctx.request_id, HeaderValue::from_static(""));
     finish(gw, &snapshot, &mut resp, ctx, &method, error, started);
     resp
 }
@@ -275,7 +274,6 @@ async fn pipeline(
     }
     let (route_id, route) = snap.router.find(&info).ok_or(ProxyError::NoRoute)?;
     ctx.route_id = Some(route_id);
-    ctx.route = Some(snap.route_names[route_id].clone());
     let fwd = match &route.action {
         Action::Forward(f) => f,
         Action::Redirect(rd) => {
@@ -304,7 +302,10 @@ async fn pipeline(
     )
     .await?;
     let upstream: &Upstream = branch_upstream.as_deref().unwrap_or(main_upstream);
-    ctx.service = Some(upstream.name.clone());
+    ctx.service = Some(match &branch_upstream {
+        Some(b) => ServiceName::Branch(b.name.clone()),
+        None => ServiceName::Main(backend.service),
+    });
     let wait = fwd.timeout.unwrap_or(snap.config.defaults.request_timeout);
     let mut permit = concurrency_slot(upstream, wait).await?;
     let path_and_query = upstream_path_and_query(route, &path, &parts.uri)?;
@@ -393,7 +394,7 @@ async fn pipeline(
                 {
                     ctx.branch_hit = false;
                     ctx.branch_fallback = true;
-                    ctx.service = Some(main_upstream.name.clone());
+                    ctx.service = Some(ServiceName::Main(backend.service));
                     ctx.metric_service = None;
                     permit = None;
                     let remaining = route_timeout.saturating_sub(forward_started.elapsed());
@@ -623,7 +624,9 @@ fn policy_response_headers(snap: &Snapshot, ctx: &RequestCtx, headers: &mut Head
     if p.service_header.is_none() && served_by.is_none() {
         return;
     }
-    let Some(service) = &ctx.service else { return };
+    let Some(service) = ctx.service.as_ref().and_then(|s| s.name(snap)) else {
+        return;
+    };
     let branch_value = || HeaderValue::from_str(service).ok();
     let configured = ctx
         .backend_service
@@ -1173,6 +1176,27 @@ fn downstream_response(
     Response::from_parts(parts, body)
 }
 
+/// The service that answers a request: one of the snapshot's, by index (no reference
+/// count taken and dropped per request), or a branch deployment, by its own name.
+enum ServiceName {
+    Main(usize),
+    Branch(Arc<str>),
+}
+
+impl ServiceName {
+    fn name<'a>(&'a self, snap: &'a Snapshot) -> Option<&'a Arc<str>> {
+        match self {
+            ServiceName::Main(i) => snap.upstreams.get(*i).map(|u| &u.name),
+            ServiceName::Branch(name) => Some(name),
+        }
+    }
+}
+
+/// The matched route's name, for a log record or a span (only they need it owned).
+fn route_name(snap: &Snapshot, route_id: Option<usize>) -> Option<Arc<str>> {
+    route_id.and_then(|i| snap.route_names.get(i)).cloned()
+}
+
 /// Last phase: metrics; the log record rides on the body. (The request id goes back
 /// to the client from the server: [`request_id`].)
 fn finish(
@@ -1186,10 +1210,8 @@ fn finish(
 ) {
     let status = resp.status().as_u16();
     let m = &gw.metrics;
-    let metric_service = match &ctx.metric_service {
-        Some(_) => &ctx.metric_service,
-        None => &ctx.service,
-    };
+    let service = ctx.service.as_ref().and_then(|s| s.name(snap));
+    let metric_service = ctx.metric_service.as_ref().or(service);
     let series = ctx
         .route_id
         .and_then(|i| snap.route_series.get(i))
@@ -1221,15 +1243,15 @@ fn finish(
     if let Some(mut span) = ctx.span {
         span.status = status;
         span.error = error;
-        span.route = ctx.route.clone();
-        span.service = ctx.service.clone();
+        span.route = route_name(snap, ctx.route_id);
+        span.service = service.cloned();
         resp.body_mut().set_span(span);
     }
     if let Some(mut record) = ctx.record {
         record.status = status;
         record.error = error;
-        record.route = ctx.route;
-        record.service = ctx.service;
+        record.route = route_name(snap, ctx.route_id);
+        record.service = service.cloned();
         record.upstream = ctx.upstream_time;
         record.branch = ctx.branch;
         record.branch_fallback = ctx.branch_fallback;

@@ -136,9 +136,21 @@ use dns::Dns;
 use h2::H2Pool;
 use pool::{H1Pool, IdleList, PooledBody, UpstreamError};
 
-/// One address to send requests to.
+/// One address to send requests to: shared, so that taking one for a request is one
+/// reference-count bump, not one per field (each an atomic read-modify-write: with the
+/// fields cloned one by one, a pick and its drop cost six).
 #[derive(Debug, Clone)]
-pub struct Target {
+pub struct Target(Arc<TargetInner>);
+
+impl std::ops::Deref for Target {
+    type Target = TargetInner;
+    fn deref(&self) -> &TargetInner {
+        &self.0
+    }
+}
+
+#[derive(Debug)]
+pub struct TargetInner {
     pub addr: SocketAddr,
     /// `addr` as a URI authority, parsed once.
     pub authority: Authority,
@@ -198,7 +210,11 @@ impl Upstream {
         if n == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        // A load and a store, not `fetch_add` (an atomic read-modify-write): two
+        // threads picking at once may start at the same place, which round-robin
+        // spreading does not need to rule out.
+        let start = self.next.load(Ordering::Relaxed);
+        self.next.store(start.wrapping_add(1), Ordering::Relaxed);
         (0..n)
             .map(|k| &targets[(start + k) % n])
             .find(|t| t.state.available())
@@ -241,20 +257,20 @@ impl Upstream {
 
 fn target(addr: SocketAddr, epoch: Instant) -> Option<Target> {
     let authority = Authority::try_from(addr.to_string().as_str()).ok()?;
-    Some(Target {
+    Some(Target(Arc::new(TargetInner {
         addr,
         authority,
         state: Arc::new(EndpointState::new(epoch)),
         idle: Arc::default(),
-    })
+    })))
 }
 
-/// New targets keep the state of the addresses that were already known.
+/// New targets keep the state of the addresses that were already known (an address
+/// that stays is the same target).
 fn carry_state(new: &mut [Target], old: &[Target]) {
     for t in new {
         if let Some(o) = old.iter().find(|o| o.addr == t.addr) {
-            t.state = o.state.clone();
-            t.idle = o.idle.clone();
+            *t = o.clone();
         }
     }
 }
