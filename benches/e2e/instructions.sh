@@ -25,7 +25,12 @@
 #      line) as its last level, and prints L1 instruction, L1 data and L2 data misses per request;
 #      slower),
 #      KEEP_DIR (if set, the callgrind output files are copied there, for
-#      callgrind_annotate --inclusive=yes).
+#      callgrind_annotate --inclusive=yes, or `atomics.py FILE REQUESTS 30` for the
+#      functions doing the atomic read-modify-writes).
+#
+# Also printed: atomic read-modify-writes per request (lock-prefixed instructions and
+# xchg with memory, from the same profile: atomics.py). Uncontended they still cost
+# several ns each when back to back, which the instruction count does not show.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -59,7 +64,8 @@ die() { log "ERROR: $*"; exit 1; }
 [[ $CACHE == 0 || $CACHE == 1 ]] || die "CACHE must be 0 or 1"
 [[ $STREAMS =~ ^[1-9][0-9]*$ ]] || die "STREAMS must be a positive integer"
 [[ $H2 == 0 || $NEWCONN == 0 ]] || die "H2=1 and NEWCONN=1 cannot be combined"
-declare -a CG_OPTS=(--tool=callgrind)
+# Counts per instruction address too: atomics.py counts the atomic read-modify-writes.
+declare -a CG_OPTS=(--tool=callgrind --dump-instr=yes)
 if [[ $CACHE == 1 ]]; then
     # callgrind models two levels; the last is given this CPU's L2 (per core: size,
     # ways, line), the level a connection's state falls out of as connections are
@@ -81,10 +87,10 @@ if [[ $CACHE == 1 ]]; then
 fi
 
 missing=()
-declare -A PKG_FOR=([nginx]=nginx [wrk]=wrk [valgrind]=valgrind [callgrind_control]=valgrind
+declare -A PKG_FOR=([nginx]=nginx [objdump]=binutils [wrk]=wrk [valgrind]=valgrind [callgrind_control]=valgrind
                     [callgrind_annotate]=valgrind [curl]=curl [python3]=python3
                     [openssl]=openssl [h2load]=nghttp2-client)
-tools=(nginx wrk valgrind callgrind_control callgrind_annotate curl python3)
+tools=(nginx wrk valgrind callgrind_control callgrind_annotate curl python3 objdump)
 if [[ $POLICIES == 1 ]]; then tools+=(openssl); fi
 if [[ $H2 == 1 ]]; then tools+=(h2load); fi
 for cmd in "${tools[@]}"; do
@@ -170,9 +176,9 @@ load() {
     fi
 }
 
-# measure NAME PORT PID: zero, load, dump; prints "NAME requests instructions".
+# measure NAME PORT PID: zero, load, dump; prints "NAME requests atomics instructions".
 measure() {
-    local name=$1 port=$2 pid=$3 n ir f
+    local name=$1 port=$2 pid=$3 n ir f at
     wait_ready "$port" "$pid" "$WORK/$name/valgrind.log"
     load 2 "http://127.0.0.1:$port$REQ_PATH" >/dev/null
     callgrind_control -z "$pid" >/dev/null
@@ -185,8 +191,10 @@ measure() {
     ir=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/{
         gsub(",", ""); if ($5 ~ /^[0-9]+$/) print $1, $7, $9 + $11, $15 + $17; else print $1 }')
     [[ -n $n && -n $ir ]] || die "$name: no count (the load tool or callgrind failed)"
+    at=$(python3 "$HERE/atomics.py" "$f" "$n" | awk '/^atomic RMW per request:/{print $NF}')
+    [[ -n $at ]] || die "$name: atomics.py found no count"
     if [[ -n ${KEEP_DIR:-} ]]; then mkdir -p "$KEEP_DIR" && cp "$f" "$KEEP_DIR/cg-$name.out"; fi
-    echo "$name $n $ir"
+    echo "$name $n $at $ir"
 }
 
 : >"$WORK/results"
@@ -227,19 +235,19 @@ import sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 print(f"user-space instructions per request (callgrind), GET {sys.argv[4]}, {sys.argv[5]}, "
       f"{sys.argv[2]} connections, {sys.argv[3]} s")
-base = {r[0]: int(r[2]) / int(r[1]) for r in rows}.get("nginx")
-cache = all(len(r) == 6 for r in rows)
-head = f"{'proxy':<12} {'requests':>9} {'instr/request':>14} {'x nginx':>8}"
+base = {r[0]: int(r[3]) / int(r[1]) for r in rows}.get("nginx")
+cache = all(len(r) == 7 for r in rows)
+head = f"{'proxy':<12} {'requests':>9} {'instr/request':>14} {'x nginx':>8} {'atomic RMW/req':>15}"
 if cache:
     head += f" {'I1 miss/req':>12} {'D1 miss/req':>12} {'L2 miss/req':>12}"
 print(head)
 for r in rows:
-    name, n, ir = r[0], int(r[1]), int(r[2])
+    name, n, at, ir = r[0], int(r[1]), float(r[2]), int(r[3])
     per = ir / n
     ratio = f"{per / base:.2f}" if base else "-"
-    line = f"{name:<12} {n:>9} {per:>14,.0f} {ratio:>8}"
+    line = f"{name:<12} {n:>9} {per:>14,.0f} {ratio:>8} {at:>15.1f}"
     if cache:
-        line += "".join(f" {int(v) / n:>12,.1f}" for v in r[3:])
+        line += "".join(f" {int(v) / n:>12,.1f}" for v in r[4:])
     print(line)
 if cache:
     print("misses from callgrind's cache model: L1 as this CPU's, the last level shaped as "
