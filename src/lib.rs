@@ -39,6 +39,7 @@ pub mod diff;
 pub mod gateway;
 pub mod http;
 pub mod import;
+pub mod net;
 pub mod observe;
 pub mod policy;
 pub mod proxy;

@@ -39,6 +39,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::gateway::Gateway;
 use crate::http::headers::X_REQUEST_ID;
+use crate::net::Tcp;
 use crate::proxy::{self, ClientBody, ConnInfo};
 
 mod h1;
@@ -93,7 +94,7 @@ pub async fn serve(
             None => {
                 tracker.spawn(Box::pin(async move {
                     let _permit = permit;
-                    serve_connection(gw, stream, peer, "http", shutdown).await;
+                    serve_connection(gw, Tcp(stream), peer, "http", shutdown).await;
                 }));
             }
             Some(acceptor) => {
@@ -105,7 +106,7 @@ pub async fn serve(
                     let limit = gw.snapshot().config.server.header_read_timeout;
                     let stream = tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        r = tokio::time::timeout(limit, acceptor.accept(stream)) => match r {
+                        r = tokio::time::timeout(limit, acceptor.accept(Tcp(stream))) => match r {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");

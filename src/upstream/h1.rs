@@ -36,6 +36,7 @@ use tokio::net::TcpStream;
 use super::pool::IdleList;
 use crate::http::head::{FieldAt, Span, parse_length};
 use crate::http::headers::{self as fields, GatewayFields, is_hop_by_hop, push_field};
+use crate::net::Tcp;
 use crate::proxy::body::UpstreamBody;
 
 /// Most header fields an answer (or its trailers) may have, as hyper's default.
@@ -65,7 +66,7 @@ pub type RawConn = Box<Conn>;
 /// What [`RawConn`] holds.
 #[derive(Debug)]
 pub struct Conn {
-    io: TcpStream,
+    io: Tcp,
     buf: BytesMut,
     /// The request head is encoded here; kept to reuse its allocation.
     out: Vec<u8>,
@@ -74,7 +75,7 @@ pub struct Conn {
 impl Conn {
     pub fn new(io: TcpStream) -> RawConn {
         Box::new(Conn {
-            io,
+            io: Tcp(io),
             buf: BytesMut::new(),
             out: Vec::new(),
         })
