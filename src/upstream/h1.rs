@@ -420,8 +420,43 @@ fn parse_head(buf: &mut BytesMut, head_req: bool) -> io::Result<Parsed> {
     for at in fields {
         let name = field_name(&head[at.name.range()])
             .map_err(|_| invalid("upstream answer has an invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(at.value.range()))
-            .map_err(|_| invalid("upstream answer has an invalid header value"))?;
+        let raw = &head[at.value.range()];
+        if name == header::CONNECTION {
+            check_value(raw)?;
+            // Bytes, not `str`: splitting a `str` at ',' goes through the char searcher
+            // (about 100 instructions for nginx's `keep-alive`, callgrind). No
+            // `HeaderValue` unless the field is kept: a slice of `head` and its drop
+            // are two atomic read-modify-writes of its reference count.
+            for token in raw.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                let is_close = token.eq_ignore_ascii_case(b"close");
+                let is_keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                close |= is_close;
+                keep_alive_token |= is_keep_alive;
+                names_others |= !(is_close || is_keep_alive || token.is_empty());
+            }
+            if names_others {
+                headers.append(name, shared_value(&head, at.value)?);
+            }
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
+            check_value(raw)?;
+            te = true;
+            // Only the last coding says whether the body is chunked (of a value in
+            // visible ASCII, as `HeaderValue::to_str` takes it).
+            chunked = raw.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+                && raw
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            continue;
+        }
+        if is_hop_by_hop(&name) {
+            check_value(raw)?;
+            continue;
+        }
+        let value = shared_value(&head, at.value)?;
         if name == header::CONTENT_LENGTH {
             // 1*DIGIT (RFC 9110 8.6); a list of identical values is taken as one.
             for part in value.as_bytes().split(|&b| b == b',') {
@@ -434,33 +469,8 @@ fn parse_head(buf: &mut BytesMut, head_req: bool) -> io::Result<Parsed> {
                 }
                 length = Some(n);
             }
-        } else if name == header::TRANSFER_ENCODING {
-            te = true;
-            // Only the last coding says whether the body is chunked.
-            chunked = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.rsplit(',').next())
-                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        } else if name == header::CONNECTION {
-            // Bytes, not `str`: splitting a `str` at ',' goes through the char searcher
-            // (about 100 instructions for nginx's `keep-alive`, callgrind).
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                let is_close = token.eq_ignore_ascii_case(b"close");
-                let is_keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
-                close |= is_close;
-                keep_alive_token |= is_keep_alive;
-                names_others |= !(is_close || is_keep_alive || token.is_empty());
-            }
-            if names_others {
-                headers.append(name, value);
-            }
-            continue;
         }
-        if !is_hop_by_hop(&name) {
-            headers.append(name, value);
-        }
+        headers.append(name, value);
     }
     let version = if version == 1 {
         Version::HTTP_11
@@ -507,6 +517,22 @@ fn parse_head(buf: &mut BytesMut, head_req: bool) -> io::Result<Parsed> {
     parts.version = version;
     parts.headers = headers;
     Ok(Parsed::Final(parts, framing, keep_alive))
+}
+
+/// A value that is read and left out is held to what `HeaderValue` takes (the rest
+/// are checked as they become one): visible ASCII, obs-text, space and tab.
+fn check_value(raw: &[u8]) -> io::Result<()> {
+    if raw.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)) {
+        Ok(())
+    } else {
+        Err(invalid("upstream answer has an invalid header value"))
+    }
+}
+
+/// A field's value, sharing `head`'s bytes.
+fn shared_value(head: &Bytes, at: Span) -> io::Result<HeaderValue> {
+    HeaderValue::from_maybe_shared(head.slice(at.range()))
+        .map_err(|_| invalid("upstream answer has an invalid header value"))
 }
 
 /// The body of an answer read by [`exchange`].
@@ -1064,6 +1090,44 @@ mod tests {
             head(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", true),
             Ok(Parsed::Final(_, Framing::Done, true))
         ));
+        // A coding list that is not visible ASCII is not taken as chunked.
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gz\xefp, chunked\r\n\r\n"),
+            (Framing::Close, false)
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_read_and_left_out_unless_connection_names_others() {
+        let fields = |raw: &[u8]| match head(raw, false) {
+            Ok(Parsed::Final(parts, _, _)) => {
+                let mut names: Vec<String> = parts.headers.keys().map(|n| n.to_string()).collect();
+                names.sort();
+                names
+            }
+            _ => panic!("not a final head"),
+        };
+        assert_eq!(
+            fields(b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\ntransfer-encoding: chunked\r\nserver: up\r\n\r\n"),
+            ["server"]
+        );
+        // Kept, so that the later cleanup removes what it names.
+        assert_eq!(
+            fields(b"HTTP/1.1 200 OK\r\nconnection: x-a, keep-alive\r\nx-a: 1\r\ncontent-length: 0\r\n\r\n"),
+            ["connection", "content-length", "x-a"]
+        );
+    }
+
+    #[test]
+    fn values_left_out_are_held_to_what_header_value_takes() {
+        for b in 0u8..=255 {
+            let raw = [b'a', b, b'z'];
+            assert_eq!(
+                check_value(&raw).is_ok(),
+                HeaderValue::from_bytes(&raw).is_ok(),
+                "byte {b:#04x}"
+            );
+        }
     }
 
     #[test]
