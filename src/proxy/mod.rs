@@ -44,7 +44,6 @@ mod mirror;
 pub mod upgrade;
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Instant, SystemTime};
@@ -54,7 +53,6 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use hyper::body::Body as _;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Sleep;
 
 use crate::auth::{Claims, Failure};
 use crate::config::model::{Action, Forward, LogFormat, Redirect, Route};
@@ -68,8 +66,9 @@ use crate::observe::access_log::AccessRecord;
 use crate::observe::otlp::{RequestSpan, TrySpan};
 use crate::observe::trace::{TraceContext, new_span_id};
 use crate::policy::{self, branch::Ask};
+use crate::resilience::deadline::Timer;
 use crate::resilience::rate_limit::Decision;
-use crate::resilience::{deadline, retry};
+use crate::resilience::retry;
 use crate::router::RequestInfo;
 use crate::snapshot::Snapshot;
 use crate::upstream::Upstream;
@@ -147,7 +146,7 @@ pub async fn serve(
     conn: &ConnInfo,
     req: Request<ClientBody>,
     id_out: &mut HeaderValue,
-    timer: Option<Pin<&mut Sleep>>,
+    timer: Option<&mut Timer<'_>>,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let _in_flight = gw.metrics.start();
@@ -224,7 +223,7 @@ async fn pipeline(
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
     req: Request<ClientBody>,
-    mut timer: Option<Pin<&mut Sleep>>,
+    mut timer: Option<&mut Timer<'_>>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let upgrade = upgrade::requested(&parts);
@@ -383,7 +382,7 @@ async fn pipeline(
                 head,
                 body,
                 route_timeout,
-                timer.as_mut().map(|t| t.as_mut()),
+                timer.as_deref_mut(),
             )
             .await
             {
@@ -984,7 +983,7 @@ async fn forward(
     head: UpstreamHead,
     body: UpstreamBody,
     timeout: std::time::Duration,
-    timer: Option<Pin<&mut Sleep>>,
+    timer: Option<&mut Timer<'_>>,
 ) -> Result<Response<PooledBody>, ProxyError> {
     let defaults = &snap.config.defaults;
     let policy = &defaults.retry;
@@ -1134,7 +1133,8 @@ async fn forward(
     // The deadline from `started`: `timeout()` would read the clock again for it.
     let result = match (started.checked_add(timeout), timer) {
         // An HTTP/1 connection's own timer (resilience::deadline).
-        (Some(due), Some(timer)) => deadline::within(timer, due, tries)
+        (Some(due), Some(timer)) => timer
+            .within(due, tries)
             .await
             .unwrap_or(Err(ProxyError::UpstreamTimeout)),
         (Some(due), None) => match tokio::time::timeout_at(due, tries).await {

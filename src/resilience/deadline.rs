@@ -17,39 +17,72 @@ use std::task::{Context, Poll};
 
 use tokio::time::{Instant, Sleep};
 
-/// Whether `due` has come, on `timer`, whose deadline may be earlier than `due` (an
-/// earlier request's): when it fires before `due` it is moved there and waits again.
-/// Registers `cx` to be woken when it fires.
-pub fn passed(mut timer: Pin<&mut Sleep>, due: Instant, cx: &mut Context<'_>) -> bool {
-    while timer.as_mut().poll(cx).is_ready() {
-        if Instant::now() >= due {
-            return true;
-        }
-        timer.as_mut().reset(due);
-    }
-    false
+/// A connection's reused timer: the [`Sleep`], and whether it holds this task's waker.
+///
+/// Every poll of a `Sleep` files the task's waker with it again (tokio's
+/// `AtomicWaker::register_by_ref`: two atomic read-modify-writes), although the waker
+/// filed by the previous poll stays until the timer fires (moving the timer keeps it).
+/// So once polled, the timer is only looked at (`is_elapsed`, a load) until it has
+/// fired. For a timer that one task polls: a waker filed by another would not wake it.
+pub struct Timer<'a> {
+    sleep: Pin<&'a mut Sleep>,
+    /// Polled (so this task's waker is filed) since it last fired.
+    filed: bool,
 }
 
-/// `fut`'s output, or `None` if `due` comes first, timed on the reused `timer`.
-pub async fn within<F: Future>(
-    mut timer: Pin<&mut Sleep>,
-    due: Instant,
-    mut fut: Pin<&mut F>,
-) -> Option<F::Output> {
-    // A later deadline left by a route with a longer timeout would fire too late.
-    if timer.deadline() > due {
-        timer.as_mut().reset(due);
+impl<'a> Timer<'a> {
+    pub fn new(sleep: Pin<&'a mut Sleep>) -> Self {
+        Self {
+            sleep,
+            filed: false,
+        }
     }
-    poll_fn(|cx| {
-        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-            return Poll::Ready(Some(out));
+
+    /// Whether `due` has come. The timer's deadline may be earlier than `due` (an
+    /// earlier request's): when it fires before `due` it is moved there and waits
+    /// again. Sees to it that `cx` is woken when it fires.
+    pub fn passed(&mut self, due: Instant, cx: &mut Context<'_>) -> bool {
+        if self.filed && !self.sleep.is_elapsed() {
+            return false;
         }
-        if passed(timer.as_mut(), due, cx) {
-            return Poll::Ready(None);
+        self.filed = true;
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= due {
+                return true;
+            }
+            self.sleep.as_mut().reset(due);
         }
-        Poll::Pending
-    })
-    .await
+        false
+    }
+
+    /// `fut`'s output, or `None` if `due` comes first.
+    pub async fn within<F: Future>(
+        &mut self,
+        due: Instant,
+        mut fut: Pin<&mut F>,
+    ) -> Option<F::Output> {
+        // A later deadline left by a route with a longer timeout would fire too late.
+        if self.sleep.deadline() > due {
+            self.sleep.as_mut().reset(due);
+            // Kept by tokio, but polled again all the same: this is rare.
+            self.filed = false;
+        }
+        poll_fn(|cx| {
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            if self.passed(due, cx) {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The deadline the timer holds now.
+    pub fn deadline(&self) -> Instant {
+        self.sleep.deadline()
+    }
 }
 
 #[cfg(test)]
@@ -66,20 +99,22 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_before_the_deadline_is_returned() {
-        let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
+        let mut sleep = pin!(tokio::time::sleep(Duration::ZERO));
+        let mut timer = Timer::new(sleep.as_mut());
         let due = Instant::now() + LONG;
         let answer = pin!(async { 7 });
-        assert_eq!(within(timer.as_mut(), due, answer).await, Some(7));
+        assert_eq!(timer.within(due, answer).await, Some(7));
     }
 
     #[tokio::test]
     async fn an_earlier_deadline_left_on_the_timer_does_not_end_the_wait_early() {
         // The timer fires at once (an earlier request's deadline); the wait goes on
         // to `due`.
-        let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
+        let mut sleep = pin!(tokio::time::sleep(Duration::ZERO));
+        let mut timer = Timer::new(sleep.as_mut());
         let start = Instant::now();
         let due = start + Duration::from_millis(150);
-        let out = tokio::time::timeout(LONG, within(timer.as_mut(), due, pin!(pending::<()>())))
+        let out = tokio::time::timeout(LONG, timer.within(due, pin!(pending::<()>())))
             .await
             .expect("the deadline ends the wait");
         assert_eq!(out, None);
@@ -88,11 +123,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_timer_looked_at_between_polls_still_ends_the_wait() {
+        // The task is woken over and over by its own future, so the timer is looked
+        // at (not polled) many times before it fires.
+        let mut sleep = pin!(tokio::time::sleep(Duration::ZERO));
+        let mut timer = Timer::new(sleep.as_mut());
+        let due = Instant::now() + Duration::from_millis(100);
+        let busy = pin!(async {
+            loop {
+                tokio::task::yield_now().await;
+            }
+        });
+        let out = tokio::time::timeout(LONG, timer.within(due, busy))
+            .await
+            .expect("the deadline ends the wait");
+        assert_eq!(out, None::<()>);
+        assert!(Instant::now() >= due, "returned before its deadline");
+    }
+
+    #[tokio::test]
     async fn a_later_deadline_left_on_the_timer_is_moved_earlier() {
         // A route with a long timeout went first; this one's deadline is sooner.
-        let mut timer = pin!(tokio::time::sleep(Duration::from_secs(3600)));
+        let mut sleep = pin!(tokio::time::sleep(Duration::from_secs(3600)));
+        let mut timer = Timer::new(sleep.as_mut());
         let due = Instant::now() + Duration::from_millis(50);
-        let out = tokio::time::timeout(LONG, within(timer.as_mut(), due, pin!(pending::<()>())))
+        let out = tokio::time::timeout(LONG, timer.within(due, pin!(pending::<()>())))
             .await
             .expect("the sooner deadline ends the wait, not the hour left on the timer");
         assert_eq!(out, None);
@@ -101,7 +156,8 @@ mod tests {
 
     #[tokio::test]
     async fn one_timer_serves_requests_in_turn_and_is_not_moved_for_each() {
-        let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
+        let mut sleep = pin!(tokio::time::sleep(Duration::ZERO));
+        let mut timer = Timer::new(sleep.as_mut());
         let mut first_due = None;
         for i in 0..3 {
             // Each answer takes a moment, so the timer is polled and stays filed.
@@ -111,13 +167,13 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 i
             });
-            assert_eq!(within(timer.as_mut(), due, answer).await, Some(i));
+            assert_eq!(timer.within(due, answer).await, Some(i));
         }
         // The later deadlines of requests 2 and 3 did not move it: it still holds the
         // first request's, and would be moved only when that comes up.
         assert_eq!(Some(timer.deadline()), first_due);
         let due = Instant::now() + Duration::from_millis(20);
-        let out = tokio::time::timeout(LONG, within(timer.as_mut(), due, pin!(pending::<()>())))
+        let out = tokio::time::timeout(LONG, timer.within(due, pin!(pending::<()>())))
             .await
             .expect("the deadline ends the wait");
         assert_eq!(out, None);

@@ -62,7 +62,7 @@ use crate::http::head::{FieldAt, Span, parse_length};
 use crate::http::headers::{X_REQUEST_ID, push_field};
 use crate::proxy::body::ResponseBody;
 use crate::proxy::{self, ClientBody, ConnInfo};
-use crate::resilience::deadline;
+use crate::resilience::deadline::Timer;
 
 /// The most header fields this path parses; a head with more goes to hyper, which
 /// applies `max_headers` itself. 64 × 32 bytes of (uninitialised) stack per parse.
@@ -150,7 +150,9 @@ where
     // that is still ahead. Moving it for every request (`Sleep::reset`: the deadline's
     // conversion to a timer tick and an atomic update of the entry) cost about 95
     // instructions per request; now it moves at most once per timeout period.
-    let mut head_timer = pin!(tokio::time::sleep(limits.header_read_timeout));
+    let mut head_sleep = pin!(tokio::time::sleep(limits.header_read_timeout));
+    let ahead = head_sleep.deadline();
+    let mut head_timer = Timer::new(head_sleep.as_mut());
     let mut cancelled = pin!(shutdown.cancelled());
     // Whether `cancelled` has been polled once, and so holds this task's waker.
     let mut watching = false;
@@ -160,11 +162,11 @@ where
     // be filed and fired on its first poll and filed again for the first request's
     // deadline (one more pass under the time driver's lock per connection). Taken from
     // the head timer's deadline, so it costs no clock reading of its own.
-    let ahead = head_timer.deadline();
     let ahead = ahead
         .checked_add(Duration::from_secs(86_400))
         .unwrap_or(ahead);
-    let mut route_timer = pin!(tokio::time::sleep_until(ahead));
+    let mut route_sleep = pin!(tokio::time::sleep_until(ahead));
+    let mut route_timer = Timer::new(route_sleep.as_mut());
     loop {
         let due = tokio::time::Instant::now() + limits.header_read_timeout;
         // How much of `buf` an earlier parse found to be an incomplete head: the head is
@@ -194,7 +196,7 @@ where
                 if let Poll::Ready(r) = poll_read(io, cx, &mut buf) {
                     return Poll::Ready(Some(r));
                 }
-                if deadline::passed(head_timer.as_mut(), due, cx)
+                if head_timer.passed(due, cx)
                     || buf.is_empty() && stopping(gw, cancelled.as_mut(), &mut watching, cx)
                 {
                     return Poll::Ready(None);
@@ -219,7 +221,7 @@ where
                 conn,
                 req,
                 &mut request_id,
-                Some(route_timer.as_mut())
+                Some(&mut route_timer)
             ));
             serve_watching(io, &mut buf, serving).await
         };
