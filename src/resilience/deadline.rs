@@ -12,7 +12,7 @@
 //! is a spurious wake-up of the connection's task when an old deadline comes up.
 
 use std::future::{Future, poll_fn};
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::task::{Context, Poll};
 
 use tokio::time::{Instant, Sleep};
@@ -46,13 +46,21 @@ impl<'a> Timer<'a> {
             return false;
         }
         self.filed = true;
-        while self.sleep.as_mut().poll(cx).is_ready() {
+        while self.poll_filing(cx).is_ready() {
             if Instant::now() >= due {
                 return true;
             }
             self.sleep.as_mut().reset(due);
         }
         false
+    }
+
+    /// A poll of the `Sleep` that files `cx`'s waker whatever the task's budget:
+    /// with the budget spent, `Sleep::poll` answers `Pending` before it files the
+    /// waker (tokio's cooperative scheduling), and `filed` would then be a lie that
+    /// leaves the task asleep when the timer fires.
+    fn poll_filing(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        pin!(tokio::task::unconstrained(self.sleep.as_mut())).poll(cx)
     }
 
     /// `fut`'s output, or `None` if `due` comes first.
@@ -139,6 +147,37 @@ mod tests {
             .expect("the deadline ends the wait");
         assert_eq!(out, None::<()>);
         assert!(Instant::now() >= due, "returned before its deadline");
+    }
+
+    #[tokio::test]
+    async fn a_timer_first_polled_with_the_task_budget_spent_still_wakes_the_task() {
+        use tokio::task::coop::poll_proceed;
+        // Never polled, and moved earlier by `within` before its first poll: nothing
+        // has filed a waker with it yet.
+        let mut sleep = pin!(tokio::time::sleep(Duration::from_secs(3600)));
+        let mut timer = Timer::new(sleep.as_mut());
+        let due = Instant::now() + Duration::from_millis(100);
+        // Spends the task's budget on its first poll, just before the timer's.
+        let mut first = true;
+        let spend = pin!(poll_fn(|cx| {
+            if std::mem::take(&mut first) {
+                while let Poll::Ready(unit) = poll_proceed(cx) {
+                    unit.made_progress();
+                }
+            }
+            Poll::<()>::Pending
+        }));
+        // Without the timer's wake-up the task is only woken by the outer timeout's
+        // (which then finds the deadline passed): the time taken tells them apart.
+        let out = tokio::time::timeout(Duration::from_secs(10), timer.within(due, spend)).await;
+        assert_eq!(out, Ok(None));
+        let now = Instant::now();
+        assert!(now >= due, "returned before its deadline");
+        assert!(
+            now < due + Duration::from_secs(5),
+            "woken {:?} after the deadline: not by the timer",
+            now - due
+        );
     }
 
     #[tokio::test]
