@@ -216,29 +216,17 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
 
     let tracker = TaskTracker::new();
     let limit = server::connection_limit(&gw);
-    // The listeners and their connections stop on a token of their own, cancelled only
-    // once `draining` is set: a connection between requests then checks the flag, a
-    // plain load, instead of the token (whose checks take a lock; see `server::h1`).
-    let stop = CancellationToken::new();
-    {
-        let (gw, shutdown, stop) = (gw.clone(), shutdown.clone(), stop.clone());
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            gw.set_draining();
-            stop.cancel();
-        });
-    }
     let anchor = tokio::spawn(timer_anchor());
     // The accept loops are tasks, not futures of `block_on`: on the multi-threaded
     // runtime `block_on` runs on the main thread, which is not a worker, so every
     // accepted connection would cost a cross-thread wake-up of the main thread and a
     // hand-over of the new connection task to a worker.
     let plain = listener.map(|l| {
-        let (gw, stop, t) = (gw.clone(), stop.clone(), tracker.clone());
+        let (gw, stop, t) = (gw.clone(), shutdown.clone(), tracker.clone());
         tokio::spawn(server::serve(l, gw, stop, t, None, limit.clone()))
     });
     let secure = tls_listener.map(|(l, acceptor)| {
-        let (gw, stop, t) = (gw.clone(), stop.clone(), tracker.clone());
+        let (gw, stop, t) = (gw.clone(), shutdown.clone(), tracker.clone());
         tokio::spawn(server::serve(l, gw, stop, t, Some(acceptor), limit.clone()))
     });
     for task in [plain, secure].into_iter().flatten() {
@@ -247,7 +235,6 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
         }
     }
 
-    // Set already if shutdown ended the accept loops; here for any other end.
     gw.set_draining();
     tracker.close();
     let drain = gw.snapshot().config.server.drain_timeout;

@@ -54,9 +54,7 @@ pub fn connection_limit(gw: &Gateway) -> Arc<Semaphore> {
 /// ask every open connection to finish its in-flight requests. Connection tasks are
 /// tracked by `tracker`; the caller waits on it (with the drain timeout). `limit`
 /// holds `max_connections` slots shared by every listener of the process; `tls`
-/// makes this the HTTPS listener. `shutdown` must be cancelled after
-/// [`Gateway::set_draining`]: a connection between requests watches the flag, and the
-/// token only wakes it (`run` does so).
+/// makes this the HTTPS listener.
 pub async fn serve(
     listener: TcpListener,
     gw: Arc<Gateway>,
@@ -65,6 +63,11 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     limit: Arc<Semaphore>,
 ) {
+    // The connections stop on a token of their own, cancelled here only once the
+    // gateway's `draining` flag is set: a connection between requests checks the flag
+    // (a load) and has the token only wake it (its own checks take a lock; see
+    // `h1::stopping`).
+    let connections = CancellationToken::new();
     loop {
         // Take a connection slot before accepting: over the limit, clients wait in the
         // kernel's accept queue instead of being accepted and dropped.
@@ -86,7 +89,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let gw = gw.clone();
-        let shutdown = shutdown.clone();
+        let stop = connections.clone();
         // Each connection's task is boxed: its future is large (about 10 KB, `h1` holds a
         // request's whole pipeline), and tokio moves a pointer as it spawns and polls
         // the task, not the future (unboxed, about 8 copies of it).
@@ -94,7 +97,7 @@ pub async fn serve(
             None => {
                 tracker.spawn(Box::pin(async move {
                     let _permit = permit;
-                    serve_connection(gw, Tcp(stream), peer, "http", shutdown).await;
+                    serve_connection(gw, Tcp(stream), peer, "http", stop).await;
                 }));
             }
             Some(acceptor) => {
@@ -105,7 +108,7 @@ pub async fn serve(
                     // that stalls in it must not hold the slot forever.
                     let limit = gw.snapshot().config.server.header_read_timeout;
                     let stream = tokio::select! {
-                        _ = shutdown.cancelled() => return,
+                        _ = stop.cancelled() => return,
                         r = tokio::time::timeout(limit, acceptor.accept(Tcp(stream))) => match r {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
@@ -118,11 +121,14 @@ pub async fn serve(
                             }
                         },
                     };
-                    serve_connection(gw, stream, peer, "https", shutdown).await;
+                    serve_connection(gw, stream, peer, "https", stop).await;
                 }));
             }
         }
     }
+    // In this order: a connection woken by the token finds the flag set.
+    gw.set_draining();
+    connections.cancel();
 }
 
 /// Serve HTTP/1.1 or HTTP/2 (by the client's preface) on one accepted connection until

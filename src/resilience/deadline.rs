@@ -21,9 +21,11 @@ use tokio::time::{Instant, Sleep};
 ///
 /// Every poll of a `Sleep` files the task's waker with it again (tokio's
 /// `AtomicWaker::register_by_ref`: two atomic read-modify-writes), although the waker
-/// filed by the previous poll stays until the timer fires (moving the timer keeps it).
-/// So once polled, the timer is only looked at (`is_elapsed`, a load) until it has
-/// fired. For a timer that one task polls: a waker filed by another would not wake it.
+/// filed by the previous poll stays until the timer fires. So once polled, the timer
+/// is only looked at (`is_elapsed`, a load) until it has fired. Every move of the
+/// timer made here is followed by a poll, so nothing relies on a move keeping the
+/// waker (tokio's default timer keeps it; the `tokio_unstable` one may not). For a
+/// timer that one task polls: a waker filed by another would not wake it.
 pub struct Timer<'a> {
     sleep: Pin<&'a mut Sleep>,
     /// Polled (so this task's waker is filed) since it last fired.

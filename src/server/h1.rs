@@ -100,10 +100,10 @@ struct Limits {
 ///
 /// The token's own checks take its lock (its `is_cancelled`, and every poll of its
 /// `cancelled` future, which also re-files the waker under the waiters' lock): 6
-/// atomic read-modify-writes per request. `run` cancels the connections' token only
-/// after it has set the gateway's `draining` flag, so a load of the flag answers, and
-/// `cancelled` is polled once, to file this task's waker; the cancellation wakes the
-/// task, which then sees the flag.
+/// atomic read-modify-writes per request. `server::serve` cancels the connections'
+/// token only after it has set the gateway's `draining` flag, so a load of the flag
+/// answers, and `cancelled` is polled once, to file this task's waker; the
+/// cancellation wakes the task, which then sees the flag.
 fn stopping(
     gw: &Gateway,
     cancelled: Pin<&mut WaitForCancellationFuture<'_>>,

@@ -720,3 +720,42 @@ async fn a_half_sent_http2_preface_over_tls_is_cut_off_by_the_header_read_timeou
     assert_eq!(served.alpn.as_deref(), Some(&b"h2"[..]));
     assert_eq!(served.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_sigterm_an_idle_https_keep_alive_connection_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (up, _arrived) = Upstream::slow(Duration::ZERO, "done").await;
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path(), "a", &make_cert(&["a.test"]));
+    // Neither timeout can close the idle connection within `SOON`: only the shutdown.
+    let tls = "[server]\nheader_read_timeout = \"120s\"\ndrain_timeout = \"120s\"\n\n\
+               [[tls.certificates]]\ncert = \"a.crt\"\nkey = \"a.key\"\n";
+    let mut gw = start_tls(dir.path(), tls, &up);
+    let https = gw.https.expect("https listener");
+    let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
+    let name = ServerName::try_from("a.test").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(tls_client_config(&[b"http/1.1"]))
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    while !String::from_utf8_lossy(&answer).ends_with("done") {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(SOON, s.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(n > 0, "closed before the answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    gw.signal("TERM");
+    let mut rest = Vec::new();
+    // Closed by the gateway (close_notify, an end of stream, or a reset).
+    let closed = tokio::time::timeout(SOON, s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the idle connection stayed open");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert_eq!(gw.wait_exit(SOON).code(), Some(0));
+}
