@@ -1,4 +1,4 @@
-//! A TCP stream whose writes make the `sendto` system call directly.
+//! A TCP stream whose writes make the `sendto` / `sendmsg` system calls directly.
 //!
 //! tokio's `TcpStream` writes through the standard library, which calls glibc's
 //! `send`. In a process with more than one thread (the gateway always has its
@@ -16,12 +16,12 @@
 //! Reads stay tokio's: reading into a buffer's uninitialised spare capacity without
 //! `unsafe` is not possible, and the crate has none.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::ops::Deref;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use rustix::net::SendFlags;
+use rustix::net::{SendAncillaryBuffer, SendFlags};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -40,15 +40,47 @@ impl Deref for Tcp {
 /// with `MSG_NOSIGNAL` (a peer that has gone is an `EPIPE` error, not a signal), as
 /// the standard library's `send` does.
 pub fn poll_send(io: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-    if buf.is_empty() {
+    poll_sent(io, cx, buf.len(), || {
+        rustix::net::send(io, buf, SendFlags::NOSIGNAL)
+    })
+}
+
+/// [`poll_send`] for several buffers in one `sendmsg` (as `writev`): hyper's and
+/// rustls's writes, and `server::h1`'s head and body together.
+pub fn poll_send_vectored(
+    io: &TcpStream,
+    cx: &mut Context<'_>,
+    bufs: &[IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    // At most IOV_MAX (1024 on Linux) buffers, as the standard library's `writev`.
+    let bufs = &bufs[..bufs.len().min(1024)];
+    let len = bufs.iter().map(|b| b.len()).sum();
+    poll_sent(io, cx, len, || {
+        rustix::net::sendmsg(
+            io,
+            bufs,
+            &mut SendAncillaryBuffer::default(),
+            SendFlags::NOSIGNAL,
+        )
+    })
+}
+
+/// Readiness around one send of `len` bytes made by `send`.
+fn poll_sent(
+    io: &TcpStream,
+    cx: &mut Context<'_>,
+    len: usize,
+    mut send: impl FnMut() -> rustix::io::Result<usize>,
+) -> Poll<io::Result<usize>> {
+    if len == 0 {
         return Poll::Ready(Ok(0));
     }
     loop {
         ready!(io.poll_write_ready(cx))?;
         let mut short = None;
         let sent = io.try_io(Interest::WRITABLE, || {
-            let n = rustix::net::send(io, buf, SendFlags::NOSIGNAL)?;
-            if n < buf.len() {
+            let n = send()?;
+            if n < len {
                 // Reported as `WouldBlock`, which makes tokio forget the readiness;
                 // the count is taken from `short`.
                 short = Some(n);
@@ -90,13 +122,13 @@ impl AsyncWrite for Tcp {
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
+        bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+        poll_send_vectored(&self.0, cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -142,6 +174,34 @@ mod tests {
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "the bytes differ");
         let _tx = writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn vectored_writes_reach_the_peer_in_order_past_a_full_socket_buffer() {
+        let (mut tx, mut rx) = pair().await;
+        // 3,000 pieces of 1 to 5,000 bytes (more than IOV_MAX of them), about 7.5 MB.
+        let pieces: Vec<Vec<u8>> = (0..3000u32)
+            .map(|i| vec![(i % 251) as u8; 1 + (i as usize * 7919) % 5000])
+            .collect();
+        let expected: Vec<u8> = pieces.concat();
+        let writer = tokio::spawn(async move {
+            let mut slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+            let mut rest = &mut slices[..];
+            while !rest.is_empty() {
+                let n = tx.write_vectored(rest).await.unwrap();
+                assert!(n > 0, "a vectored write took nothing");
+                IoSlice::advance_slices(&mut rest, n);
+            }
+            tx.shutdown().await.unwrap();
+        });
+        let mut got = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(60), rx.read_to_end(&mut got))
+            .await
+            .expect("the transfer ended in time")
+            .unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "the bytes differ");
+        writer.await.unwrap();
     }
 
     #[tokio::test]
