@@ -95,20 +95,6 @@ fn answers(mut raw: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Read from `s` until what came ends with `end` (an answer's body), within `SOON`.
-async fn read_until(s: &mut tokio::net::TcpStream, end: &str) {
-    let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).ends_with(end) {
-        let mut buf = [0u8; 1024];
-        let n = tokio::time::timeout(SOON, s.read(&mut buf))
-            .await
-            .expect("answer in time")
-            .expect("read");
-        assert!(n > 0, "closed before the answer");
-        seen.extend_from_slice(&buf[..n]);
-    }
-}
-
 /// Read `s` to its end, within `SOON`: one answer with `body`, marked as the last.
 async fn last_answer(s: &mut tokio::net::TcpStream, body: &str) {
     let mut answer = Vec::new();

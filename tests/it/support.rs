@@ -513,3 +513,19 @@ pub fn free_port() -> u16 {
         .expect("local addr")
         .port()
 }
+
+/// Read `s` until what it sent ends with `end`, each read within `SOON`; fails if the
+/// stream ends first.
+pub async fn read_until<S: tokio::io::AsyncRead + Unpin>(s: &mut S, end: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).ends_with(end) {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(SOON, s.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(n > 0, "closed before the answer");
+        seen.extend_from_slice(&buf[..n]);
+    }
+}

@@ -741,16 +741,7 @@ async fn at_sigterm_an_idle_https_keep_alive_connection_is_closed() {
     s.write_all(b"GET /first HTTP/1.1\r\nHost: a.test\r\n\r\n")
         .await
         .unwrap();
-    let mut answer = Vec::new();
-    while !String::from_utf8_lossy(&answer).ends_with("done") {
-        let mut buf = [0u8; 1024];
-        let n = tokio::time::timeout(SOON, s.read(&mut buf))
-            .await
-            .expect("answer in time")
-            .expect("read");
-        assert!(n > 0, "closed before the answer");
-        answer.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut s, "done").await;
     gw.signal("TERM");
     let mut rest = Vec::new();
     // Closed by the gateway (close_notify, an end of stream, or a reset).
