@@ -153,6 +153,18 @@ mod tests {
         (Tcp(a.unwrap()), b.unwrap().0)
     }
 
+    /// Read `rx` to its end and compare. Bounded: a writer that repeats bytes would
+    /// keep the reader going for long.
+    async fn receives_exactly(rx: &mut TcpStream, expected: &[u8]) {
+        let mut got = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(60), rx.read_to_end(&mut got))
+            .await
+            .expect("the transfer ended in time")
+            .unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "the bytes differ");
+    }
+
     #[tokio::test]
     async fn writes_reach_the_peer_in_order_past_a_full_socket_buffer() {
         let (mut tx, mut rx) = pair().await;
@@ -165,14 +177,7 @@ mod tests {
             tx.shutdown().await.unwrap();
             tx
         });
-        let mut got = Vec::new();
-        // Bounded: a writer that repeats bytes would keep the reader going for long.
-        tokio::time::timeout(std::time::Duration::from_secs(60), rx.read_to_end(&mut got))
-            .await
-            .expect("the transfer ended in time")
-            .unwrap();
-        assert_eq!(got.len(), expected.len());
-        assert!(got == expected, "the bytes differ");
+        receives_exactly(&mut rx, &expected).await;
         let _tx = writer.await.unwrap();
     }
 
@@ -194,13 +199,7 @@ mod tests {
             }
             tx.shutdown().await.unwrap();
         });
-        let mut got = Vec::new();
-        tokio::time::timeout(std::time::Duration::from_secs(60), rx.read_to_end(&mut got))
-            .await
-            .expect("the transfer ended in time")
-            .unwrap();
-        assert_eq!(got.len(), expected.len());
-        assert!(got == expected, "the bytes differ");
+        receives_exactly(&mut rx, &expected).await;
         writer.await.unwrap();
     }
 
