@@ -85,24 +85,22 @@ impl Conn {
     /// its last answer. An upstream that closed it (EOF) or sent stray bytes makes it
     /// unusable. Costs a system call only when the socket became readable.
     pub fn is_usable(&self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        // Outside the task's cooperative budget: a spent budget would answer "not
-        // readable" whatever the socket's state.
-        let ready = std::pin::pin!(tokio::task::unconstrained(std::future::poll_fn(|cx| {
-            Poll::Ready(self.io.poll_read_ready(cx))
-        })));
-        let Poll::Ready(polled) = std::future::Future::poll(ready, &mut cx) else {
+        // Whether tokio has seen the socket readable (or its read side closed) since
+        // the readiness was last cleared: `try_io` calls the closure only then, and
+        // looking costs a load. (`poll_read_ready` files a waker when the socket is
+        // not readable, under the readiness waiters' lock: two atomic read-modify-
+        // writes per checkout.)
+        let mut readable = false;
+        let _ = self.io.try_io(tokio::io::Interest::READABLE, || {
+            readable = true;
+            Ok(())
+        });
+        if !readable {
             return true;
-        };
-        match polled {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            // Readiness can be left over from the last read of the answer; look.
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
         }
+        // Readiness can be left over from the last read of the answer; look.
+        let mut probe = [0u8; 1];
+        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
@@ -1116,6 +1114,29 @@ mod tests {
             fields(b"HTTP/1.1 200 OK\r\nconnection: x-a, keep-alive\r\nx-a: 1\r\ncontent-length: 0\r\n\r\n"),
             ["connection", "content-length", "x-a"]
         );
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_usable_until_the_upstream_closes_it_or_talks() {
+        async fn pair() -> (RawConn, tokio::net::TcpStream) {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let (a, b) = tokio::join!(TcpStream::connect(addr), l.accept());
+            (Conn::new(a.unwrap()), b.unwrap().0)
+        }
+        // Quiet: usable.
+        let (conn, _peer) = pair().await;
+        assert!(conn.is_usable());
+        // Closed by the upstream, once tokio has seen it: not usable.
+        let (conn, peer) = pair().await;
+        drop(peer);
+        conn.io.readable().await.unwrap();
+        assert!(!conn.is_usable());
+        // Stray bytes: not usable.
+        let (conn, mut peer) = pair().await;
+        peer.write_all(b"x").await.unwrap();
+        conn.io.readable().await.unwrap();
+        assert!(!conn.is_usable());
     }
 
     #[test]
