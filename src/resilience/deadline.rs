@@ -90,6 +90,7 @@ impl<'a> Timer<'a> {
     }
 
     /// The deadline the timer holds now.
+    #[cfg(test)]
     pub fn deadline(&self) -> Instant {
         self.sleep.deadline()
     }

@@ -442,8 +442,9 @@ fn parse_head(buf: &mut BytesMut, head_req: bool) -> io::Result<Parsed> {
             check_value(raw)?;
             te = true;
             // Only the last coding says whether the body is chunked (of a value in
-            // visible ASCII, as `HeaderValue::to_str` takes it).
-            chunked = raw.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+            // visible ASCII, as `HeaderValue::to_str` takes it: past `check_value`,
+            // that is an ASCII one).
+            chunked = raw.is_ascii()
                 && raw
                     .rsplit(|&b| b == b',')
                     .next()
