@@ -3,7 +3,8 @@
 tables + JSON.
 
   report.py record RUNS.jsonl TOOL_OUTPUT key=value...   append one run (output parsed;
-                                                          tool=wrk|h2load|download|upload)
+                                                          tool=wrk|h2load|openloop|
+                                                          download|upload)
   report.py summary RUNS.jsonl META.json OUT.json         print the tables, write OUT.json
 """
 import json
@@ -12,7 +13,7 @@ import statistics
 import sys
 
 UNITS_US = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
-REQUEST_KINDS = ("wrk", "h2load")   # many requests: req/s, latency, CPU per request
+REQUEST_KINDS = ("wrk", "h2load", "openloop")   # many requests: req/s, latency, CPU per request
 STREAM_KINDS = ("download", "upload")  # one 1 GiB transfer: MiB/s, CPU, RSS before/after
 MIB = 1024.0 * 1024.0
 
@@ -115,6 +116,32 @@ def parse_h2load(out, log_path):
     return r
 
 
+def parse_openloop(out):
+    """examples/openloop.rs's E2E-OPENLOOP line. Its latencies run from each request's
+    due time (coordinated omission corrected); service_* from when it was written."""
+    r = {"requests": None, "openloop_seconds": None, "rps": None, "lat_us": {},
+         "service_lat_us": {}, "socket_errors": {"failed": 0}, "non_2xx_3xx": 0,
+         "latency_source": "openloop, from each request's due time at a fixed rate (nearest rank)"}
+    m = re.search(r"^E2E-OPENLOOP (.*)$", out, re.M)
+    if not m:
+        r["socket_errors"]["failed"] = 1  # no summary: the run failed
+        return r
+    kv = dict(x.split("=", 1) for x in m.group(1).split())
+    r["requests"] = int(kv["requests"])
+    r["openloop_seconds"] = float(kv["seconds"])
+    r["rps"] = r["requests"] / r["openloop_seconds"] if r["openloop_seconds"] else None
+    r["target_rate"] = int(kv["rate"])
+    r["socket_errors"]["failed"] = int(kv["errors"])
+    r["non_2xx_3xx"] = int(kv["non_2xx_3xx"])
+    for k, v in kv.items():
+        name = k.replace(".", "_")
+        if name.startswith("service_"):
+            r["service_lat_us"][name[len("service_"):]] = float(v)
+        elif name[0] == "p" or name in ("mean", "max"):
+            r["lat_us"][name] = float(v)
+    return r
+
+
 def parse_curl(out, kind, expected, rc):
     """run.sh's curl -w line: E2E-CURL code=... down=... up=... time=..."""
     r = {"http_code": None, "bytes": None, "transfer_seconds": None, "throughput_mib_s": None,
@@ -153,6 +180,8 @@ def record(runs_path, out_path, kvs):
         run.update(parse_wrk(out))
     elif kind == "h2load":
         run.update(parse_h2load(out, h2load_log))
+    elif kind == "openloop":
+        run.update(parse_openloop(out))
     else:
         run.update(parse_curl(out, kind, run["expected_bytes"], run["tool_rc"]))
     ticks = run["cpu_ticks"] / run["clk_tck"]
@@ -266,6 +295,8 @@ def label(sc):
         return "%s c=%dx%d" % (sc["name"], sc["connections"], sc["streams_per_connection"])
     if sc.get("kind") in STREAM_KINDS:
         return sc["name"]
+    if sc.get("kind") == "openloop":
+        return "%s c=%d" % (sc["name"], sc["connections"])
     if sc["name"] == "c%d" % sc["connections"]:
         return sc["name"]
     return "%s c=%d" % (sc["name"], sc["connections"])
@@ -364,6 +395,11 @@ def summary(runs_path, meta_path, out_path):
         print("1 GiB transfers, one per run (RSS in MiB: VmRSS before and after the transfer, "
               "peak = VmHWM of the process):")
         print(render(table))
+    if any(r["kind"] == "openloop" for r in rows):
+        print()
+        print("rateNk: a fixed arrival rate (examples/openloop.rs); latency runs from each "
+              "request's due time, so a stall counts for every request due during it. req/s is "
+              "the rate achieved; a proxy that keeps up shows the target rate.")
     if any(r["kind"] == "h2load" for r in rows):
         print()
         print("h2: h2load prints only min/max/mean/sd of the request time; p50/p99/p99.9 "

@@ -10,13 +10,16 @@
 # Env: DURATION (s per run, default 10), ROUNDS (default 2),
 #      SCENARIOS (default "c256 c64 c1"; see scenario() below: cN = small GET keep-alive
 #        at N connections, body64k, upload1m, newconn, routes1k, routes10k, reload10k,
-#        policies; h2 = small GET over cleartext HTTP/2, 4 connections x 100 streams
+#        policies; rateNk = small GET keep-alive at 64 connections at a fixed N,000 req/s,
+#        open loop (examples/openloop.rs: latency from each request's due time, so a
+#        stall is charged to every request due during it); h2 = small GET over cleartext HTTP/2, 4 connections x 100 streams
 #        (h2load); h2up = c64 with HTTP/2 towards the upstream (h2c; HAProxy proto h2;
 #        nginx cannot, its row is HTTP/1.1); stream1g = one 1 GiB response,
 #        stream1g-up = one 1 GiB upload (curl)),
 #      PROXIES (default "nginx haproxy switchyard"), WARMUP (s, default 1),
 #      CARGO_TARGET_DIR (default $HOME/.cache/switchyard-target),
-#      SWITCHYARD_BIN (use this binary instead of building), KEEP_WORK=1 (keep temp dir).
+#      SWITCHYARD_BIN (use this binary instead of building), OPENLOOP_BIN (the same for
+#        the rateNk load generator), KEEP_WORK=1 (keep temp dir).
 # See README.md beside this file.
 set -euo pipefail
 
@@ -38,8 +41,8 @@ die() { log "ERROR: $*"; exit 1; }
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, got '$ROUNDS'"
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a non-negative integer (seconds), got '$WARMUP'"
 TOKEN= # set by make_token (token.sh) before the runs; scenario() only reads it
-# scenario NAME -> KIND (wrk | h2load | download | upload: the load tool and what is
-# measured), CONNS, STREAMS (h2load: concurrent streams per connection), REQ_PATH,
+# scenario NAME -> KIND (wrk | h2load | openloop | download | upload: the load tool and
+# what is measured), CONNS, RATE (openloop: requests per second), STREAMS (h2load: concurrent streams per connection), REQ_PATH,
 # WRK_SCRIPT (wrk -s; every script prints p50/p99/p99.9 via latency.lua), WRK_ARGS
 # (array), ROUTES (extra routes in the table), H2UP (HTTP/2 to the upstream where the
 # proxy can), H2 (the proxy listens for cleartext
@@ -47,7 +50,7 @@ TOKEN= # set by make_token (token.sh) before the runs; scenario() only reads it
 # 32 MiB body limit), DESC (one line for the report).
 scenario() {
     KIND=wrk; WRK_SCRIPT=$HERE/latency.lua; WRK_ARGS=(); ROUTES=0; REQ_PATH=/; RELOAD=0
-    POLICIES=0; STREAMS=1; H2=0; BIG_BODY=0; H2UP=0
+    POLICIES=0; STREAMS=1; H2=0; BIG_BODY=0; H2UP=0; RATE=0
     case $1 in
     c[1-9]*) CONNS=${1#c}; DESC="GET 13 B, keep-alive, $CONNS connections" ;;
     body64k) CONNS=64; REQ_PATH=/64k; DESC="GET 64 KiB response, keep-alive, 64 connections" ;;
@@ -63,6 +66,10 @@ scenario() {
               DESC="GET 13 B, 64 connections; switchyard with JWT auth (RS256) + sticky canary + rate limit + metrics; nginx/HAProxy plain" ;;
     reload10k) CONNS=64; ROUTES=10000; REQ_PATH=/svc-5000/item; RELOAD=1
                DESC="routes10k with a config reload every second (nginx -s reload / SIGHUP)" ;;
+    rate[1-9]*k)
+        [[ $1 =~ ^rate([1-9][0-9]*)k$ ]] || return 1
+        KIND=openloop; CONNS=64; RATE=$((BASH_REMATCH[1] * 1000))
+        DESC="GET 13 B, keep-alive, 64 connections, a fixed $RATE req/s (open loop, examples/openloop.rs: latency from each request's due time)" ;;
     h2up) CONNS=64; H2UP=1
           DESC="GET 13 B, keep-alive, 64 connections; HTTP/2 (h2c) to the upstream for switchyard and HAProxy, HTTP/1.1 for nginx (it has no HTTP/2 upstreams)" ;;
     h2) KIND=h2load; CONNS=4; STREAMS=100; H2=1
@@ -76,7 +83,7 @@ scenario() {
 }
 for sc in $SCENARIOS; do
     [[ $sc =~ ^c[1-9][0-9]*$ ]] || scenario "$sc" \
-        || die "unknown scenario '$sc' (cN: small GET keep-alive at N connections, body64k, upload1m, newconn, routes1k, routes10k, reload10k, policies, h2, h2up, stream1g, stream1g-up)"
+        || die "unknown scenario '$sc' (cN: small GET keep-alive at N connections, rateNk: the same at 64 connections and a fixed N,000 req/s, body64k, upload1m, newconn, routes1k, routes10k, reload10k, policies, h2, h2up, stream1g, stream1g-up)"
 done
 for p in $PROXIES; do
     case $p in nginx|haproxy|switchyard) ;; *) die "unknown proxy '$p' (nginx, haproxy, switchyard)";; esac
@@ -113,6 +120,21 @@ else
     SY_BIN=$CARGO_TARGET_DIR/release/switchyard
 fi
 [[ -x $SY_BIN ]] || die "switchyard binary not found at $SY_BIN"
+OL_BIN=
+for sc in $SCENARIOS; do
+    scenario "$sc"
+    [[ $KIND == openloop ]] || continue
+    if [[ -n ${OPENLOOP_BIN:-} ]]; then
+        OL_BIN=$OPENLOOP_BIN
+    else
+        command -v cargo >/dev/null 2>&1 || die "cargo not found: rateNk needs examples/openloop.rs built, or OPENLOOP_BIN set"
+        log "building the open-loop load generator (cargo build --release --example openloop)"
+        (cd "$ROOT" && cargo build --release --example openloop) >&2
+        OL_BIN=$CARGO_TARGET_DIR/release/examples/openloop
+    fi
+    [[ -x $OL_BIN ]] || die "openloop binary not found at $OL_BIN"
+    break
+done
 
 # ---------------------------------------------------------------- process bookkeeping
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/switchyard-e2e.XXXXXX")
@@ -362,8 +384,8 @@ reloader() {
 # ---------------------------------------------------------------- 5. runs
 SCEN_JSON=$(for sc in $SCENARIOS; do
     scenario "$sc"
-    python3 -c 'import json,sys; print(json.dumps({"name": sys.argv[1], "kind": sys.argv[2], "connections": int(sys.argv[3]), "streams_per_connection": int(sys.argv[4]), "path": sys.argv[5], "description": sys.argv[6]}))' \
-        "$sc" "$KIND" "$CONNS" "$STREAMS" "$REQ_PATH" "$DESC"
+    python3 -c 'import json,sys; print(json.dumps({"name": sys.argv[1], "kind": sys.argv[2], "connections": int(sys.argv[3]), "streams_per_connection": int(sys.argv[4]), "path": sys.argv[5], "description": sys.argv[6], "rate": int(sys.argv[7])}))' \
+        "$sc" "$KIND" "$CONNS" "$STREAMS" "$REQ_PATH" "$DESC" "$RATE"
 done | paste -sd, -)
 PROX_JSON=$(for p in $PROXIES; do echo "\"$p\""; done | paste -sd, -)
 export LOADAVG_START DURATION ROUNDS WARMUP CLK_TCK BIG_BYTES UPSTREAM_PORT NGINX_PORT HAPROXY_PORT SY_PORT SY_BIN ROOT
@@ -395,7 +417,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
             url="http://127.0.0.1:${PORT[$p]}$REQ_PATH"
             if ((WARMUP > 0)); then
                 case $KIND in
-                wrk) taskset -c 0 wrk -t1 -c"$conns" -d"${WARMUP}s" -s "$WRK_SCRIPT" "${WRK_ARGS[@]}" "$url" >/dev/null ;;
+                wrk | openloop) taskset -c 0 wrk -t1 -c"$conns" -d"${WARMUP}s" -s "$WRK_SCRIPT" "${WRK_ARGS[@]}" "$url" >/dev/null ;;
                 h2load) taskset -c 0 h2load -t1 -c"$conns" -m"$STREAMS" -D"$WARMUP" "$url" >/dev/null ;;
                 esac # download/upload: one transfer, no warm-up (its RSS before is after start-up)
             fi
@@ -410,6 +432,11 @@ for ((round = 1; round <= ROUNDS; round++)); do
             wrk)
                 taskset -c 0 wrk -t1 -c"$conns" -d"${DURATION}s" --latency -s "$WRK_SCRIPT" "${WRK_ARGS[@]}" "$url" >"$out" 2>&1 \
                     || { cat "$out" >&2; die "wrk failed"; }
+                ;;
+            openloop)
+                # One thread on cpu0 like wrk; WRK_ARGS holds only -H pairs, which it takes too.
+                taskset -c 0 "$OL_BIN" --url "$url" --rate "$RATE" --connections "$conns" --seconds "$DURATION" "${WRK_ARGS[@]}" >"$out" 2>&1 \
+                    || { cat "$out" >&2; die "openloop failed"; }
                 ;;
             h2load)
                 # h2load itself prints only min/max/mean/sd of the request time; its
@@ -472,9 +499,9 @@ meta = {
     "warmup_seconds": int(e["WARMUP"]), "clk_tck": int(e["CLK_TCK"]),
     "scenarios": json.loads("[" + e["SCEN_JSON"] + "]"),
     "proxies": json.loads("[" + e["PROX_JSON"] + "]"),
-    "request": "HTTP/1.1 from wrk (h2: cleartext HTTP/2 with prior knowledge from h2load; stream1g*: curl); the upstream (HTTP/1.1 keep-alive) answers 'hello world!\\n' (13 bytes) on /, 64 KiB on /64k, a sparse 1 GiB file on /1g, and reads and discards bodies on /upload and /upload1g",
+    "request": "HTTP/1.1 from wrk (rateNk: from examples/openloop.rs at a fixed rate; h2: cleartext HTTP/2 with prior knowledge from h2load; stream1g*: curl); the upstream (HTTP/1.1 keep-alive) answers 'hello world!\\n' (13 bytes) on /, 64 KiB on /64k, a sparse 1 GiB file on /1g, and reads and discards bodies on /upload and /upload1g",
     "big_file_bytes": int(e["BIG_BYTES"]),
-    "layout": {"cpu0": "load tool (wrk -t1 / h2load -t1 / curl) + upstream nginx (1 worker)", "cpu1": "proxy under test (taskset -c 1)",
+    "layout": {"cpu0": "load tool (wrk -t1 / openloop / h2load -t1 / curl) + upstream nginx (1 worker)", "cpu1": "proxy under test (taskset -c 1)",
                "switchyard_env": "TOKIO_WORKER_THREADS=1", "nginx": "1 worker, upstream keepalive 256",
                "haproxy": "nbthread 1, http-reuse always"},
     "ports": {"upstream": int(e["UPSTREAM_PORT"]), "nginx": int(e["NGINX_PORT"]),
