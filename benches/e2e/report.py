@@ -118,9 +118,11 @@ def parse_h2load(out, log_path):
 
 def parse_openloop(out):
     """examples/openloop.rs's E2E-OPENLOOP line. Its latencies run from each request's
-    due time (coordinated omission corrected); service_* from when it was written."""
+    due time (coordinated omission corrected); service_* from when its write returned.
+    errors = requests due that got no answer; connection_errors = failed connects,
+    writes and bad answers. Without any answer the line has no latency keys."""
     r = {"requests": None, "openloop_seconds": None, "rps": None, "lat_us": {},
-         "service_lat_us": {}, "socket_errors": {"failed": 0}, "non_2xx_3xx": 0,
+         "service_lat_us": {}, "socket_errors": {"failed": 0, "connection": 0}, "non_2xx_3xx": 0,
          "latency_source": "openloop, from each request's due time at a fixed rate (nearest rank)"}
     m = re.search(r"^E2E-OPENLOOP (.*)$", out, re.M)
     if not m:
@@ -132,12 +134,13 @@ def parse_openloop(out):
     r["rps"] = r["requests"] / r["openloop_seconds"] if r["openloop_seconds"] else None
     r["target_rate"] = int(kv["rate"])
     r["socket_errors"]["failed"] = int(kv["errors"])
+    r["socket_errors"]["connection"] = int(kv.get("connection_errors", 0))
     r["non_2xx_3xx"] = int(kv["non_2xx_3xx"])
     for k, v in kv.items():
         name = k.replace(".", "_")
         if name.startswith("service_"):
             r["service_lat_us"][name[len("service_"):]] = float(v)
-        elif name[0] == "p" or name in ("mean", "max"):
+        elif re.fullmatch(r"p[0-9_]+", name) or name in ("mean", "max"):
             r["lat_us"][name] = float(v)
     return r
 
@@ -409,7 +412,8 @@ def summary(runs_path, meta_path, out_path):
         print()
         print("Runs with errors (the load tool's own lines):")
         prefixes = {"wrk": ("Socket errors", "Non-2xx"),
-                    "h2load": ("requests:", "status codes:")}
+                    "h2load": ("requests:", "status codes:"),
+                    "openloop": ("E2E-OPENLOOP", "openloop:")}
         for r in errs:
             print("  round %s %s %s:" % (r["round"], r["scenario"], r["proxy"]))
             for l in r["tool_output"].splitlines():

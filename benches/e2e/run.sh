@@ -67,7 +67,7 @@ scenario() {
     reload10k) CONNS=64; ROUTES=10000; REQ_PATH=/svc-5000/item; RELOAD=1
                DESC="routes10k with a config reload every second (nginx -s reload / SIGHUP)" ;;
     rate[1-9]*k)
-        [[ $1 =~ ^rate([1-9][0-9]*)k$ ]] || return 1
+        [[ $1 =~ ^rate([1-9][0-9]{0,2})k$ ]] || return 1 # up to 999,000 req/s
         KIND=openloop; CONNS=64; RATE=$((BASH_REMATCH[1] * 1000))
         DESC="GET 13 B, keep-alive, 64 connections, a fixed $RATE req/s (open loop, examples/openloop.rs: latency from each request's due time)" ;;
     h2up) CONNS=64; H2UP=1
