@@ -12,8 +12,8 @@
 #        at N connections, body64k, upload1m, newconn, routes1k, routes10k, reload10k,
 #        policies; rateNk = small GET keep-alive at 64 connections at a fixed N,000 req/s,
 #        open loop (examples/openloop.rs: latency from each request's due time, so a
-#        stall is charged to every request due during it); h2 = small GET over cleartext HTTP/2, 4 connections x 100 streams
-#        (h2load); h2up = c64 with HTTP/2 towards the upstream (h2c; HAProxy proto h2;
+#        stall is charged to every request due during it); h2 = small GET over
+#        cleartext HTTP/2, 4 connections x 100 streams (h2load); h2up = c64 with HTTP/2 towards the upstream (h2c; HAProxy proto h2;
 #        nginx cannot, its row is HTTP/1.1); stream1g = one 1 GiB response,
 #        stream1g-up = one 1 GiB upload (curl)),
 #      PROXIES (default "nginx haproxy switchyard"), WARMUP (s, default 1),
@@ -42,8 +42,8 @@ die() { log "ERROR: $*"; exit 1; }
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a non-negative integer (seconds), got '$WARMUP'"
 TOKEN= # set by make_token (token.sh) before the runs; scenario() only reads it
 # scenario NAME -> KIND (wrk | h2load | openloop | download | upload: the load tool and
-# what is measured), CONNS, RATE (openloop: requests per second), STREAMS (h2load: concurrent streams per connection), REQ_PATH,
-# WRK_SCRIPT (wrk -s; every script prints p50/p99/p99.9 via latency.lua), WRK_ARGS
+# what is measured), CONNS, RATE (openloop: requests per second), STREAMS (h2load:
+# concurrent streams per connection), REQ_PATH, WRK_SCRIPT (wrk -s; every script prints p50/p99/p99.9 via latency.lua), WRK_ARGS
 # (array), ROUTES (extra routes in the table), H2UP (HTTP/2 to the upstream where the
 # proxy can), H2 (the proxy listens for cleartext
 # HTTP/2 with prior knowledge), BIG_BODY (switchyard: a route for /upload1g without the
