@@ -43,11 +43,11 @@ die() { log "ERROR: $*"; exit 1; }
 TOKEN= # set by make_token (token.sh) before the runs; scenario() only reads it
 # scenario NAME -> KIND (wrk | h2load | openloop | download | upload: the load tool and
 # what is measured), CONNS, RATE (openloop: requests per second), STREAMS (h2load:
-# concurrent streams per connection), REQ_PATH, WRK_SCRIPT (wrk -s; every script prints p50/p99/p99.9 via latency.lua), WRK_ARGS
-# (array), ROUTES (extra routes in the table), H2UP (HTTP/2 to the upstream where the
-# proxy can), H2 (the proxy listens for cleartext
-# HTTP/2 with prior knowledge), BIG_BODY (switchyard: a route for /upload1g without the
-# 32 MiB body limit), DESC (one line for the report).
+# concurrent streams per connection), REQ_PATH, WRK_SCRIPT (wrk -s; every script prints
+# p50/p99/p99.9 via latency.lua), WRK_ARGS (array; for openloop only -H pairs), ROUTES
+# (extra routes in the table), H2UP (HTTP/2 to the upstream where the proxy can), H2
+# (the proxy listens for cleartext HTTP/2 with prior knowledge), BIG_BODY (switchyard: a
+# route for /upload1g without the 32 MiB body limit), DESC (one line for the report).
 scenario() {
     KIND=wrk; WRK_SCRIPT=$HERE/latency.lua; WRK_ARGS=(); ROUTES=0; REQ_PATH=/; RELOAD=0
     POLICIES=0; STREAMS=1; H2=0; BIG_BODY=0; H2UP=0; RATE=0
