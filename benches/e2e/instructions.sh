@@ -19,6 +19,11 @@
 #      H2 (1: cleartext HTTP/2 with prior knowledge from h2load, CONNS connections x
 #      STREAMS concurrent streams, as the e2e "h2" scenario (CONNS then defaults to 4,
 #      STREAMS to 100); the upstream stays HTTP/1.1),
+#      RATE (requests per second: the load comes at this fixed rate from
+#      examples/openloop.rs instead of wrk's closed loop; below capacity the runtime
+#      wakes for about every request, so per-wake-up costs are counted as a gateway
+#      pays them at moderate load; keep it low, the proxy runs ~50x slower under
+#      valgrind: e.g. RATE=300), OPENLOOP_BIN (else cargo build --release --example openloop),
 #      SWITCHYARD_BIN (else cargo build --profile profiling),
 #      CARGO_TARGET_DIR (default $HOME/.cache/switchyard-target),
 #      CACHE (1: callgrind also simulates the caches, with this CPU's L2 (size, ways,
@@ -64,6 +69,10 @@ die() { log "ERROR: $*"; exit 1; }
 [[ $CACHE == 0 || $CACHE == 1 ]] || die "CACHE must be 0 or 1"
 [[ $STREAMS =~ ^[1-9][0-9]*$ ]] || die "STREAMS must be a positive integer"
 [[ $H2 == 0 || $NEWCONN == 0 ]] || die "H2=1 and NEWCONN=1 cannot be combined"
+RATE=${RATE:-}
+[[ -z $RATE || $RATE =~ ^[1-9][0-9]*$ ]] || die "RATE must be a positive integer (requests per second)"
+[[ -z $RATE || ($H2 == 0 && $NEWCONN == 0) ]] || die "RATE is for keep-alive HTTP/1.1 (not with H2=1 or NEWCONN=1)"
+if [[ -n $RATE ]]; then LOAD="$LOAD, a fixed $RATE req/s (open loop)"; fi
 # Counts per instruction address too: atomics.py counts the atomic read-modify-writes.
 declare -a CG_OPTS=(--tool=callgrind --dump-instr=yes)
 if [[ $CACHE == 1 ]]; then
@@ -112,6 +121,17 @@ else
     SY_BIN=$CARGO_TARGET_DIR/profiling/switchyard
 fi
 [[ -x $SY_BIN ]] || die "no switchyard binary at $SY_BIN"
+OL_BIN=
+if [[ -n $RATE ]]; then
+    if [[ -n ${OPENLOOP_BIN:-} ]]; then
+        OL_BIN=$OPENLOOP_BIN
+    else
+        log "building the open-loop load generator (cargo build --release --example openloop)"
+        (cd "$ROOT" && cargo build --release --example openloop) >&2
+        OL_BIN=$CARGO_TARGET_DIR/release/examples/openloop
+    fi
+    [[ -x $OL_BIN ]] || die "no openloop binary at $OL_BIN"
+fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/switchyard-instr.XXXXXX")
 chmod 755 "$WORK"
@@ -169,7 +189,9 @@ wait_ready() { # wait_ready PORT PID LOG
 # h2load -D ends with up to CONNS x STREAMS requests in flight: their work is counted
 # but they are not, so H2=1 reads a little high (a few % at 5 s under valgrind).
 load() {
-    if [[ $H2 == 1 ]]; then
+    if [[ -n $RATE ]]; then
+        "$OL_BIN" --url "$2" --rate "$RATE" --connections "$CONNS" --seconds "$1" "${WRK_ARGS[@]}"
+    elif [[ $H2 == 1 ]]; then
         h2load -t1 -c"$CONNS" -m"$STREAMS" -D"$1" "${WRK_ARGS[@]}" "$2"
     else
         wrk -t1 -c"$CONNS" -d"$1s" "${WRK_ARGS[@]}" "$2"
@@ -184,8 +206,10 @@ measure() {
     callgrind_control -z "$pid" >/dev/null
     load "$SECONDS_RUN" "http://127.0.0.1:$port$REQ_PATH" >"$WORK/load-$name.out"
     callgrind_control -d "$pid" >/dev/null
-    # wrk: "N requests in ..."; h2load: "requests: N total, N started, N done, N succeeded"
-    n=$(awk '/requests in/{print $1} /^requests: /{print $8}' "$WORK/load-$name.out")
+    # wrk: "N requests in ..."; h2load: "requests: N total, N started, N done, N succeeded";
+    # openloop: "E2E-OPENLOOP requests=N ..."
+    n=$(awk '/requests in/{print $1} /^requests: /{print $8}
+             /^E2E-OPENLOOP /{sub("requests=", "", $2); print $2}' "$WORK/load-$name.out")
     f=$(ls "$WORK/cg-$name.out".* | head -n 1)
     # Ir, then with CACHE=1: Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw
     ir=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/{
