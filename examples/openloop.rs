@@ -108,8 +108,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     if rate == 0 || connections == 0 || seconds == 0 {
         return Err("--rate, --connections and --seconds must be above 0".into());
     }
-    if rate > 1_000_000 || seconds > 86_400 {
-        return Err("--rate is at most 1000000 and --seconds at most 86400".into());
+    if rate > 1_000_000 || seconds > 86_400 || connections > 65_536 {
+        return Err("--rate is at most 1000000, --seconds 86400 and --connections 65536".into());
     }
     let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n{headers}\r\n");
     Ok(Args {
@@ -306,16 +306,12 @@ impl Generator {
             self.tally.connection_errors += 1;
             return; // the slot stays empty: fewer connections from here on
         };
-        if epoll::add(
-            &self.epoll,
-            c.stream.as_fd(),
-            epoll::EventData::new_u64(i as u64),
-            epoll::EventFlags::IN,
-        )
-        .is_ok()
-        {
+        let data = epoll::EventData::new_u64(i as u64);
+        if epoll::add(&self.epoll, c.stream.as_fd(), data, epoll::EventFlags::IN).is_ok() {
             self.conns[i] = Some(c);
             self.idle.push_back(i);
+        } else {
+            self.tally.connection_errors += 1;
         }
     }
 
@@ -424,11 +420,14 @@ impl Generator {
                 break;
             }
             events.clear();
-            epoll::wait(
+            match epoll::wait(
                 &self.epoll,
                 rustix::buffer::spare_capacity(&mut events),
                 None,
-            )?;
+            ) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
             for ev in events.iter() {
                 let (data, flags) = (ev.data.u64(), ev.flags);
                 if data == TIMER {
@@ -687,6 +686,7 @@ mod tests {
             "--url http://127.0.0.1:1/ --rate 5 -H nocolon",
             "--url http://127.0.0.1:1/ --rate 1000001",
             "--url http://127.0.0.1:1/ --rate 5 --seconds 86401",
+            "--url http://127.0.0.1:1/ --rate 5 --connections 65537",
             "--url http://127.0.0.1:1/ --rate",
         ] {
             assert!(args(bad).is_err(), "{bad}");
