@@ -370,6 +370,16 @@ impl Generator {
         }
     }
 
+    /// Requests sent and not answered yet.
+    fn in_flight(&self) -> u64 {
+        let busy = self
+            .conns
+            .iter()
+            .flatten()
+            .filter(|c| c.in_flight.is_some());
+        busy.count() as u64
+    }
+
     fn run(&mut self) -> io::Result<(u64, u64)> {
         // parse_args bounds rate and seconds: no overflow here.
         let total = self.args.rate * self.args.seconds;
@@ -400,23 +410,12 @@ impl Generator {
                     self.fail(i, e); // the request in flight on it failed
                 }
             }
-            let in_flight = self
-                .conns
-                .iter()
-                .flatten()
-                .filter(|c| c.in_flight.is_some());
-            if next == total && in_flight.count() == 0 {
+            if next == total && self.in_flight() == 0 {
                 break;
             }
             if now >= end || self.conns.iter().all(Option::is_none) {
                 // What did not come back in time failed, like what was never sent.
-                let lost = self
-                    .conns
-                    .iter()
-                    .flatten()
-                    .filter(|c| c.in_flight.is_some())
-                    .count();
-                self.tally.failed += lost as u64 + (total - next);
+                self.tally.failed += self.in_flight() + (total - next);
                 break;
             }
             events.clear();
