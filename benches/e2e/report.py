@@ -164,6 +164,23 @@ def parse_curl(out, kind, expected, rc):
     return r
 
 
+def parse_syscalls(path):
+    """perf stat -x, output: {system call name (or "all"): count}."""
+    counts = {}
+    with open(path) as f:
+        for line in f:
+            cols = line.strip().split(",")
+            if len(cols) < 3 or line.startswith("#"):
+                continue
+            event = cols[2]
+            name = "all" if event == "raw_syscalls:sys_enter" else event.rsplit("sys_enter_", 1)[-1]
+            try:
+                counts[name] = int(cols[0])
+            except ValueError:  # "<not counted>", "<not supported>"
+                counts[name] = None
+    return counts
+
+
 def conv(v):
     for t in (int, float):
         try:
@@ -179,6 +196,7 @@ def record(runs_path, out_path, kvs):
     run = {k: conv(v) for k, v in (kv.split("=", 1) for kv in kvs)}
     kind = run["tool"]
     h2load_log = run.pop("h2load_log", None)
+    syscalls_file = run.pop("syscalls_file", "")
     if kind == "wrk":
         run.update(parse_wrk(out))
     elif kind == "h2load":
@@ -207,6 +225,15 @@ def record(runs_path, out_path, kvs):
         # for every proxy; what is left to compare is the proxies' own code.
         segs = run.get("tcp_out_segs")
         run["tcp_segs_per_req"] = segs / run["requests"] if segs is not None and run["requests"] else None
+        # SYSCALLS=1: the proxy's system calls during the run (perf tracepoints), per
+        # request, in all and by name.
+        if syscalls_file:
+            counts = parse_syscalls(syscalls_file)
+            run["syscalls"] = counts
+            if run["requests"] and counts.get("all") is not None:
+                run["syscalls_per_req"] = counts["all"] / run["requests"]
+                run["syscalls_per_req_by_name"] = {
+                    k: v / run["requests"] for k, v in counts.items() if k != "all" and v}
     run["tool_output"] = out
     with open(runs_path, "a") as f:
         f.write(json.dumps(run) + "\n")
@@ -267,6 +294,7 @@ REQUEST_METRICS = (
     ("user_us_per_req", lambda r: user_us(r)),
     ("peak_rss_mib", lambda r: r["peak_rss_mib"]),
     ("tcp_segs_per_req", lambda r: r.get("tcp_segs_per_req")),
+    ("syscalls_per_req", lambda r: r.get("syscalls_per_req")),
 )
 STREAM_METRICS = (
     ("throughput_mib_s", lambda r: r["throughput_mib_s"]),
@@ -350,6 +378,11 @@ def summary(runs_path, meta_path, out_path):
             row["non_2xx_3xx_total"] = sum(r["non_2xx_3xx"] for r in rs)
             row["socket_errors_total"] = {k: sum(r["socket_errors"].get(k, 0) for r in rs)
                                           for k in keys}
+            if any("syscalls_per_req_by_name" in r for r in rs):
+                names = sorted({k for r in rs for k in r.get("syscalls_per_req_by_name", {})})
+                row["syscalls_per_req_by_name"] = {
+                    k: med([r.get("syscalls_per_req_by_name", {}).get(k, 0.0) for r in rs])
+                    for k in names}
             rows.append(row)
 
     req_rows = [r for r in rows if r["kind"] in REQUEST_KINDS]
@@ -357,17 +390,21 @@ def summary(runs_path, meta_path, out_path):
     print("Medians over %d round(s), %ss per request run; ratios are to nginx in the same round."
           % (meta["rounds"], meta["duration_seconds"]))
     print("Load average at start: %s" % meta["loadavg_start"])
+    syscalls = any(r.get("syscalls_per_req") is not None for r in req_rows)
     if req_rows:
         table = [("scenario", "proxy", "req/s", "p50", "p99", "p99.9", "CPU µs/req",
-                  "user+kernel", "TCP segs/req", "CPU%", "peak RSS MiB", "errors")]
+                  "user+kernel", "TCP segs/req") + (("syscalls/req",) if syscalls else ())
+                 + ("CPU%", "peak RSS MiB", "errors")]
         for row in req_rows:
             table.append((
                 row["label"], row["proxy"], fmt(row["rps"], "%.0f"), fmt_us(row["p50_us"]),
                 fmt_us(row["p99_us"]), fmt_us(row["p99_9_us"]),
                 fmt(row["cpu_us_per_req"], "%.1f"),
                 "%s+%s" % (fmt(row["user_us_per_req"], "%.1f"), fmt(row["sys_us_per_req"], "%.1f")),
-                fmt(row["tcp_segs_per_req"], "%.2f"), fmt(row["cpu_pct"], "%.0f"), fmt(row["peak_rss_mib"], "%.1f"),
-                str(row["errors_total"])))
+                fmt(row["tcp_segs_per_req"], "%.2f"))
+                + ((fmt(row["syscalls_per_req"], "%.2f"),) if syscalls else ())
+                + (fmt(row["cpu_pct"], "%.0f"), fmt(row["peak_rss_mib"], "%.1f"),
+                   str(row["errors_total"])))
         print()
         print(render(table))
         table = [("scenario", "proxy", "req/s", "p50", "p99", "p99.9", "CPU/req", "user CPU",
@@ -398,6 +435,16 @@ def summary(runs_path, meta_path, out_path):
         print("1 GiB transfers, one per run (RSS in MiB: VmRSS before and after the transfer, "
               "peak = VmHWM of the process):")
         print(render(table))
+    if syscalls:
+        print()
+        print("System calls per request by the proxy (SYSCALLS=1, perf tracepoints, all its "
+              "threads; medians over rounds; by name those above 0.01):")
+        for row in req_rows:
+            by_name = row.get("syscalls_per_req_by_name") or {}
+            parts = ["%s %.2f" % (k, v) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])
+                     if v >= 0.01]
+            print("  %-16s %-11s %s  (%s)" % (row["label"], row["proxy"],
+                                             fmt(row["syscalls_per_req"], "%.2f"), ", ".join(parts)))
     if any(r["kind"] == "openloop" for r in rows):
         print()
         print("rateNk: a fixed arrival rate (examples/openloop.rs); latency runs from each "

@@ -19,7 +19,9 @@
 #      PROXIES (default "nginx haproxy switchyard"), WARMUP (s, default 1),
 #      CARGO_TARGET_DIR (default $HOME/.cache/switchyard-target),
 #      SWITCHYARD_BIN (use this binary instead of building), OPENLOOP_BIN (the same for
-#        the rateNk load generator), KEEP_WORK=1 (keep temp dir).
+#        the rateNk load generator), KEEP_WORK=1 (keep temp dir),
+#      SYSCALLS=1 (also count the proxy's system calls during each request run with
+#        perf's syscall tracepoints: a syscalls/req column; needs perf and root).
 # See README.md beside this file.
 set -euo pipefail
 
@@ -30,6 +32,7 @@ ROUNDS=${ROUNDS:-2}
 SCENARIOS=${SCENARIOS:-"c256 c64 c1"}
 PROXIES=${PROXIES:-"nginx haproxy switchyard"}
 WARMUP=${WARMUP:-1}
+SYSCALLS=${SYSCALLS:-0}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/switchyard-target}
 RESULTS_DIR=$HERE/results
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin:$HOME/.cargo/bin"
@@ -40,6 +43,7 @@ die() { log "ERROR: $*"; exit 1; }
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a positive integer (seconds), got '$DURATION'"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, got '$ROUNDS'"
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a non-negative integer (seconds), got '$WARMUP'"
+[[ $SYSCALLS == 0 || $SYSCALLS == 1 ]] || die "SYSCALLS must be 0 or 1, got '$SYSCALLS'"
 TOKEN= # set by make_token (token.sh) before the runs; scenario() only reads it
 # scenario NAME -> KIND (wrk | h2load | openloop | download | upload: the load tool and
 # what is measured), CONNS, RATE (openloop: requests per second), STREAMS (h2load:
@@ -107,6 +111,21 @@ fi
 (($(getconf _NPROCESSORS_ONLN) >= 2)) || die "needs at least 2 CPUs (cpu0: load + upstream, cpu1: proxy)"
 taskset -c 0 true && taskset -c 1 true || die "cannot pin to cpu0 and cpu1 (taskset failed)"
 CLK_TCK=$(getconf CLK_TCK)
+# SYSCALLS=1: the system calls counted, by name (those this kernel has a tracepoint for;
+# arm64, for one, has no epoll_wait), beside raw_syscalls:sys_enter, which counts all.
+SYSCALL_EVENTS=
+if ((SYSCALLS)); then
+    command -v perf >/dev/null 2>&1 || die "SYSCALLS=1 needs perf (Debian: linux-perf)"
+    perf stat -x, -e raw_syscalls:sys_enter -o /dev/null -- true 2>/dev/null \
+        || die "SYSCALLS=1: perf cannot count syscall tracepoints here (run as root; tracefs mounted?)"
+    SYSCALL_EVENTS=raw_syscalls:sys_enter
+    for name in epoll_wait epoll_pwait recvfrom read readv recvmsg sendto sendmsg write writev \
+        accept4 close shutdown getsockopt setsockopt epoll_ctl; do
+        if perf stat -x, -e "syscalls:sys_enter_$name" -o /dev/null -- true 2>/dev/null; then
+            SYSCALL_EVENTS+=",syscalls:sys_enter_$name"
+        fi
+    done
+fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true # each proxy needs ~2 fds per connection
 
 # ---------------------------------------------------------------- 2. build
@@ -257,6 +276,45 @@ tcp_out_segs() {
          $1 == "Tcp:" && h { print $col["OutSegs"]; exit }' /proc/net/snmp
 }
 peak_rss_kib() { status_kib VmHWM "$@"; } # peak RSS since the process started
+
+# SYSCALLS=1: perf stat attached to the proxy's processes (all their threads) with its
+# events disabled, enabled right before the load starts and disabled right after it
+# ends, each step acknowledged by perf on a FIFO, so the counts cover the run and
+# nothing else (no warm-up, no start-up, no sleep to wait for perf to attach). The
+# tracepoints cost each system call a little, the same for every proxy.
+SYSCALLS_PID=
+SYSCALLS_OUT=
+syscalls_start() { # syscalls_start PID...
+    local pids
+    pids=$(IFS=,; echo "$*")
+    SYSCALLS_OUT=$WORK/syscalls.csv
+    rm -f "$SYSCALLS_OUT" "$WORK/perf.ctl" "$WORK/perf.ack"
+    mkfifo "$WORK/perf.ctl" "$WORK/perf.ack"
+    perf stat -x, -D -1 --control "fifo:$WORK/perf.ctl,$WORK/perf.ack" -e "$SYSCALL_EVENTS" \
+        -p "$pids" -o "$SYSCALLS_OUT" 2>"$WORK/perf.err" &
+    SYSCALLS_PID=$!
+    STARTED+=("$SYSCALLS_PID")
+    # Opening the FIFOs waits for perf to open its ends.
+    exec {SYSCALLS_CTL}>"$WORK/perf.ctl" {SYSCALLS_ACK}<"$WORK/perf.ack"
+    syscalls_ctl enable
+}
+syscalls_ctl() { # syscalls_ctl enable|disable: send, wait for perf's "ack"
+    local ack=
+    echo "$1" >&"$SYSCALLS_CTL"
+    read -r -t 10 ack <&"$SYSCALLS_ACK" || true
+    [[ $ack == ack ]] || die "perf stat did not acknowledge '$1' ($(cat "$WORK/perf.err" 2>/dev/null))"
+}
+syscalls_stop() {
+    [[ -n $SYSCALLS_PID ]] || { SYSCALLS_OUT=; return 0; }
+    syscalls_ctl disable
+    exec {SYSCALLS_CTL}>&- {SYSCALLS_ACK}<&-
+    kill -INT "$SYSCALLS_PID" 2>/dev/null || true
+    wait "$SYSCALLS_PID" 2>/dev/null || true
+    local keep=() p
+    for p in "${STARTED[@]}"; do [[ $p == "$SYSCALLS_PID" ]] || keep+=("$p"); done
+    STARTED=("${keep[@]}")
+    SYSCALLS_PID=
+}
 rss_kib() { status_kib VmRSS "$@"; }      # RSS now
 
 # Five free loopback ports: upstream, one per proxy, and the upstream's HTTP/2 listener.
@@ -423,6 +481,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
             fi
             mapfile -t pids < <(proxy_pids "$PROXY_PID")
             rss0=$(rss_kib "${pids[@]}")
+            if ((SYSCALLS)) && [[ $KIND != download && $KIND != upload ]]; then syscalls_start "${pids[@]}"; fi
             read -r t0 s0 <<<"$(cpu_ticks "${pids[@]}")"; w0=$(date +%s.%N); g0=$(tcp_out_segs)
             RELOADER=
             if ((RELOAD)); then reloader "$p" "$PROXY_PID" & RELOADER=$!; fi
@@ -461,6 +520,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
             # exited workers' CPU is in the master's count of reaped children (cpu_ticks).
             if ((RELOAD)); then mapfile -t pids < <(proxy_pids "$PROXY_PID"); fi
             read -r t1 s1 <<<"$(cpu_ticks "${pids[@]}")"; w1=$(date +%s.%N); g1=$(tcp_out_segs)
+            syscalls_stop
             rss1=$(rss_kib "${pids[@]}")
             rss=$(peak_rss_kib "${pids[@]}")
             alive "$PROXY_PID" || die "$p exited during the run"
@@ -469,7 +529,8 @@ for ((round = 1; round <= ROUNDS; round++)); do
                 streams="$STREAMS" cpu_ticks=$((t1 - t0)) sys_ticks=$((s1 - s0)) clk_tck="$CLK_TCK" \
                 wall_seconds="$(python3 -c "print($w1 - $w0)")" vmhwm_kib="$rss" \
                 vmrss_before_kib="$rss0" vmrss_after_kib="$rss1" nprocs="${#pids[@]}" \
-                tcp_out_segs=$((g1 - g0)) tool_rc="$tool_rc" expected_bytes="$BIG_BYTES" h2load_log="$WORK/h2load.log"
+                tcp_out_segs=$((g1 - g0)) tool_rc="$tool_rc" expected_bytes="$BIG_BYTES" h2load_log="$WORK/h2load.log" \
+                syscalls_file="$SYSCALLS_OUT"
             # shellcheck disable=SC2046
             stop_pid "$PROXY_PID" $(printf '%s\n' "${pids[@]:1}")
             if [[ -s $PROXY_LOG ]]; then cp "$PROXY_LOG" "$RESULTS_DIR/logs/r${round}-${sc}-${p}.log"; fi
