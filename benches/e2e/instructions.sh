@@ -12,7 +12,8 @@
 # dumped; instructions / requests is the figure.
 #
 # Env: CONNS (default 16), SECONDS_RUN (default 8), PROXIES (default "nginx switchyard"),
-#      REQ_PATH (default /), NEWCONN (1: a new TCP connection per request, as the
+#      REQ_PATH (default /), WRK_SCRIPT (a wrk -s script, e.g. post1k.lua with
+#      REQ_PATH=/upload for the e2e "post1k" scenario's 1 KiB POSTs), NEWCONN (1: a new TCP connection per request, as the
 #      e2e "newconn" scenario; default 0, keep-alive), POLICIES (1: switchyard with the
 #      e2e "policies" scenario's JWT auth + canary + rate limit, the token sent by
 #      every request; nginx stays plain, so the ratio is what the policies cost),
@@ -48,6 +49,7 @@ PROXIES=${PROXIES:-"nginx switchyard"}
 REQ_PATH=${REQ_PATH:-/}
 NEWCONN=${NEWCONN:-0}
 POLICIES=${POLICIES:-0}
+WRK_SCRIPT=${WRK_SCRIPT:-}
 CACHE=${CACHE:-0}
 declare -a WRK_ARGS=()
 LOAD=keep-alive
@@ -73,6 +75,12 @@ RATE=${RATE:-}
 [[ -z $RATE || $RATE =~ ^[1-9][0-9]*$ ]] || die "RATE must be a positive integer (requests per second)"
 [[ -z $RATE || ($H2 == 0 && $NEWCONN == 0) ]] || die "RATE is for keep-alive HTTP/1.1 (not with H2=1 or NEWCONN=1)"
 if [[ -n $RATE ]]; then LOAD="$LOAD, a fixed $RATE req/s (open loop)"; fi
+if [[ -n $WRK_SCRIPT ]]; then
+    [[ -z $RATE && $H2 == 0 ]] || die "WRK_SCRIPT is for wrk (not with RATE or H2=1)"
+    [[ -r $WRK_SCRIPT ]] || die "WRK_SCRIPT: cannot read '$WRK_SCRIPT'"
+    WRK_SCRIPT=$(cd "$(dirname "$WRK_SCRIPT")" && pwd)/$(basename "$WRK_SCRIPT")
+    LOAD="$LOAD, wrk -s $(basename "$WRK_SCRIPT")"
+fi
 # Counts per instruction address too: atomics.py counts the atomic read-modify-writes.
 declare -a CG_OPTS=(--tool=callgrind --dump-instr=yes)
 if [[ $CACHE == 1 ]]; then
@@ -166,6 +174,7 @@ if [[ $POLICIES == 1 ]]; then
     LOAD="$LOAD, policies on (switchyard)"
 fi
 head -c 65536 /dev/zero | tr '\0' 'x' >"$WORK/upstream/64k.bin"
+printf 'ok\n' >"$WORK/upstream/ok.txt" # /upload's answer, once the body is read
 render "$HERE/upstream-nginx.conf.in" "$WORK/upstream/nginx.conf" ""
 nginx -e "$WORK/upstream/error.log" -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" \
     >/dev/null 2>&1 &
@@ -194,7 +203,7 @@ load() {
     elif [[ $H2 == 1 ]]; then
         h2load -t1 -c"$CONNS" -m"$STREAMS" -D"$1" "${WRK_ARGS[@]}" "$2"
     else
-        wrk -t1 -c"$CONNS" -d"$1s" "${WRK_ARGS[@]}" "$2"
+        wrk -t1 -c"$CONNS" -d"$1s" ${WRK_SCRIPT:+-s "$WRK_SCRIPT"} "${WRK_ARGS[@]}" "$2"
     fi
 }
 
@@ -253,11 +262,11 @@ for p in $PROXIES; do
     wait "$pid" 2>/dev/null || true
 done
 
-python3 - "$WORK/results" "$CONNS" "$SECONDS_RUN" "$REQ_PATH" \
+python3 - "$WORK/results" "$CONNS" "$SECONDS_RUN" "$([[ -n $WRK_SCRIPT ]] || printf 'GET ')$REQ_PATH" \
     "$LOAD" <<'PY'
 import sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-print(f"user-space instructions per request (callgrind), GET {sys.argv[4]}, {sys.argv[5]}, "
+print(f"user-space instructions per request (callgrind), {sys.argv[4]}, {sys.argv[5]}, "
       f"{sys.argv[2]} connections, {sys.argv[3]} s")
 base = {r[0]: int(r[3]) / int(r[1]) for r in rows}.get("nginx")
 cache = all(len(r) == 7 for r in rows)

@@ -9,7 +9,7 @@
 #
 # Env: DURATION (s per run, default 10), ROUNDS (default 2),
 #      SCENARIOS (default "c256 c64 c1"; see scenario() below: cN = small GET keep-alive
-#        at N connections, body64k, upload1m, newconn, routes1k, routes10k, reload10k,
+#        at N connections, body64k, upload1m, post1k, newconn, routes1k, routes10k, reload10k,
 #        policies; rateNk = small GET keep-alive at 64 connections at a fixed N,000 req/s,
 #        open loop (examples/openloop.rs: latency from each request's due time, so a
 #        stall is charged to every request due during it); h2 = small GET over
@@ -60,6 +60,8 @@ scenario() {
     body64k) CONNS=64; REQ_PATH=/64k; DESC="GET 64 KiB response, keep-alive, 64 connections" ;;
     upload1m) CONNS=16; REQ_PATH=/upload; WRK_SCRIPT=$HERE/upload1m.lua
               DESC="POST 1 MiB body, keep-alive, 16 connections" ;;
+    post1k) CONNS=64; REQ_PATH=/upload; WRK_SCRIPT=$HERE/post1k.lua
+            DESC="POST 1 KiB JSON body, keep-alive, 64 connections" ;;
     newconn) CONNS=64; WRK_ARGS=(-H "Connection: close")
              DESC="GET 13 B, new TCP connection per request, 64 connections" ;;
     routes1k) CONNS=64; ROUTES=1000; REQ_PATH=/svc-0500/item
@@ -87,7 +89,7 @@ scenario() {
 }
 for sc in $SCENARIOS; do
     [[ $sc =~ ^c[1-9][0-9]*$ ]] || scenario "$sc" \
-        || die "unknown scenario '$sc' (cN: small GET keep-alive at N connections, rateNk: the same at 64 connections and a fixed N,000 req/s, body64k, upload1m, newconn, routes1k, routes10k, reload10k, policies, h2, h2up, stream1g, stream1g-up)"
+        || die "unknown scenario '$sc' (cN: small GET keep-alive at N connections, rateNk: the same at 64 connections and a fixed N,000 req/s, body64k, upload1m, post1k, newconn, routes1k, routes10k, reload10k, policies, h2, h2up, stream1g, stream1g-up)"
 done
 for p in $PROXIES; do
     case $p in nginx|haproxy|switchyard) ;; *) die "unknown proxy '$p' (nginx, haproxy, switchyard)";; esac
