@@ -72,10 +72,12 @@ impl BodyLimits {
 /// The client's request body as the HTTP server hands it over.
 #[derive(Debug)]
 pub enum ClientBody {
-    /// A request the gateway's own HTTP/1.1 reader took (`server::h1`): a `GET` with no
-    /// `Content-Length` or `Transfer-Encoding`, so no body.
+    /// No body: a request the gateway's own HTTP/1.1 reader took (`server::h1`) with
+    /// no `Content-Length` (or a zero one) and no `Transfer-Encoding`.
     Empty,
-    /// hyper's body: every other request (HTTP/2, bodies, upgrades, …).
+    /// A small `Content-Length` body that `server::h1` read whole with its head.
+    Full(Bytes),
+    /// hyper's body: every other request (HTTP/2, larger or chunked bodies, upgrades, …).
     Hyper(Incoming),
 }
 
@@ -89,6 +91,13 @@ pub enum UpstreamBody {
     Stream(Incoming, Box<BodyLimits>, Option<Arc<AtomicU64>>),
     /// A buffered body (small bodies, so that a retry can send them again).
     Full(Option<Bytes>),
+    /// A body already in memory (`ClientBody::Full`) that the retry policy would not
+    /// have buffered: treated as a streamed body is, never retried by the policy,
+    /// mirrored or sent to a fallback, so that the policy means the same whichever
+    /// HTTP/1.1 reader took the request. Like any request, it is still sent again on a
+    /// new connection in the upstream keep-alive race (README, Proxying: when none of
+    /// it was written, or its method is safe and no answer had begun).
+    Once(Option<Bytes>),
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -104,7 +113,7 @@ impl UpstreamBody {
         match self {
             UpstreamBody::Empty => Some(UpstreamBody::Empty),
             UpstreamBody::Full(b) => Some(UpstreamBody::Full(b.clone())),
-            UpstreamBody::Stream(..) => None,
+            UpstreamBody::Stream(..) | UpstreamBody::Once(_) => None,
         }
     }
 }
@@ -119,7 +128,9 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let (inner, limits, counter) = match self.get_mut() {
             UpstreamBody::Stream(inner, limits, counter) => (inner, limits, counter),
-            UpstreamBody::Full(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            UpstreamBody::Full(b) | UpstreamBody::Once(b) => {
+                return Poll::Ready(b.take().map(|b| Ok(Frame::data(b))));
+            }
             UpstreamBody::Empty => return Poll::Ready(None),
         };
         match Pin::new(inner).poll_frame(cx) {
@@ -158,7 +169,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Empty => true,
             UpstreamBody::Stream(inner, ..) => inner.is_end_stream(),
-            UpstreamBody::Full(b) => b.is_none(),
+            UpstreamBody::Full(b) | UpstreamBody::Once(b) => b.is_none(),
         }
     }
 
@@ -166,7 +177,9 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
             UpstreamBody::Stream(inner, ..) => inner.size_hint(),
-            UpstreamBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            UpstreamBody::Full(b) | UpstreamBody::Once(b) => {
+                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }

@@ -722,8 +722,21 @@ async fn upstream_body(
     if declared.is_some_and(|n| n > max_body) {
         return Err(ProxyError::PayloadTooLarge);
     }
+    let retry = &snap.config.defaults.retry;
+    let buffered = retry.attempts > 1 && declared.is_some_and(|n| n <= retry.buffer_body);
     let body = match body {
         ClientBody::Hyper(b) if !b.is_end_stream() => b,
+        // Read whole with its head, its length the declared one (checked above).
+        ClientBody::Full(b) if !b.is_empty() => {
+            if let Some(r) = ctx.record.as_mut() {
+                r.bytes_in = Some(Arc::new(AtomicU64::new(b.len() as u64)));
+            }
+            return Ok(if buffered {
+                UpstreamBody::Full(Some(b))
+            } else {
+                UpstreamBody::Once(Some(b))
+            });
+        }
         _ => return Ok(UpstreamBody::Empty),
     };
     let counter = ctx.record.as_mut().map(|r| {
@@ -733,8 +746,7 @@ async fn upstream_body(
     });
     let limits = BodyLimits::new(max_body, server.body_read_timeout);
     let stream = UpstreamBody::Stream(body, Box::new(limits), counter);
-    let retry = &snap.config.defaults.retry;
-    if retry.attempts > 1 && declared.is_some_and(|n| n <= retry.buffer_body) {
+    if buffered {
         buffer(stream).await
     } else {
         Ok(stream)
@@ -990,7 +1002,7 @@ async fn forward(
     // Only a body that can be sent again may be retried.
     let attempts = match body {
         UpstreamBody::Empty | UpstreamBody::Full(_) => policy.attempts,
-        UpstreamBody::Stream(..) => 1,
+        UpstreamBody::Stream(..) | UpstreamBody::Once(_) => 1,
     };
     let resend = match &body {
         UpstreamBody::Full(Some(b)) => Some(b.clone()),

@@ -1,6 +1,7 @@
-//! The gateway's own reader and writer for the common HTTP/1.1 request: a `GET` in
-//! origin form with no body, on a keep-alive connection. Everything else is handed to
-//! hyper, with the bytes read so far, for the rest of the connection.
+//! The gateway's own reader and writer for the common HTTP/1.1 requests: a `GET` in
+//! origin form with no body, or a `POST`, `PUT`, … with a small `Content-Length` body,
+//! on a keep-alive connection. Everything else is handed to hyper, with the bytes read
+//! so far, for the rest of the connection.
 //!
 //! Why: hyper's HTTP/1 server is about 8,300 of the 27,000 user-space instructions a
 //! proxied small `GET` costs (`PROXIES=switchyard benches/e2e/instructions.sh`,
@@ -15,14 +16,24 @@
 //! (including every 400, 414 or 431 it gives for a bad head):
 //! - `httparse` parses it completely, within `max_header_bytes` and
 //!   `min(max_headers, 64)` fields;
-//! - the method is `GET`, the version HTTP/1.1, the target starts with `/`;
-//! - no `Content-Length`, `Transfer-Encoding`, `Expect`, `Upgrade` or `TE` field, and
-//!   `Connection` names nothing but `keep-alive` and `close`;
+//! - the method is `GET`, `POST`, `PUT`, `PATCH`, `DELETE` or `OPTIONS` (not `HEAD`,
+//!   whose answer has a length and no body), the version HTTP/1.1, the target starts
+//!   with `/`;
+//! - no `Transfer-Encoding`, `Expect`, `Upgrade` or `TE` field, and `Connection` names
+//!   nothing but `keep-alive` and `close`;
+//! - at most one `Content-Length`, a plain decimal number of at most `BODY_MAX` (64 KiB)
+//!   bytes, and the whole body has arrived: it is in the buffer with the head, or comes
+//!   in reads that find bytes at once (`read_body`). A body that makes this path wait
+//!   goes to hyper with what was read, and hyper streams it under `body_read_timeout`:
+//!   the header-read timeout here is for heads only;
 //! - the name, value and target pass `http`'s own checks.
 //!
-//! So no request body, no upgrade, no `100-continue` and no trailers (only sent to a
-//! client that asks with `TE: trailers`) are ever handled here; HTTP/2 prefaces fail
-//! the parse and go to hyper's auto builder.
+//! The body, read whole, goes on as `ClientBody::Full`; the proxy sends it once, or
+//! keeps it for a retry exactly when the retry policy would have buffered a streamed
+//! body of that size (`retry.buffer_body`), so the two readers behave alike. No chunked
+//! body, no upgrade, no `100-continue` and no trailers (only sent to a client that asks
+//! with `TE: trailers`) are ever handled here; HTTP/2 prefaces fail the parse and go to
+//! hyper's auto builder.
 //!
 //! One more kind of head is taken, to be refused: framing two parsers could read
 //! differently, `Content-Length` with `Transfer-Encoding`, or more than one
@@ -73,6 +84,11 @@ const READ_SPACE: usize = 4096;
 /// it holds this much); larger ones are written from their own memory. Keeps the
 /// buffer, which lives as long as the connection, small.
 const COPY_MAX: usize = 4096;
+/// The largest `Content-Length` body this path reads (whole, with its head, before the
+/// request is served); a larger one goes to hyper, which streams it. The upstream
+/// client sends bodies up to the same size with the head in one write
+/// (`upstream::h1::MAX_INLINE_BODY`).
+const BODY_MAX: usize = crate::upstream::h1::MAX_INLINE_BODY;
 /// What an HTTP/2 client with prior knowledge sends first (RFC 9113, 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long an orderly close (FIN, TLS close_notify) may take after a last answer.
@@ -179,6 +195,13 @@ where
                     match parse(&mut buf, &limits, &mut spare) {
                         Parsed::Request(req, close) => break (req, close),
                         Parsed::Partial => {}
+                        Parsed::NeedBody(total) => {
+                            if !read_body(io, &mut buf, total).await {
+                                return Outcome::Handoff(buf.freeze());
+                            }
+                            // Parsed again, now with the whole body behind the head.
+                            continue;
+                        }
                         Parsed::NotTaken => return Outcome::Handoff(buf.freeze()),
                         Parsed::Rebuilt(bytes) => return Outcome::Handoff(bytes),
                     }
@@ -300,6 +323,31 @@ fn poll_read<I: AsyncRead + Unpin>(
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
 
+/// Read on until `buf` holds `total` bytes (a head and its `Content-Length` body), as
+/// long as the socket has more at once: `false` when a read would wait, or the client
+/// closed or failed, and the connection then goes to hyper with what was read (which
+/// waits for the rest of the body under its own limits, or answers the early end).
+/// This path never waits for a body: the header-read timeout is for heads, and a slow
+/// body is hyper's to time out (`body_read_timeout`).
+async fn read_body<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut, total: usize) -> bool {
+    while buf.len() < total {
+        buf.reserve(total - buf.len());
+        // One poll of the read: a read that would wait answers `Pending` here (the
+        // socket keeps this task's waker, which hyper's first read replaces). Outside
+        // tokio's cooperative budget, which would otherwise answer `Pending` for a
+        // task that has used it up (many pipelined requests in one poll) and so hand
+        // a connection with the bytes already there to hyper.
+        let read =
+            tokio::task::coop::unconstrained(poll_fn(|cx| Poll::Ready(poll_read(io, cx, buf))))
+                .await;
+        match read {
+            Poll::Ready(Ok(n)) if n > 0 => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
 // Returned by value once per head and matched at once: boxing the request would cost
 // an allocation per request for nothing.
 #[allow(clippy::large_enum_variant)]
@@ -308,6 +356,9 @@ enum Parsed {
     Request(Request<ClientBody>, bool),
     /// Not all of the head yet.
     Partial,
+    /// The whole head, and a `Content-Length` body of at most `BODY_MAX` bytes that has
+    /// not all arrived: head and body are this many bytes.
+    NeedBody(usize),
     /// Not for this path (or not valid): hyper gets the buffer as it is, for the rest
     /// of the connection.
     NotTaken,
@@ -326,7 +377,7 @@ fn parse(buf: &mut BytesMut, limits: &Limits, spare: &mut HeaderMap) -> Parsed {
         return Parsed::Partial;
     }
     let mut fields = [FieldAt::default(); MAX_FIELDS];
-    let (len, method, target, count, close) = {
+    let (len, method, body, target, count, close) = {
         let mut slots =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
         let mut req = httparse::Request::new(&mut []);
@@ -352,33 +403,58 @@ fn parse(buf: &mut BytesMut, limits: &Limits, spare: &mut HeaderMap) -> Parsed {
             f.value = Span::of(buf, h.value);
         }
         let target = Span::of(buf, path.as_bytes());
-        let method = if seen.ambiguous_framing() {
+        let (method, body) = if seen.ambiguous_framing() {
             // Answered 400 `bad_framing` by the proxy's framing check, without reading
             // a body, and the connection closed (DESIGN.md: request smuggling).
             // hyper would read such a body as chunked and drop Content-Length.
             match http::Method::from_bytes(method.as_bytes()) {
-                Ok(m) => Some(m),
+                Ok(m) => (Some(m), 0),
                 Err(_) => return Parsed::NotTaken,
             }
-        } else if method == "GET" && version == 1 && seen.plain && path.starts_with('/') {
-            None
+        } else if version == 1 && seen.plain && path.starts_with('/') {
+            let method = match method {
+                "GET" => None,
+                m => match taken_method(m) {
+                    Some(m) => Some(m),
+                    None => return Parsed::NotTaken,
+                },
+            };
+            let body = match seen.length {
+                None => 0,
+                Some(Some(n)) if n <= BODY_MAX as u64 => n as usize,
+                // Not digits, or larger than this path reads.
+                Some(_) => return Parsed::NotTaken,
+            };
+            if buf.len() - len < body {
+                return Parsed::NeedBody(len + body);
+            }
+            (method, body)
         } else {
             return Parsed::NotTaken;
         };
-        let close = seen.close || method.is_some();
-        (len, method, target, req.headers.len(), close)
+        let close = seen.close || seen.ambiguous_framing();
+        (len, method, body, target, req.headers.len(), close)
     };
     let head = buf.split_to(len).freeze();
-    match build(&head, target, &fields[..count], std::mem::take(spare)) {
-        Some(mut req) => {
-            if let Some(m) = method {
-                *req.method_mut() = m;
-            }
-            Parsed::Request(req, close)
-        }
-        None => {
-            let mut all = BytesMut::with_capacity(head.len() + buf.len());
+    // `split_to` shares the buffer (a reference count) even for nothing: not for `GET`s.
+    let body = if body > 0 {
+        buf.split_to(body).freeze()
+    } else {
+        Bytes::new()
+    };
+    match build(
+        &head,
+        target,
+        &fields[..count],
+        std::mem::take(spare),
+        method,
+        body,
+    ) {
+        Ok(req) => Parsed::Request(req, close),
+        Err(body) => {
+            let mut all = BytesMut::with_capacity(head.len() + body.len() + buf.len());
             all.extend_from_slice(&head);
+            all.extend_from_slice(&body);
             all.extend_from_slice(buf);
             buf.clear();
             Parsed::Rebuilt(all.freeze())
@@ -386,14 +462,32 @@ fn parse(buf: &mut BytesMut, limits: &Limits, spare: &mut HeaderMap) -> Parsed {
     }
 }
 
+/// The methods this path takes besides `GET` (the request's default). Not `HEAD`:
+/// its answer has a length but no body, which the writer here does not frame; not
+/// `CONNECT` (a tunnel) nor methods outside RFC 9110's, which stay hyper's.
+fn taken_method(method: &str) -> Option<http::Method> {
+    Some(match method {
+        "POST" => http::Method::POST,
+        "PUT" => http::Method::PUT,
+        "PATCH" => http::Method::PATCH,
+        "DELETE" => http::Method::DELETE,
+        "OPTIONS" => http::Method::OPTIONS,
+        _ => return None,
+    })
+}
+
 /// What a head's fields say about how it is served.
 struct Seen {
-    /// Nothing that keeps the request from this path's plain `GET`.
+    /// Nothing that keeps the request from this path: no `Transfer-Encoding`,
+    /// `Expect`, `Upgrade` or `TE`, and `Connection` names only `keep-alive`/`close`.
     plain: bool,
     /// The client asked to close after the answer.
     close: bool,
     /// `Content-Length` values (fields, and the values of a comma list).
     lengths: usize,
+    /// The value of the (last) `Content-Length` field, if any: `Some(None)` when it is
+    /// not a plain decimal number. Used only when it is the one length.
+    length: Option<Option<u64>>,
     chunked_or_other: bool,
 }
 
@@ -403,6 +497,7 @@ impl Default for Seen {
             plain: true,
             close: false,
             lengths: 0,
+            length: None,
             chunked_or_other: false,
         }
     }
@@ -417,8 +512,8 @@ impl Seen {
             6 if is("expect") => self.plain = false,
             7 if is("upgrade") => self.plain = false,
             14 if is("content-length") => {
-                self.plain = false;
                 self.lengths += 1 + h.value.iter().filter(|&&b| b == b',').count();
+                self.length = Some(parse_length(h.value));
             }
             17 if is("transfer-encoding") => {
                 self.plain = false;
@@ -445,25 +540,42 @@ impl Seen {
     }
 }
 
-/// The request from a parsed head, its fields in `headers` (empty); `None` where `http`
-/// refuses a name, value or the target that `httparse` let through.
+/// The request from a parsed head, its fields in `headers` (empty), with `method`
+/// (`None`: `GET`) and `body` (empty: none); `Err` with the body where `http` refuses a
+/// name, value or the target that `httparse` let through.
 fn build(
     head: &Bytes,
     target: Span,
     fields: &[FieldAt],
     mut headers: HeaderMap,
-) -> Option<Request<ClientBody>> {
-    let uri = Uri::from_maybe_shared(head.slice(target.range())).ok()?;
+    method: Option<http::Method>,
+    body: Bytes,
+) -> Result<Request<ClientBody>, Bytes> {
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(target.range())) else {
+        return Err(body);
+    };
     headers.reserve(fields.len());
     for f in fields {
-        let name = HeaderName::from_bytes(&head[f.name.range()]).ok()?;
-        let value = HeaderValue::from_maybe_shared(head.slice(f.value.range())).ok()?;
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&head[f.name.range()]),
+            HeaderValue::from_maybe_shared(head.slice(f.value.range())),
+        ) else {
+            return Err(body);
+        };
         headers.append(name, value);
     }
-    let mut req = Request::new(ClientBody::Empty);
+    let body = if body.is_empty() {
+        ClientBody::Empty
+    } else {
+        ClientBody::Full(body)
+    };
+    let mut req = Request::new(body);
+    if let Some(m) = method {
+        *req.method_mut() = m;
+    }
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
-    Some(req)
+    Ok(req)
 }
 
 /// How the answer's body is framed on the wire.
@@ -872,15 +984,30 @@ mod tests {
     #[test]
     fn every_other_head_is_left_to_hyper_untouched() {
         let cases = [
-            "POST / HTTP/1.1\r\n\r\n",
             "HEAD / HTTP/1.1\r\n\r\n",
+            "CONNECT x:443 HTTP/1.1\r\n\r\n",
+            "TRACE / HTTP/1.1\r\n\r\n",
+            "PROPFIND / HTTP/1.1\r\n\r\n",
             "get / HTTP/1.1\r\n\r\n",
+            "POST / HTTP/1.0\r\nContent-Length: 1\r\n\r\nx",
             "GET / HTTP/1.0\r\n\r\n",
             "GET http://x/ HTTP/1.1\r\n\r\n",
             "GET * HTTP/1.1\r\n\r\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-            "GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
             "GET / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nTE: trailers\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\n 6\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nConnection: x-other\r\n\r\nhello",
+            // Not a plain decimal length: hyper answers 400.
+            "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nContent-Length: 0x5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            // Larger than this path reads: hyper streams it.
+            "PUT / HTTP/1.1\r\nContent-Length: 65537\r\n\r\n",
             "GET / HTTP/1.1\r\nTE: trailers\r\n\r\n",
             "GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
             "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
@@ -896,6 +1023,80 @@ mod tests {
             assert!(matches!(parsed, Parsed::NotTaken), "taken: {input:?}");
             assert_eq!(&rest[..], input.as_bytes(), "buffer changed: {input:?}");
         }
+    }
+
+    #[test]
+    fn small_bodies_are_taken_with_their_head_and_what_follows_stays() {
+        let cases = [
+            ("POST", "Content-Length: 5\r\n", "hello"),
+            ("POST", "Content-Length: 005\r\n", "hello"),
+            ("POST", "Content-Length: 5 \r\n", "hello"),
+            ("PUT", "content-length: 5\r\n", "hello"),
+            ("PATCH", "Content-Length: 5\r\n", "hello"),
+            ("DELETE", "Content-Length: 5\r\n", "hello"),
+            ("OPTIONS", "Content-Length: 5\r\n", "hello"),
+            ("GET", "Content-Length: 5\r\n", "hello"),
+            // No body: no length, or a zero one.
+            ("POST", "", ""),
+            ("DELETE", "Content-Length: 0\r\n", ""),
+            ("GET", "Content-Length: 0\r\n", ""),
+        ];
+        for (method, length, body) in cases {
+            let next = "GET /next HTTP/1.1\r\n\r\n";
+            let input = format!("{method} /x HTTP/1.1\r\nHost: x\r\n{length}\r\n{body}{next}");
+            let (Parsed::Request(req, close), rest) = run(&input, &limits()) else {
+                panic!("not taken: {input:?}");
+            };
+            assert!(!close, "{input:?}");
+            assert_eq!(req.method().as_str(), method, "{input:?}");
+            match req.body() {
+                ClientBody::Full(b) => assert_eq!(&b[..], body.as_bytes(), "{input:?}"),
+                ClientBody::Empty => assert_eq!(body, "", "{input:?}"),
+                ClientBody::Hyper(_) => unreachable!(),
+            }
+            assert_eq!(&rest[..], next.as_bytes(), "the next head stays: {input:?}");
+        }
+        // The largest body this path reads.
+        let big = "a".repeat(BODY_MAX);
+        let input = format!("PUT / HTTP/1.1\r\nContent-Length: {BODY_MAX}\r\n\r\n{big}");
+        let (Parsed::Request(req, _), rest) = run(&input, &limits()) else {
+            panic!("not taken");
+        };
+        assert!(matches!(req.body(), ClientBody::Full(b) if b.len() == BODY_MAX));
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn a_body_not_all_there_asks_for_the_rest_and_leaves_the_buffer() {
+        let head = "POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\n";
+        for part in ["", "01234", "012345678"] {
+            let input = format!("{head}{part}");
+            let (parsed, rest) = run(&input, &limits());
+            assert!(
+                matches!(parsed, Parsed::NeedBody(n) if n == head.len() + 10),
+                "{input:?}"
+            );
+            assert_eq!(&rest[..], input.as_bytes(), "buffer changed: {input:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_on_only_while_bytes_are_there() {
+        // Two pieces in the socket: both read. Then nothing more: `false`, with what
+        // was read kept for hyper.
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"0123456789").await.unwrap();
+        let mut buf = BytesMut::from(&b"head"[..]);
+        assert!(read_body(&mut server, &mut buf, 4 + 10).await);
+        assert_eq!(&buf[..], b"head0123456789");
+        client.write_all(b"ab").await.unwrap();
+        let mut buf = BytesMut::new();
+        assert!(!read_body(&mut server, &mut buf, 5).await, "would wait");
+        assert_eq!(&buf[..], b"ab");
+        // The client is gone: `false` too.
+        drop(client);
+        assert!(!read_body(&mut server, &mut buf, 5).await, "end of stream");
+        assert_eq!(&buf[..], b"ab");
     }
 
     #[test]
@@ -971,13 +1172,17 @@ mod tests {
     #[test]
     fn a_target_http_refuses_is_handed_over_whole() {
         // httparse lets `<`, `>` and a backquote through in a target; `http::Uri` does not.
-        let input = "GET /a<b> HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\n\r\n";
-        let (parsed, rest) = run(input, &limits());
-        let Parsed::Rebuilt(bytes) = parsed else {
-            panic!("not rebuilt");
-        };
-        assert_eq!(&bytes[..], input.as_bytes());
-        assert!(rest.is_empty());
+        for input in [
+            "GET /a<b> HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\n\r\n",
+            "POST /a<b> HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /next HTTP/1.1\r\n\r\n",
+        ] {
+            let (parsed, rest) = run(input, &limits());
+            let Parsed::Rebuilt(bytes) = parsed else {
+                panic!("not rebuilt: {input:?}");
+            };
+            assert_eq!(&bytes[..], input.as_bytes());
+            assert!(rest.is_empty());
+        }
     }
 
     async fn written(resp: Response<ResponseBody>, close: bool) -> (String, bool) {

@@ -108,8 +108,8 @@ impl Conn {
 /// small), and it does not ask for an upgrade.
 pub fn eligible(req: &Request<UpstreamBody>) -> bool {
     let body_ok = match req.body() {
-        UpstreamBody::Empty | UpstreamBody::Full(None) => true,
-        UpstreamBody::Full(Some(b)) => b.len() <= MAX_INLINE_BODY,
+        UpstreamBody::Empty | UpstreamBody::Full(None) | UpstreamBody::Once(None) => true,
+        UpstreamBody::Full(Some(b)) | UpstreamBody::Once(Some(b)) => b.len() <= MAX_INLINE_BODY,
         UpstreamBody::Stream(inner, ..) => http_body::Body::is_end_stream(inner),
     };
     body_ok && req.method() != Method::CONNECT && !fields::has(req.headers(), &header::UPGRADE)
@@ -256,7 +256,7 @@ pub async fn exchange(
     checkin: Checkin,
 ) -> Result<Response<RawBody>, ExchangeError> {
     let inline = match req.body() {
-        UpstreamBody::Full(Some(b)) => Some(b),
+        UpstreamBody::Full(Some(b)) | UpstreamBody::Once(Some(b)) => Some(b),
         _ => None,
     };
     encode(req, added, inline, host, &mut conn.out);

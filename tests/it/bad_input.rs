@@ -154,14 +154,15 @@ async fn ambiguous_framing_is_400_and_closes_the_connection() {
     still_serves(&gw).await;
 }
 
-/// After a request hyper serves (a body), hyper reads the rest of the connection. It
-/// reads CL + TE as chunked only, drops Content-Length and closes the connection after
-/// the answer (RFC 9112 §6.3), so bytes hidden behind the chunked body can never become
-/// a second request either.
+/// After a request hyper serves (a chunked body), hyper reads the rest of the
+/// connection. It reads CL + TE as chunked only, drops Content-Length and closes the
+/// connection after the answer (RFC 9112 §6.3), so bytes hidden behind the chunked body
+/// can never become a second request either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_body_content_length_with_chunked_still_cannot_smuggle_a_request() {
     let (up, gw) = setup("").await;
-    let smuggle = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi\
+    let smuggle =
+        b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n\
           POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n\
           0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n";
     let resp = raw(gw.addr, smuggle).await;
