@@ -264,6 +264,11 @@ where
         if out.capacity() > 4 * COPY_MAX {
             out = Vec::with_capacity(512);
         }
+        // A body made the read buffer large: an idle keep-alive connection goes back to
+        // a small one (the large one is freed with the last piece of the request).
+        if buf.is_empty() && buf.capacity() > 4 * READ_SPACE {
+            buf = BytesMut::with_capacity(READ_SPACE);
+        }
     }
 }
 
