@@ -14,7 +14,7 @@
 //! a sticky canary and a rate limit (a key pair made here), and an HTTPS listener (a
 //! self-signed certificate made here). The load, phase by phase, each for `--seconds`:
 //! small GETs over 64 and 256 keep-alive connections, a new connection per request,
-//! 64 KiB answers, 1 MiB uploads, the policies route, HTTP/2 with prior knowledge (4
+//! 64 KiB answers, 1 KiB POSTs, 1 MiB uploads, the policies route, HTTP/2 with prior knowledge (4
 //! connections x 100 streams) and HTTPS keep-alive. The gateway is then stopped with
 //! SIGTERM, so that it exits normally and writes its profile.
 //!
@@ -43,6 +43,9 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 const SMALL: &[u8] = b"Hello, world\n";
 const BIG: usize = 64 * 1024;
 const UPLOAD: usize = 1024 * 1024;
+/// The small POST's body: a typical API call between services, which the gateway's own
+/// HTTP/1.1 path reads with its head.
+const SMALL_POST: usize = 1024;
 /// How long the gateway may take to say "listening", and to exit after SIGTERM.
 const START_STOP: Duration = Duration::from_secs(30);
 
@@ -361,7 +364,8 @@ fn browser_fields(b: http::request::Builder) -> http::request::Builder {
 #[derive(Clone)]
 struct Shot {
     path: &'static str,
-    upload: bool,
+    /// POST this many bytes (0: a GET).
+    upload: usize,
     token: Option<Arc<str>>,
     close: bool,
     expect_len: usize,
@@ -371,7 +375,7 @@ impl Shot {
     fn get(path: &'static str, expect_len: usize) -> Shot {
         Shot {
             path,
-            upload: false,
+            upload: 0,
             token: None,
             close: false,
             expect_len,
@@ -386,13 +390,10 @@ impl Shot {
         upload: &Bytes,
         browser: bool,
     ) -> Result<Request<Full<Bytes>>, Error> {
-        let body = if self.upload {
-            upload.clone()
-        } else {
-            Bytes::new()
-        };
+        // `upload` is the largest body; a smaller one is a slice of it.
+        let body = upload.slice(..self.upload.min(upload.len()));
         let mut b = Request::builder()
-            .method(if self.upload { "POST" } else { "GET" })
+            .method(if self.upload > 0 { "POST" } else { "GET" })
             .uri(format!("http://{authority}{}", self.path))
             .header("host", authority);
         b = if browser {
@@ -433,10 +434,18 @@ async fn load(gw: &Gateway, keys: &Keys, phase: Duration) -> Result<(), Error> {
         ),
         ("GET 64 KiB, 16 connections", 16, Shot::get("/64k", BIG)),
         (
+            "POST 1 KiB, 64 keep-alive connections",
+            64,
+            Shot {
+                upload: SMALL_POST,
+                ..Shot::get("/upload", SMALL_POST.to_string().len())
+            },
+        ),
+        (
             "POST 1 MiB, 4 connections",
             4,
             Shot {
-                upload: true,
+                upload: UPLOAD,
                 ..Shot::get("/upload", upload_len)
             },
         ),
