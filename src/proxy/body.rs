@@ -77,6 +77,10 @@ pub enum ClientBody {
     Empty,
     /// A small `Content-Length` body that `server::h1` read whole with its head.
     Full(Bytes),
+    /// A small `Content-Length` body that stopped coming for `body_read_timeout`
+    /// before it was whole (`server::h1`): answered 408 `body_timeout`, as hyper's
+    /// path answers a stalled body, and the connection closed.
+    Stalled,
     /// hyper's body: every other request (HTTP/2, larger or chunked bodies, upgrades, …).
     Hyper(Incoming),
 }

@@ -726,6 +726,7 @@ async fn upstream_body(
     let buffered = retry.attempts > 1 && declared.is_some_and(|n| n <= retry.buffer_body);
     let body = match body {
         ClientBody::Hyper(b) if !b.is_end_stream() => b,
+        ClientBody::Stalled => return Err(ProxyError::BodyTimeout),
         // Read whole with its head, its length the declared one (checked above).
         ClientBody::Full(b) if !b.is_empty() => {
             if let Some(r) = ctx.record.as_mut() {

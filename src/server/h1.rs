@@ -22,10 +22,11 @@
 //! - no `Transfer-Encoding`, `Expect`, `Upgrade` or `TE` field, and `Connection` names
 //!   nothing but `keep-alive` and `close`;
 //! - at most one `Content-Length`, a plain decimal number of at most `BODY_MAX` (64 KiB)
-//!   bytes, and the whole body has arrived: it is in the buffer with the head, or comes
-//!   in reads that find bytes at once (`read_body`). A body that makes this path wait
-//!   goes to hyper with what was read, and hyper streams it under `body_read_timeout`:
-//!   the header-read timeout here is for heads only;
+//!   bytes. The body is read whole before the request is served (`read_body`), with
+//!   at most `body_read_timeout` between two pieces, as hyper's path allows a streamed
+//!   body; one that stops coming is answered 408 `body_timeout` by the proxy and the
+//!   connection closed; a client that closes mid-body goes to hyper with what came,
+//!   which answers as it always did;
 //! - the name, value and target pass `http`'s own checks.
 //!
 //! The body, read whole, goes on as `ClientBody::Full`; the proxy sends it once, or
@@ -108,6 +109,9 @@ pub(super) enum Outcome {
 /// builder does).
 struct Limits {
     header_read_timeout: Duration,
+    /// The longest pause between two pieces of a body read here (`body_read_timeout`,
+    /// as hyper's path applies it to a streamed body).
+    body_read_timeout: Duration,
     max_header_bytes: usize,
     max_fields: usize,
 }
@@ -151,6 +155,7 @@ where
         let s = &snap.config.server;
         Limits {
             header_read_timeout: s.header_read_timeout,
+            body_read_timeout: s.body_read_timeout,
             max_header_bytes: s.max_header_bytes,
             max_fields: s.max_headers.min(MAX_FIELDS),
         }
@@ -189,17 +194,25 @@ where
         // parsed again only once new bytes may end it, so a head sent in many small
         // pieces costs linear time, not quadratic (hyper does the same).
         let mut scanned = 0;
+        // The head's body stopped coming for `body_read_timeout`: the request is
+        // built with a stalled body, which the proxy answers 408.
+        let mut stalled = false;
         let (req, client_close) = loop {
             if buf.len() > scanned {
                 if parse_due(&buf, scanned) {
-                    match parse(&mut buf, &limits, &mut spare) {
+                    match parse(&mut buf, &limits, &mut spare, stalled) {
                         Parsed::Request(req, close) => break (req, close),
                         Parsed::Partial => {}
                         Parsed::NeedBody(total) => {
-                            if !read_body(io, &mut buf, total).await {
-                                return Outcome::Handoff(buf.freeze());
+                            match read_body(io, &mut buf, total, limits.body_read_timeout).await {
+                                BodyRead::Complete => {}
+                                BodyRead::Stalled => stalled = true,
+                                // hyper gets the head and what came of the body, and
+                                // answers the early end as it always did.
+                                BodyRead::Ended => return Outcome::Handoff(buf.freeze()),
                             }
-                            // Parsed again, now with the whole body behind the head.
+                            // Parsed again, with the whole body behind the head or
+                            // (stalled) to be answered 408.
                             continue;
                         }
                         Parsed::NotTaken => return Outcome::Handoff(buf.freeze()),
@@ -328,29 +341,54 @@ fn poll_read<I: AsyncRead + Unpin>(
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
 
-/// Read on until `buf` holds `total` bytes (a head and its `Content-Length` body), as
-/// long as the socket has more at once: `false` when a read would wait, or the client
-/// closed or failed, and the connection then goes to hyper with what was read (which
-/// waits for the rest of the body under its own limits, or answers the early end).
-/// This path never waits for a body: the header-read timeout is for heads, and a slow
-/// body is hyper's to time out (`body_read_timeout`).
-async fn read_body<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut, total: usize) -> bool {
+/// How [`read_body`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum BodyRead {
+    /// `buf` holds the head and the whole body.
+    Complete,
+    /// No byte came for `idle`.
+    Stalled,
+    /// The client closed its side, or the read failed.
+    Ended,
+}
+
+/// Read until `buf` holds `total` bytes (a head and its `Content-Length` body), each
+/// pause between two reads at most `idle` (`body_read_timeout`, as hyper's path allows
+/// a streamed body). A body comes in several TCP segments on a real network, with
+/// gaps between them: waiting here keeps the connection on this path. The timer is
+/// made only when a read has to wait; the header-read timer is not used, since its
+/// deadline would then move to the body's.
+async fn read_body<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    total: usize,
+    idle: Duration,
+) -> BodyRead {
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     while buf.len() < total {
         buf.reserve(total - buf.len());
-        // One poll of the read: a read that would wait answers `Pending` here (the
-        // socket keeps this task's waker, which hyper's first read replaces). Outside
-        // tokio's cooperative budget, which would otherwise answer `Pending` for a
-        // task that has used it up (many pipelined requests in one poll) and so hand
-        // a connection with the bytes already there to hyper.
-        let read =
-            tokio::task::coop::unconstrained(poll_fn(|cx| Poll::Ready(poll_read(io, cx, buf))))
-                .await;
+        let read = poll_fn(|cx| {
+            if let Poll::Ready(r) = poll_read(io, cx, buf) {
+                return Poll::Ready(Some(r));
+            }
+            let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+            if t.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
         match read {
-            Poll::Ready(Ok(n)) if n > 0 => {}
-            _ => return false,
+            Some(Ok(n)) if n > 0 => {
+                if let Some(t) = &mut timer {
+                    t.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+            }
+            Some(_) => return BodyRead::Ended,
+            None => return BodyRead::Stalled,
         }
     }
-    true
+    BodyRead::Complete
 }
 
 // Returned by value once per head and matched at once: boxing the request would cost
@@ -373,8 +411,10 @@ enum Parsed {
 }
 
 /// Parse the head at the start of `buf`; on success split it off (pipelined bytes
-/// stay in `buf`) and build the request.
-fn parse(buf: &mut BytesMut, limits: &Limits, spare: &mut HeaderMap) -> Parsed {
+/// stay in `buf`) and build the request. `stalled`: the head's body stopped coming
+/// (`read_body`); the request is built with `ClientBody::Stalled` and the connection
+/// closed after its answer (the rest of the body is never read).
+fn parse(buf: &mut BytesMut, limits: &Limits, spare: &mut HeaderMap, stalled: bool) -> Parsed {
     // HTTP/2 with prior knowledge: the preface is read whole here, under the header-read
     // timeout, before hyper gets it (hyper-util's preface read has no timeout of its own,
     // so a client that stopped halfway would hold the connection).
@@ -413,7 +453,7 @@ fn parse(buf: &mut BytesMut, limits: &Limits, spare: &mut HeaderMap) -> Parsed {
             // a body, and the connection closed (DESIGN.md: request smuggling).
             // hyper would read such a body as chunked and drop Content-Length.
             match http::Method::from_bytes(method.as_bytes()) {
-                Ok(m) => (Some(m), 0),
+                Ok(m) => (Some(m), Some(0)),
                 Err(_) => return Parsed::NotTaken,
             }
         } else if version == 1 && seen.plain && path.starts_with('/') {
@@ -431,21 +471,25 @@ fn parse(buf: &mut BytesMut, limits: &Limits, spare: &mut HeaderMap) -> Parsed {
                 Some(_) => return Parsed::NotTaken,
             };
             if buf.len() - len < body {
-                return Parsed::NeedBody(len + body);
+                if !stalled {
+                    return Parsed::NeedBody(len + body);
+                }
+                (method, None)
+            } else {
+                (method, Some(body))
             }
-            (method, body)
         } else {
             return Parsed::NotTaken;
         };
-        let close = seen.close || seen.ambiguous_framing();
+        let close = seen.close || seen.ambiguous_framing() || body.is_none();
         (len, method, body, target, req.headers.len(), close)
     };
     let head = buf.split_to(len).freeze();
     // `split_to` shares the buffer (a reference count) even for nothing: not for `GET`s.
-    let body = if body > 0 {
-        buf.split_to(body).freeze()
-    } else {
-        Bytes::new()
+    let body = match body {
+        Some(n) if n > 0 => Some(buf.split_to(n).freeze()),
+        Some(_) => Some(Bytes::new()),
+        None => None,
     };
     match build(
         &head,
@@ -457,6 +501,7 @@ fn parse(buf: &mut BytesMut, limits: &Limits, spare: &mut HeaderMap) -> Parsed {
     ) {
         Ok(req) => Parsed::Request(req, close),
         Err(body) => {
+            let body = body.unwrap_or_default();
             let mut all = BytesMut::with_capacity(head.len() + body.len() + buf.len());
             all.extend_from_slice(&head);
             all.extend_from_slice(&body);
@@ -546,16 +591,16 @@ impl Seen {
 }
 
 /// The request from a parsed head, its fields in `headers` (empty), with `method`
-/// (`None`: `GET`) and `body` (empty: none); `Err` with the body where `http` refuses a
-/// name, value or the target that `httparse` let through.
+/// (`None`: `GET`) and `body` (empty: none; `None`: stalled); `Err` with the body where
+/// `http` refuses a name, value or the target that `httparse` let through.
 fn build(
     head: &Bytes,
     target: Span,
     fields: &[FieldAt],
     mut headers: HeaderMap,
     method: Option<http::Method>,
-    body: Bytes,
-) -> Result<Request<ClientBody>, Bytes> {
+    body: Option<Bytes>,
+) -> Result<Request<ClientBody>, Option<Bytes>> {
     let Ok(uri) = Uri::from_maybe_shared(head.slice(target.range())) else {
         return Err(body);
     };
@@ -569,10 +614,10 @@ fn build(
         };
         headers.append(name, value);
     }
-    let body = if body.is_empty() {
-        ClientBody::Empty
-    } else {
-        ClientBody::Full(body)
+    let body = match body {
+        None => ClientBody::Stalled,
+        Some(b) if b.is_empty() => ClientBody::Empty,
+        Some(b) => ClientBody::Full(b),
     };
     let mut req = Request::new(body);
     if let Some(m) = method {
@@ -897,6 +942,7 @@ mod tests {
     fn limits() -> Limits {
         Limits {
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
             max_header_bytes: 8192,
             max_fields: MAX_FIELDS,
         }
@@ -904,7 +950,7 @@ mod tests {
 
     fn run(input: &str, limits: &Limits) -> (Parsed, BytesMut) {
         let mut buf = BytesMut::from(input.as_bytes());
-        let parsed = parse(&mut buf, limits, &mut HeaderMap::new());
+        let parsed = parse(&mut buf, limits, &mut HeaderMap::new(), false);
         (parsed, buf)
     }
 
@@ -1057,7 +1103,7 @@ mod tests {
             match req.body() {
                 ClientBody::Full(b) => assert_eq!(&b[..], body.as_bytes(), "{input:?}"),
                 ClientBody::Empty => assert_eq!(body, "", "{input:?}"),
-                ClientBody::Hyper(_) => unreachable!(),
+                ClientBody::Hyper(_) | ClientBody::Stalled => unreachable!(),
             }
             assert_eq!(&rest[..], next.as_bytes(), "the next head stays: {input:?}");
         }
@@ -1086,22 +1132,55 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_body_is_read_on_only_while_bytes_are_there() {
-        // Two pieces in the socket: both read. Then nothing more: `false`, with what
-        // was read kept for hyper.
+    async fn a_body_is_waited_for_piece_by_piece() {
+        // Pieces that come while the read waits are all read (what follows the body
+        // may come along in the last read, and stays in the buffer).
         let (mut client, mut server) = tokio::io::duplex(64);
-        client.write_all(b"0123456789").await.unwrap();
         let mut buf = BytesMut::from(&b"head"[..]);
-        assert!(read_body(&mut server, &mut buf, 4 + 10).await);
-        assert_eq!(&buf[..], b"head0123456789");
+        let send = async {
+            for piece in [&b"0123"[..], b"456", b"789NEXT"] {
+                tokio::task::yield_now().await;
+                client.write_all(piece).await.unwrap();
+            }
+        };
+        let idle = Duration::from_secs(30);
+        let (read, ()) = tokio::join!(read_body(&mut server, &mut buf, 4 + 10, idle), send);
+        assert_eq!(read, BodyRead::Complete);
+        assert!(buf.starts_with(b"head0123456789"), "{buf:?}");
+        // The client closes before the body is whole: `Ended`, what came is kept.
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let mut buf = BytesMut::new();
+        client.write_all(b"ab").await.unwrap();
+        drop(client);
+        assert_eq!(
+            read_body(&mut server, &mut buf, 5, idle).await,
+            BodyRead::Ended
+        );
+        assert!(buf.ends_with(b"ab"), "{buf:?}");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_coming_is_stalled_after_the_idle_time() {
+        let (mut client, mut server) = tokio::io::duplex(64);
         client.write_all(b"ab").await.unwrap();
         let mut buf = BytesMut::new();
-        assert!(!read_body(&mut server, &mut buf, 5).await, "would wait");
+        let idle = Duration::from_millis(50);
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            read_body(&mut server, &mut buf, 5, idle).await,
+            BodyRead::Stalled
+        );
         assert_eq!(&buf[..], b"ab");
-        // The client is gone: `false` too.
+        assert!(started.elapsed() >= idle, "{:?}", started.elapsed());
+        // Then the request is built with a stalled body, to be answered 408 and closed.
+        let mut buf = BytesMut::from(&b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nab"[..]);
+        let parsed = parse(&mut buf, &limits(), &mut HeaderMap::new(), true);
+        let Parsed::Request(req, close) = parsed else {
+            panic!("not taken");
+        };
+        assert!(close);
+        assert!(matches!(req.body(), ClientBody::Stalled));
         drop(client);
-        assert!(!read_body(&mut server, &mut buf, 5).await, "end of stream");
-        assert_eq!(&buf[..], b"ab");
     }
 
     #[test]
