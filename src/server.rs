@@ -10,8 +10,8 @@
 //! before the server has accepted them gets GOAWAY (ENHANCE_YOUR_CALM).
 //!
 //! Every connection starts on the gateway's own reader and writer (`h1`), which
-//! serves plain HTTP/1.1 requests (`GET`s, and small `Content-Length` bodies that
-//! arrive with their head; no upgrade) at about half of hyper's cost per request; the
+//! serves plain HTTP/1.1 requests (`GET`s, and `Content-Length` bodies of up to
+//! 64 KiB, read whole; no upgrade) at about half of hyper's cost per request; the
 //! first head it does not take, with the bytes read so far, hands the connection to
 //! hyper for good (see `h1` for the exact rule and why). An HTTP/2
 //! preface is read whole there first, under the header-read timeout, because
