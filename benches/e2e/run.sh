@@ -310,11 +310,10 @@ syscalls_stop() {
     [[ -n $SYSCALLS_PID ]] || { SYSCALLS_OUT=; return 0; }
     syscalls_ctl disable
     exec {SYSCALLS_CTL}>&- {SYSCALLS_ACK}<&-
+    # SIGINT: perf writes its counts and exits; stop_pid then only forgets it.
     kill -INT "$SYSCALLS_PID" 2>/dev/null || true
     wait "$SYSCALLS_PID" 2>/dev/null || true
-    local keep=() p
-    for p in "${STARTED[@]}"; do [[ $p == "$SYSCALLS_PID" ]] || keep+=("$p"); done
-    STARTED=("${keep[@]}")
+    stop_pid "$SYSCALLS_PID"
     SYSCALLS_PID=
 }
 rss_kib() { status_kib VmRSS "$@"; }      # RSS now

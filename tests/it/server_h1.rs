@@ -96,14 +96,19 @@ fn answers(mut raw: &str) -> Vec<(String, String)> {
     out
 }
 
+/// Everything `s` sends until the gateway closes it, within `SOON`.
+async fn to_end(s: &mut tokio::net::TcpStream) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(SOON, s.read_to_end(&mut out))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Read `s` to its end, within `SOON`: one answer with `body`, marked as the last.
 async fn last_answer(s: &mut tokio::net::TcpStream, body: &str) {
-    let mut answer = Vec::new();
-    tokio::time::timeout(SOON, s.read_to_end(&mut answer))
-        .await
-        .expect("answered and closed")
-        .expect("read");
-    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let answer = to_end(s).await;
     let a = answers(&answer);
     assert_eq!(a.len(), 1, "{answer}");
     assert_eq!(a[0].1, body);
@@ -249,12 +254,7 @@ async fn a_body_that_comes_after_its_head_is_waited_for_here() {
     )
     .await
     .expect("write");
-    let mut out = Vec::new();
-    tokio::time::timeout(SOON, s.read_to_end(&mut out))
-        .await
-        .expect("answered and closed")
-        .expect("read");
-    let out = String::from_utf8_lossy(&out).into_owned();
+    let out = to_end(&mut s).await;
     let a = answers(&out);
     assert_eq!(a.len(), 2, "{out}");
     assert_eq!(a[0].1, "POST 0123456789", "{out}");
@@ -276,12 +276,7 @@ async fn a_body_cut_short_by_the_client_is_never_sent_on_as_whole() {
         .await
         .expect("write");
     s.shutdown().await.expect("shutdown");
-    let mut out = Vec::new();
-    tokio::time::timeout(SOON, s.read_to_end(&mut out))
-        .await
-        .expect("answered or closed")
-        .expect("read");
-    let out = String::from_utf8_lossy(&out).into_owned();
+    let out = to_end(&mut s).await;
     assert!(
         !out.contains("POST 01234"),
         "a short body went on as a whole: {out}"
@@ -449,12 +444,8 @@ async fn sigterm_closes_an_idle_keep_alive_connection_and_tells_a_busy_one() {
     gw.signal("TERM");
     gw.wait_log("draining");
     // The idle one is closed without an answer.
-    let mut rest = Vec::new();
-    tokio::time::timeout(SOON, idle.read_to_end(&mut rest))
-        .await
-        .expect("idle connection closed")
-        .expect("read");
-    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    let rest = to_end(&mut idle).await;
+    assert!(rest.is_empty(), "{rest:?}");
     // The busy one gets its answer, marked as the last.
     last_answer(&mut busy, "finished").await;
     assert_eq!(gw.wait_exit(SOON).code(), Some(0));
